@@ -1,0 +1,1 @@
+"""The Python client SDK: thin wrappers over the generated stubs (no torch)."""

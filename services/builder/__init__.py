@@ -1,0 +1,1 @@
+"""BuilderService and worker: checkpoint -> engine directory."""

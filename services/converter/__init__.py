@@ -1,0 +1,1 @@
+"""ConverterService and worker: HF DBRX -> TensorRT-LLM checkpoint."""

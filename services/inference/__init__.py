@@ -1,0 +1,1 @@
+"""InferenceService: MPI world, scheduler, paged KV cache."""

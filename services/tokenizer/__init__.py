@@ -1,0 +1,1 @@
+"""TokenizerService: DBRX's tiktoken encoding, offline."""

@@ -1,0 +1,1 @@
+"""Code every stage uses: model math, config, mapping, checkpoint IO, job store, gRPC plumbing."""

@@ -1,0 +1,120 @@
+"""A lazy reader for HF DBRX checkpoints: sharded safetensors with
+`model.safetensors.index.json`, or a single `model.safetensors`.
+
+Tensors are read one at a time through `safe_open`, so memory holds only what
+the caller keeps. Missing tensors, wrong shapes and non-finite values are
+reported with the tensor and file names.
+"""
+
+import json
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .config import DbrxConfig
+from .errors import InvalidInput
+
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def hf_names(layer: int) -> dict[str, str]:
+    """HF tensor names of one DBRX block, by role."""
+    block = f"transformer.blocks.{layer}"
+    return {
+        "norm_1": f"{block}.norm_attn_norm.norm_1.weight",
+        "Wqkv": f"{block}.norm_attn_norm.attn.Wqkv.weight",
+        "out_proj": f"{block}.norm_attn_norm.attn.out_proj.weight",
+        "norm_2": f"{block}.norm_attn_norm.norm_2.weight",
+        "router": f"{block}.ffn.router.layer.weight",
+        "w1": f"{block}.ffn.experts.mlp.w1",
+        "v1": f"{block}.ffn.experts.mlp.v1",
+        "w2": f"{block}.ffn.experts.mlp.w2",
+    }
+
+
+GLOBAL_NAMES = {"wte": "transformer.wte.weight", "norm_f": "transformer.norm_f.weight", "lm_head": "lm_head.weight"}
+
+
+def expected_shapes(cfg: DbrxConfig) -> dict[str, tuple[int, ...]]:
+    H, EI = cfg.d_model, cfg.moe_num_experts * cfg.ffn_hidden_size
+    shapes = {GLOBAL_NAMES["wte"]: (cfg.vocab_size, H), GLOBAL_NAMES["norm_f"]: (H,),
+              GLOBAL_NAMES["lm_head"]: (cfg.vocab_size, H)}
+    for layer in range(cfg.n_layers):
+        n = hf_names(layer)
+        shapes.update({n["norm_1"]: (H,), n["Wqkv"]: (cfg.qkv_size, H), n["out_proj"]: (H, H), n["norm_2"]: (H,),
+                       n["router"]: (cfg.moe_num_experts, H), n["w1"]: (EI, H), n["v1"]: (EI, H), n["w2"]: (EI, H)})
+    return shapes
+
+
+class HFCheckpoint:
+    """Open a HF DBRX directory; `get(name)` reads one tensor."""
+
+    def __init__(self, model_dir: str | Path):
+        self.dir = Path(model_dir)
+        self.config = DbrxConfig.from_hf_dir(self.dir)
+        self.file_of = self._index()
+        self._files = ExitStack()
+        self._handles: dict[str, object] = {}
+        self._shapes = expected_shapes(self.config)
+
+    def _index(self) -> dict[str, str]:
+        index = self.dir / INDEX_FILE
+        if index.is_file():
+            try:
+                return dict(json.loads(index.read_text())["weight_map"])
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise InvalidInput(f"{index} is not a valid safetensors index ({err})") from None
+        files = sorted(self.dir.glob("*.safetensors"))
+        if not files:
+            raise InvalidInput(f"{self.dir} has no *.safetensors weights and no {INDEX_FILE}")
+        return {name: f.name for f in files for name in _keys_of(f)}
+
+    def _handle(self, filename: str):
+        if filename not in self._handles:
+            path = self.dir / filename
+            if not path.is_file():
+                raise InvalidInput(f"{path} is named in {INDEX_FILE} but does not exist")
+            try:
+                self._handles[filename] = self._files.enter_context(safe_open(str(path), framework="pt"))
+            except Exception as err:  # safetensors raises its own error types for corrupt headers
+                raise InvalidInput(f"{path} is not a readable safetensors file: {err}") from None
+        return self._handles[filename]
+
+    def get(self, name: str) -> torch.Tensor:
+        """One tensor, checked for shape and finiteness."""
+        if name not in self.file_of:
+            raise InvalidInput(f"tensor {name} is missing from the checkpoint in {self.dir}")
+        filename = self.file_of[name]
+        try:
+            tensor = self._handle(filename).get_tensor(name)
+        except InvalidInput:
+            raise
+        except Exception as err:
+            raise InvalidInput(f"cannot read tensor {name} from {self.dir / filename}: {err}") from None
+        expected = self._shapes.get(name)
+        if expected is not None and tuple(tensor.shape) != expected:
+            raise InvalidInput(f"tensor {name} in {filename} has shape {tuple(tensor.shape)}, "
+                               f"expected {expected} from config.json")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise InvalidInput(f"tensor {name} in {filename} holds NaN or Inf values")
+        return tensor
+
+    def close(self) -> None:
+        self._files.close()
+        self._handles.clear()
+
+    def __enter__(self) -> "HFCheckpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _keys_of(path: Path) -> list[str]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception as err:
+        raise InvalidInput(f"{path} is not a readable safetensors file: {err}") from None

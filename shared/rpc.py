@@ -1,0 +1,214 @@
+"""gRPC plumbing every server shares: build (servicers, health, reflection,
+error mapping, optional bearer-token auth and TLS) apart from serve (start,
+wait, drain on SIGINT/SIGTERM).
+
+Servicers raise the typed errors of `shared.errors`; `ErrorMapping` turns them
+into status codes with their message. Anything else is INTERNAL, logged with
+the method name.
+"""
+
+import asyncio
+import hmac
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .errors import BadState, CapacityExhausted, Cancelled, InvalidInput, NotFound
+
+log = logging.getLogger("dbrx_serve.rpc")
+
+STATUS_OF_ERROR = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    BadState: grpc.StatusCode.FAILED_PRECONDITION,
+    CapacityExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Cancelled: grpc.StatusCode.CANCELLED,
+}
+OPEN_SERVICES = (health.SERVICE_NAME, reflection.SERVICE_NAME)  # reachable without a token
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    auth_token: str | None = None  # clients send "authorization: Bearer <token>"
+    tls_cert: str | None = None    # PEM files; both or neither
+    tls_key: str | None = None
+    grace_seconds: float = 10.0
+    max_message_mb: int = 64
+
+    def __post_init__(self):
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidInput("TLS needs both --tls_cert and --tls_key")
+        if not 0 <= self.port <= 65535:
+            raise InvalidInput(f"port {self.port} is outside 0..65535")
+
+
+@dataclass(frozen=True)
+class Servicer:
+    """One service to register: the generated `add_XServicer_to_server` and its full name."""
+
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    implementation: Any
+    name: str  # e.g. "dbrx.serve.v1.TokenizerService"
+
+
+def status_of(error: BaseException) -> grpc.StatusCode | None:
+    for kind, code in STATUS_OF_ERROR.items():
+        if isinstance(error, kind):
+            return code
+    return None
+
+
+async def _abort_for(error: Exception, context, method: str):
+    code = status_of(error)
+    if code is None:
+        log.exception("%s failed", method)
+        await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error: {type(error).__name__}: {error}")
+    await context.abort(code, str(error))
+
+
+def _wrap(behavior, method: str, streaming_response: bool):
+    if streaming_response:
+        async def stream(request, context):
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as error:
+                await _abort_for(error, context, method)
+        return stream
+
+    async def unary(request, context):
+        try:
+            return await behavior(request, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as error:
+            await _abort_for(error, context, method)
+    return unary
+
+
+class ErrorMapping(grpc.aio.ServerInterceptor):
+    """Typed domain errors -> status codes, one place per server (unary requests)."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or handler.request_streaming:
+            return handler
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap(handler.unary_stream, details.method, True),
+                handler.request_deserializer, handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap(handler.unary_unary, details.method, False),
+            handler.request_deserializer, handler.response_serializer)
+
+
+class BearerAuth(grpc.aio.ServerInterceptor):
+    """Refuses calls without `authorization: Bearer <token>` (health and reflection stay open)."""
+
+    def __init__(self, token: str):
+        self.expected = f"Bearer {token}".encode()
+
+    async def intercept_service(self, continuation, details):
+        service = details.method.lstrip("/").split("/")[0]
+        metadata = dict(details.invocation_metadata or ())
+        given = str(metadata.get("authorization", "")).encode()
+        if service in OPEN_SERVICES or hmac.compare_digest(given, self.expected):
+            return await continuation(details)
+        return _refuse(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token: "
+                       "send metadata 'authorization: Bearer <token>'")
+
+
+def _refuse(code: grpc.StatusCode, message: str):
+    async def refuse(request, context):
+        await context.abort(code, message)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def build_server(servicers: Iterable[Servicer], config: ServerConfig) -> tuple[grpc.aio.Server, int]:
+    """Register the servicers, health (SERVING for each) and reflection; bind the port."""
+    servicers = list(servicers)
+    interceptors = [BearerAuth(config.auth_token)] if config.auth_token else []
+    size = config.max_message_mb * 1024 * 1024
+    server = grpc.aio.server(interceptors=[*interceptors, ErrorMapping()], options=[
+        ("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for s in servicers:
+        s.add_to_server(s.implementation, server)
+    names = [s.name for s in servicers]
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = _bind(server, config)
+    server.health = health_servicer  # set SERVING once started (see serve/start)
+    server.service_names = names
+    return server, port
+
+
+def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
+    address = f"{config.host}:{config.port}"
+    if config.tls_cert:
+        key, cert = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
+        port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise BadState(f"cannot bind {address}: is the port in use?")
+    return port
+
+
+async def start(server: grpc.aio.Server) -> None:
+    await server.start()
+    for name in ["", *server.service_names]:
+        await server.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def serve(server: grpc.aio.Server, port: int, config: ServerConfig, on_stop=None) -> None:
+    """Start, print the address, wait for SIGINT/SIGTERM, then drain in-flight calls."""
+    await start(server)
+    print(f"listening on {config.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.health.enter_graceful_shutdown()
+    await server.stop(config.grace_seconds)
+    if on_stop is not None:
+        await on_stop()
+
+
+def channel(target: str, auth_token: str | None = None, tls_ca: str | None = None) -> grpc.aio.Channel:
+    """A client channel; with a token every call carries it."""
+    if tls_ca is None and auth_token is None:
+        return grpc.aio.insecure_channel(target)
+    creds = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes() if tls_ca else None)
+    if auth_token is not None:
+        token = grpc.access_token_call_credentials(auth_token)
+        creds = grpc.composite_channel_credentials(creds, token) if tls_ca else None
+    if creds is None:  # a token over plaintext: only for localhost tests and trusted networks
+        return grpc.aio.insecure_channel(target, interceptors=[_TokenInterceptor(auth_token)])
+    return grpc.aio.secure_channel(target, creds)
+
+
+class _TokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, token: str):
+        self.metadata = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):
+        metadata = list(details.metadata or []) + [self.metadata]
+        return details._replace(metadata=metadata)
+
+    async def intercept_unary_unary(self, continuation, details, request):
+        return await continuation(self._with_token(details), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):
+        return await continuation(self._with_token(details), request)
