@@ -188,6 +188,10 @@ class DbrxModel(nn.Module):
         return self.lm_head(self.transformer.ln_f(x)).float()  # [B,T,V]
 
 
+def keys_from_zero(S: int, device) -> torch.Tensor:
+    return torch.arange(S, device=device)
+
+
 class DenseKVCache:
     """A contiguous cache [layers, B, S, nkv, hd] per batch row: the reference
     path (`dbrx run --hf_model_dir`, calibration). The engine's paged cache
@@ -204,9 +208,11 @@ class DenseKVCache:
         self.k[layer][rows, positions] = k
         self.v[layer][rows, positions] = v
         S = int(positions.max()) + 1
-        keys = torch.arange(S, device=q.device)
+        if S == q.shape[1] and bool((positions == keys_from_zero(S, q.device)).all()):  # a whole prompt
+            return causal_attention(layer, q, k, v, positions)
+        keys = keys_from_zero(S, q.device)
         mask = keys[None, None, :] <= positions[:, :, None]  # [B,T,S]: key j visible from position p iff j <= p
         y = F.scaled_dot_product_attention(
             q.transpose(1, 2), self.k[layer, :, :S].transpose(1, 2), self.v[layer, :, :S].transpose(1, 2),
-            attn_mask=mask[:, None], enable_gqa=True)  # [B,nh,T,hd]
+            attn_mask=None if bool(mask.all()) else mask[:, None], enable_gqa=True)  # [B,nh,T,hd]
         return y.transpose(1, 2)

@@ -3,7 +3,7 @@ decoding with a dense KV cache. `dbrx run --hf_model_dir` and KV-cache
 calibration use it; later comparisons take it as ground truth."""
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 
@@ -29,17 +29,22 @@ def load_hf_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, dev
             model = DbrxModel(ckpt.config)
         state = {}
         for group in rank_tensors(ckpt, Mapping(), 0, dtype):
-            state.update({name: t.to(device) for name, t in group.items()})
+            state.update({name: t.to(device, copy=True) for name, t in group.items()})  # off the mmap
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
 
-@torch.inference_mode()
 def greedy_generate(model: DbrxModel, prompt: list[int], max_new_tokens: int,
                     end_ids: Iterable[int] = (), banned: torch.Tensor | None = None) -> list[int]:
-    """Greedy continuation of one prompt; stops after an end id (which is returned too).
+    """Greedy continuation of one prompt; stops after an end id (which is returned too)."""
+    return list(greedy_tokens(model, prompt, max_new_tokens, end_ids, banned))
 
-    `banned` is a bool mask over the vocabulary (unassigned ids), set to -inf before argmax."""
+
+@torch.inference_mode()
+def greedy_tokens(model: DbrxModel, prompt: list[int], max_new_tokens: int,
+                  end_ids: Iterable[int] = (), banned: torch.Tensor | None = None) -> Iterator[int]:
+    """Yield greedy tokens one at a time. `banned` is a bool mask over the vocabulary
+    (unassigned ids), set to -inf before argmax."""
     if not prompt:
         raise InvalidInput("the prompt is empty: give at least one token")
     end_ids = set(end_ids)
@@ -47,14 +52,13 @@ def greedy_generate(model: DbrxModel, prompt: list[int], max_new_tokens: int,
     cache = DenseKVCache(model, 1, len(prompt) + max_new_tokens)
     tokens = torch.tensor([prompt], device=device)
     positions = torch.arange(len(prompt), device=device)[None]
-    out: list[int] = []
-    while len(out) < max_new_tokens:
+    for _ in range(max_new_tokens):
         logits = model(tokens, positions, cache.attend)[0, -1]  # [V]
         if banned is not None:
             logits = logits.masked_fill(banned[:logits.shape[0]].to(device), float("-inf"))
-        out.append(int(logits.argmax()))
-        if out[-1] in end_ids:
-            break
-        tokens = torch.tensor([[out[-1]]], device=device)
+        token = int(logits.argmax())
+        yield token
+        if token in end_ids:
+            return
+        tokens = torch.tensor([[token]], device=device)
         positions = positions[:, -1:] + 1
-    return out

@@ -88,6 +88,9 @@ def save_tiny_model(out_dir: str | Path, spec: TinySpec = TinySpec(), tokenizer:
     out = Path(out_dir)
     model = make_hf_model(spec)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     model.save_pretrained(out, **kwargs)
     (out / "tiny_spec.json").write_text(json.dumps(asdict(spec), indent=2))
     if tokenizer:

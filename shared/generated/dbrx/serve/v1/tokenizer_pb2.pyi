@@ -70,17 +70,21 @@ class SpecialToken(_message.Message):
     def __init__(self, text: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
 
 class TokenizerInfo(_message.Message):
-    __slots__ = ("vocab_size", "eos_id", "bos_id", "pad_id", "special_tokens", "source")
+    __slots__ = ("vocab_size", "eos_id", "bos_id", "pad_id", "special_tokens", "source", "model_vocab_size", "stop_ids")
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     EOS_ID_FIELD_NUMBER: _ClassVar[int]
     BOS_ID_FIELD_NUMBER: _ClassVar[int]
     PAD_ID_FIELD_NUMBER: _ClassVar[int]
     SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STOP_IDS_FIELD_NUMBER: _ClassVar[int]
     vocab_size: int
     eos_id: int
     bos_id: int
     pad_id: int
     special_tokens: _containers.RepeatedCompositeFieldContainer[SpecialToken]
     source: str
-    def __init__(self, vocab_size: _Optional[int] = ..., eos_id: _Optional[int] = ..., bos_id: _Optional[int] = ..., pad_id: _Optional[int] = ..., special_tokens: _Optional[_Iterable[_Union[SpecialToken, _Mapping]]] = ..., source: _Optional[str] = ...) -> None: ...
+    model_vocab_size: int
+    stop_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, vocab_size: _Optional[int] = ..., eos_id: _Optional[int] = ..., bos_id: _Optional[int] = ..., pad_id: _Optional[int] = ..., special_tokens: _Optional[_Iterable[_Union[SpecialToken, _Mapping]]] = ..., source: _Optional[str] = ..., model_vocab_size: _Optional[int] = ..., stop_ids: _Optional[_Iterable[int]] = ...) -> None: ...

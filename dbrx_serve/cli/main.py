@@ -1,0 +1,44 @@
+"""`dbrx`: one command, a subcommand per stage (docs/api.md). Each subcommand
+lives in its own module with `add_parser(subparsers)`; the module sets
+`func` on its parser, and `main` maps domain errors to a message and exit 2."""
+
+import argparse
+import importlib
+import logging
+import sys
+
+from dbrx_serve import __version__
+from dbrx_serve.shared.errors import DbrxServeError
+
+SUBCOMMANDS = ["convert", "build", "run", "summarize", "tokenize", "serve", "worker", "jobs", "demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dbrx", description="Convert, build, run and serve DBRX.")
+    parser.add_argument("--version", action="version", version=f"dbrx-serve {__version__}")
+    parser.add_argument("--log_level", default="warning", choices=["debug", "info", "warning", "error"])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"dbrx_serve.cli.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except DbrxServeError as error:
+        print(f"dbrx {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dbrx {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

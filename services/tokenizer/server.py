@@ -1,0 +1,131 @@
+"""The tokenizer server: `build_server(config)` apart from `serve_tokenizer(args)`.
+
+    dbrx serve tokenizer --tokenizer_dir DIR --port N
+
+The service is registered by hand rather than with the generated
+`add_TokenizerServiceServicer_to_server` for one reason: a request whose strings
+are not valid UTF-8 fails to parse, and gRPC would answer UNKNOWN; here the
+parse error reaches the error mapping as INVALID_ARGUMENT."""
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any, NamedTuple
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from dbrx_serve.shared import rpc
+from dbrx_serve.shared.errors import DbrxServeError, InvalidInput
+from dbrx_serve.shared.generated.dbrx.serve.v1 import tokenizer_pb2 as pb
+
+from .chat import AUTO
+from .config import TokenizerServiceConfig
+from .servicer import TokenizerServicer
+from .tokenizer import load_tokenizer
+
+SERVICE_NAME = "dbrx.serve.v1.TokenizerService"
+REQUEST_TYPES = {
+    "Encode": pb.EncodeRequest,
+    "Decode": pb.DecodeRequest,
+    "ApplyChatTemplate": pb.ApplyChatTemplateRequest,
+    "GetTokenizerInfo": pb.GetTokenizerInfoRequest,
+}
+
+
+class Unparsable(NamedTuple):
+    """What the deserializer hands on instead of raising: the handler refuses it."""
+
+    type_name: str
+    error: str
+
+
+def parser_of(request_type) -> Any:
+    def parse(data: bytes):
+        try:
+            return request_type.FromString(data)
+        except DecodeError as error:
+            return Unparsable(request_type.DESCRIPTOR.full_name, str(error))
+    return parse
+
+
+def refusing_unparsable(behavior):
+    async def handle(request, context):
+        if isinstance(request, Unparsable):
+            raise InvalidInput(f"the request is not a valid {request.type_name} ({request.error}); "
+                               "strings must be valid UTF-8")
+        return await behavior(request, context)
+    return handle
+
+
+def add_tokenizer_service(servicer: TokenizerServicer, server: grpc.aio.Server) -> None:
+    handlers = {name: grpc.unary_unary_rpc_method_handler(
+        refusing_unparsable(getattr(servicer, name)), request_deserializer=parser_of(request_type),
+        response_serializer=lambda message: message.SerializeToString())
+        for name, request_type in REQUEST_TYPES.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def build_server(config: TokenizerServiceConfig) -> tuple[grpc.aio.Server, int]:
+    """Load the tokenizer, register the service (with health and reflection), bind the port."""
+    tokenizer = load_tokenizer(config.tokenizer_dir, config.system_prompt, config.num_threads)
+    servicer = TokenizerServicer(tokenizer, config.max_batch_size)
+    return rpc.build_server([rpc.Servicer(add_tokenizer_service, servicer, SERVICE_NAME)], config.server)
+
+
+def add_serve_args(parser: argparse.ArgumentParser, server_flags: bool = True) -> None:
+    """The flags of `dbrx serve tokenizer`; server_flags=False when the caller adds
+    --host/--port/--auth_token/--tls_* itself."""
+    parser.add_argument("--tokenizer_dir", required=True, help="directory with a *.tiktoken file or tokenizer.json")
+    parser.add_argument("--max_batch_size", type=int, default=1024, help="most texts or sequences per request")
+    parser.add_argument("--system_prompt", default=AUTO,
+                        help="chat template default system prompt: auto (from tokenizer_config.json), none, or a text")
+    parser.add_argument("--num_threads", type=int, default=0, help="encoding threads (0: one per CPU)")
+    if server_flags:
+        add_server_flags(parser)
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    parser.add_argument("--auth_token", default=None, help="require 'authorization: Bearer <token>'")
+    parser.add_argument("--tls_cert", default=None)
+    parser.add_argument("--tls_key", default=None)
+
+
+def config_from_args(args: argparse.Namespace) -> TokenizerServiceConfig:
+    server = rpc.ServerConfig(host=getattr(args, "host", "127.0.0.1"), port=getattr(args, "port", 50051),
+                              auth_token=getattr(args, "auth_token", None),
+                              tls_cert=getattr(args, "tls_cert", None), tls_key=getattr(args, "tls_key", None))
+    return TokenizerServiceConfig(tokenizer_dir=args.tokenizer_dir, max_batch_size=args.max_batch_size,
+                                  system_prompt=args.system_prompt, num_threads=args.num_threads, server=server)
+
+
+async def serve_config(config: TokenizerServiceConfig) -> None:
+    server, port = build_server(config)
+    await rpc.serve(server, port, config.server)
+
+
+def serve_tokenizer(args: argparse.Namespace) -> int:
+    """Entry of `dbrx serve tokenizer`: runs until SIGINT/SIGTERM; 2 on a bad setting."""
+    try:
+        config = config_from_args(args)
+        asyncio.run(serve_config(config))
+    except DbrxServeError as error:
+        print(f"dbrx serve tokenizer: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m dbrx_serve.services.tokenizer.server ...`, the same as `dbrx serve tokenizer`."""
+    logging.basicConfig(level=logging.INFO)
+    parser = argparse.ArgumentParser(description="DBRX tokenizer gRPC server")
+    add_serve_args(parser)
+    return serve_tokenizer(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

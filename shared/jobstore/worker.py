@@ -1,0 +1,175 @@
+"""A generic worker: lease jobs of one kind, run a handler, record the outcome.
+
+    def convert(job, ctx):
+        for i, layer in enumerate(layers):
+            ctx.checkpoint()                      # Cancelled if cancelled or the lease was lost
+            ...
+            ctx.progress((i + 1) / len(layers), f"layer {i}")
+        return {"manifest": ...}                  # stored as the job's result
+
+    Worker(store, CONVERT, convert).run_forever()
+
+A heartbeat thread keeps the lease alive while the handler works. Outcomes:
+a returned dict -> SUCCEEDED; `Cancelled` -> CANCELLED; a domain error
+(`DbrxServeError`: bad input will not get better) -> FAILED at once with its
+message; any other exception -> this attempt failed, retried until
+max_attempts. A worker that lost its lease writes nothing more.
+"""
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import Cancelled, DbrxServeError, InvalidInput
+from .jobs import Job
+from .store import JobStore, LeaseLost
+
+log = logging.getLogger("dbrx_serve.jobstore.worker")
+
+
+def default_owner() -> str:
+    """host:pid:random, unique per worker even when pids are reused."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    kind: str
+    owner: str
+    lease_seconds: float = 30.0
+    poll_seconds: float = 1.0
+    heartbeat_seconds: float | None = None  # default: a third of the lease
+
+    def __post_init__(self):
+        if not self.kind or not self.owner:
+            raise InvalidInput("a worker needs a job kind and an owner name")
+        if self.lease_seconds <= 0 or self.poll_seconds <= 0:
+            raise InvalidInput("lease_seconds and poll_seconds must be positive")
+        if self.heartbeat_seconds is not None and not 0 < self.heartbeat_seconds < self.lease_seconds:
+            raise InvalidInput(f"heartbeat_seconds must be within (0, lease_seconds={self.lease_seconds})")
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.heartbeat_seconds or self.lease_seconds / 3
+
+
+class Lease:
+    """Keeps one job's lease alive from a background thread and remembers what the
+    store said back: a cancel request, or that the lease is gone."""
+
+    def __init__(self, store: JobStore, job: Job, config: WorkerConfig):
+        self.store, self.job_id, self.config = store, job.id, config
+        self.cancel_requested = threading.Event()
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job.id[:8]}", daemon=True)
+
+    def __enter__(self) -> "Lease":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def update(self, call: Callable[[], bool]) -> None:
+        """Run a store call that returns the cancel flag; note a lost lease."""
+        try:
+            if call():
+                self.cancel_requested.set()
+        except LeaseLost:
+            self.lost.set()
+            raise
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.config.heartbeat_interval) and not self.lost.is_set():
+            try:
+                self.update(lambda: self.store.heartbeat(self.job_id, self.config.owner, self.config.lease_seconds))
+            except LeaseLost:
+                log.warning("job %s: lease lost by %s", self.job_id, self.config.owner)
+            except Exception:  # a database hiccup: try again next beat; the lease has slack
+                log.exception("job %s: heartbeat failed", self.job_id)
+
+
+class JobContext:
+    """What a handler gets besides the job: progress reports and cancellation points."""
+
+    def __init__(self, store: JobStore, job: Job, lease: Lease):
+        self.store, self.job, self._lease = store, job, lease
+
+    def checkpoint(self) -> None:
+        """Raise `Cancelled` (or `LeaseLost`) if the job must stop here."""
+        if self._lease.lost.is_set():
+            raise LeaseLost(f"job {self.job.id}: this worker lost its lease")
+        if self._lease.cancel_requested.is_set():
+            raise Cancelled(f"job {self.job.id} was cancelled")
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Record progress (0..1) as an event, extend the lease, then act as a checkpoint."""
+        config = self._lease.config
+        self._lease.update(lambda: self.store.progress(self.job.id, config.owner, fraction, message,
+                                                       config.lease_seconds))
+        self.checkpoint()
+
+
+Handler = Callable[[Job, JobContext], dict[str, Any] | None]
+
+
+class Worker:
+    def __init__(self, store: JobStore, kind: str, handler: Handler, owner: str | None = None,
+                 lease_seconds: float = 30.0, poll_seconds: float = 1.0, heartbeat_seconds: float | None = None):
+        self.store, self.handler = store, handler
+        self.config = WorkerConfig(kind, owner or default_owner(), lease_seconds, poll_seconds, heartbeat_seconds)
+        self._stop = threading.Event()
+
+    def run_once(self) -> Job | None:
+        """Lease one job and run it to its outcome; None when nothing was runnable."""
+        job = self.store.lease(self.config.kind, self.config.owner, self.config.lease_seconds)
+        if job is None:
+            return None
+        with Lease(self.store, job, self.config) as lease:
+            self._run(job, JobContext(self.store, job, lease))
+        return self.store.get(job.id)
+
+    def run_forever(self) -> None:
+        """Run jobs until `stop()`; the job in hand is finished first."""
+        while not self._stop.is_set():
+            if self.run_once() is None:
+                self._stop.wait(self.config.poll_seconds)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self, job: Job, ctx: JobContext) -> None:
+        owner = self.config.owner
+        try:
+            result = self.handler(job, ctx)
+        except LeaseLost as error:
+            log.warning("job %s: stopped, %s", job.id, error)
+        except Cancelled:
+            self._settle(job, lambda: self.store.confirm_cancel(job.id, owner))
+        except DbrxServeError as error:
+            self._settle(job, lambda: self.store.fail(job.id, owner, str(error), retry=False))
+        except Exception as error:
+            log.exception("job %s: attempt %d failed", job.id, job.attempts)
+            self._settle(job, lambda: self.store.fail(job.id, owner, f"{type(error).__name__}: {error}", retry=True))
+        else:
+            self._settle(job, lambda: self._complete(job, result))
+
+    def _complete(self, job: Job, result: dict[str, Any] | None) -> Job:
+        try:
+            return self.store.complete(job.id, self.config.owner, result)
+        except LeaseLost:
+            raise
+        except InvalidInput as error:  # e.g. a result that is not JSON
+            return self.store.fail(job.id, self.config.owner, f"the handler's result was refused: {error}", retry=False)
+
+    def _settle(self, job: Job, record: Callable[[], Job]) -> None:
+        try:
+            record()
+        except LeaseLost as error:
+            log.warning("job %s: outcome dropped, %s", job.id, error)
