@@ -93,13 +93,26 @@ class HFCheckpoint:
             raise
         except Exception as err:
             raise InvalidInput(f"cannot read tensor {name} from {self.dir / filename}: {err}") from None
-        expected = self._shapes.get(name)
-        if expected is not None and tuple(tensor.shape) != expected:
-            raise InvalidInput(f"tensor {name} in {filename} has shape {tuple(tensor.shape)}, "
-                               f"expected {expected} from config.json")
+        self._check_shape(name, filename, tuple(tensor.shape))
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise InvalidInput(f"tensor {name} in {filename} holds NaN or Inf values")
         return tensor
+
+    def _check_shape(self, name: str, filename: str, shape: tuple[int, ...]) -> None:
+        expected = self._shapes.get(name)
+        if expected is not None and shape != expected:
+            raise InvalidInput(f"tensor {name} in {filename} has shape {shape}, expected {expected} from config.json")
+
+    def check_layout(self) -> None:
+        """Every tensor config.json implies is present with its shape; reads headers only, no data."""
+        for name in self._shapes:
+            if name not in self.file_of:
+                raise InvalidInput(f"tensor {name} is missing from the checkpoint in {self.dir}")
+            filename = self.file_of[name]
+            handle = self._handle(filename)
+            if name not in handle.keys():
+                raise InvalidInput(f"tensor {name} is missing from {self.dir / filename} (named in {INDEX_FILE})")
+            self._check_shape(name, filename, tuple(handle.get_slice(name).get_shape()))
 
     def close(self) -> None:
         self._files.close()

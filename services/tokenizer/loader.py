@@ -103,9 +103,11 @@ def read_json(path: Path) -> dict | None:
 
 def check_added_tokens(tokenizer_dir: Path) -> None:
     """tokenizer_config.json's added_tokens_decoder and added_tokens.json must match DBRX's table."""
-    config = read_json(tokenizer_dir / "tokenizer_config.json") or {}
-    for key, entry in (config.get("added_tokens_decoder") or {}).items():
-        check_special_entry(int(key), entry.get("content"), f"{tokenizer_dir / 'tokenizer_config.json'}")
+    path = tokenizer_dir / "tokenizer_config.json"
+    for key, entry in ((read_json(path) or {}).get("added_tokens_decoder") or {}).items():
+        if not key.isdigit() or not isinstance(entry, dict):
+            raise InvalidInput(f"{path}: added_tokens_decoder entry {key!r} should map an id to {{\"content\": ...}}")
+        check_special_entry(int(key), entry.get("content"), str(path))
     for text, token_id in (read_json(tokenizer_dir / "added_tokens.json") or {}).items():
         check_special_entry(token_id, text, f"{tokenizer_dir / 'added_tokens.json'}")
 

@@ -1,7 +1,8 @@
 """TokenizerService over a `Tokenizer`: check the request, convert, one call, convert back.
 
-Encoding and decoding run in a worker thread so that a large batch never
-stalls the event loop (tiktoken releases the GIL while it encodes)."""
+Encoding, decoding and the chat template run in a worker thread so that a
+large request never stalls the event loop (tiktoken releases the GIL while it
+encodes)."""
 
 import asyncio
 
@@ -28,7 +29,7 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
 
     async def ApplyChatTemplate(self, request: pb.ApplyChatTemplateRequest, context) -> pb.EncodeResponse:
         messages = convert.messages_from_pb(request)
-        ids = self.tokenizer.apply_chat_template(messages, request.add_generation_prompt)
+        ids = await asyncio.to_thread(self.tokenizer.apply_chat_template, messages, request.add_generation_prompt)
         return convert.encode_response([ids])
 
     async def GetTokenizerInfo(self, request: pb.GetTokenizerInfoRequest, context) -> pb.TokenizerInfo:

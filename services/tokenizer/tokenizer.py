@@ -60,6 +60,8 @@ class Tokenizer:
     def __init__(self, ranks: Ranks, *, source: str = "", model_vocab_size: int = DEFAULT_MODEL_VOCAB_SIZE,
                  stop_ids: Sequence[int] = DEFAULT_STOP_IDS, system_prompt: str | None = PROMPT_A,
                  num_threads: int = 0):
+        if model_vocab_size < NUM_ID_SLOTS:
+            raise InvalidInput(f"model_vocab_size {model_vocab_size} is below the tokenizer's {NUM_ID_SLOTS} id slots")
         self.encoding = tiktoken.Encoding("dbrx", pat_str=CL100K_PAT, mergeable_ranks=ranks,
                                           special_tokens=SPECIAL_TOKENS)
         self.num_ranks, self.source = len(ranks), source

@@ -5,6 +5,7 @@ errors, mapped to status codes by `shared.rpc`."""
 import asyncio
 
 from dbrx_serve.shared import rpc
+from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.generated.dbrx.serve.v1 import jobs_pb2 as pb, jobs_pb2_grpc as pb_grpc
 
 from .convert import event_to_pb, job_to_pb, kind_from_pb, state_from_pb
@@ -22,6 +23,8 @@ class JobServicer(pb_grpc.JobServiceServicer):
         return job_to_pb(await asyncio.to_thread(self.store.get, request.id))
 
     async def ListJobs(self, request: pb.ListJobsRequest, context) -> pb.ListJobsResponse:
+        if request.limit < 0:
+            raise InvalidInput(f"limit must be 0 (the default, {DEFAULT_LIST_LIMIT}) or positive, got {request.limit}")
         jobs = await asyncio.to_thread(self.store.list_jobs, kind_from_pb(request.kind),
                                        state_from_pb(request.state), request.limit or DEFAULT_LIST_LIMIT)
         return pb.ListJobsResponse(jobs=[job_to_pb(job) for job in jobs])

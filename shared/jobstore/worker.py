@@ -100,6 +100,7 @@ class JobContext:
 
     def __init__(self, store: JobStore, job: Job, lease: Lease):
         self.store, self.job, self._lease = store, job, lease
+        self.owner = lease.config.owner
 
     def checkpoint(self) -> None:
         """Raise `Cancelled` (or `LeaseLost`) if the job must stop here."""
@@ -110,9 +111,8 @@ class JobContext:
 
     def progress(self, fraction: float, message: str = "") -> None:
         """Record progress (0..1) as an event, extend the lease, then act as a checkpoint."""
-        config = self._lease.config
-        self._lease.update(lambda: self.store.progress(self.job.id, config.owner, fraction, message,
-                                                       config.lease_seconds))
+        seconds = self._lease.config.lease_seconds
+        self._lease.update(lambda: self.store.progress(self.job.id, self.owner, fraction, message, seconds))
         self.checkpoint()
 
 
@@ -132,33 +132,43 @@ class Worker:
         if job is None:
             return None
         with Lease(self.store, job, self.config) as lease:
-            self._run(job, JobContext(self.store, job, lease))
+            record = self._attempt(job, JobContext(self.store, job, lease))
+        self._settle(job, record)  # after the heartbeat stopped: it would see the job end
         return self.store.get(job.id)
 
     def run_forever(self) -> None:
-        """Run jobs until `stop()`; the job in hand is finished first."""
+        """Run jobs until `stop()`; the job in hand is finished first. A store error
+        (database restarting) is logged and retried after `poll_seconds`."""
         while not self._stop.is_set():
-            if self.run_once() is None:
+            try:
+                ran = self.run_once()
+            except Exception:
+                log.exception("worker %s: the job store failed; retrying", self.config.owner)
+                ran = None
+            if ran is None:
                 self._stop.wait(self.config.poll_seconds)
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _run(self, job: Job, ctx: JobContext) -> None:
+    def _attempt(self, job: Job, ctx: JobContext) -> Callable[[], Job] | None:
+        """Run the handler; return how to record its outcome (None: the lease is gone)."""
         owner = self.config.owner
         try:
             result = self.handler(job, ctx)
         except LeaseLost as error:
             log.warning("job %s: stopped, %s", job.id, error)
+            return None
         except Cancelled:
-            self._settle(job, lambda: self.store.confirm_cancel(job.id, owner))
+            return lambda: self.store.confirm_cancel(job.id, owner)
         except DbrxServeError as error:
-            self._settle(job, lambda: self.store.fail(job.id, owner, str(error), retry=False))
+            message = str(error)  # `error` is unbound once the except block ends
+            return lambda: self.store.fail(job.id, owner, message, retry=False)
         except Exception as error:
             log.exception("job %s: attempt %d failed", job.id, job.attempts)
-            self._settle(job, lambda: self.store.fail(job.id, owner, f"{type(error).__name__}: {error}", retry=True))
-        else:
-            self._settle(job, lambda: self._complete(job, result))
+            message = f"{type(error).__name__}: {error}"
+            return lambda: self.store.fail(job.id, owner, message, retry=True)
+        return lambda: self._complete(job, result)
 
     def _complete(self, job: Job, result: dict[str, Any] | None) -> Job:
         try:
@@ -168,7 +178,9 @@ class Worker:
         except InvalidInput as error:  # e.g. a result that is not JSON
             return self.store.fail(job.id, self.config.owner, f"the handler's result was refused: {error}", retry=False)
 
-    def _settle(self, job: Job, record: Callable[[], Job]) -> None:
+    def _settle(self, job: Job, record: Callable[[], Job] | None) -> None:
+        if record is None:
+            return
         try:
             record()
         except LeaseLost as error:

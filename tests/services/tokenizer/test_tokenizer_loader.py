@@ -135,6 +135,13 @@ def test_special_tokens_of_the_checkpoint_must_match(tmp_path, tiny_dir):
         load_tokenizer(tmp_path)
 
 
+def test_malformed_added_tokens_decoder(tmp_path, tiny_dir):
+    (tmp_path / TINY_BPE_FILE).write_bytes((tiny_dir / TINY_BPE_FILE).read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {"eos": "<|endoftext|>"}}))
+    with pytest.raises(InvalidInput, match="added_tokens_decoder entry 'eos'"):
+        load_tokenizer(tmp_path)
+
+
 def test_original_dbrx_tokenizer_files_are_accepted(tmp_path, tiny_dir):
     (tmp_path / TINY_BPE_FILE).write_bytes((tiny_dir / TINY_BPE_FILE).read_bytes())
     (tmp_path / "added_tokens.json").write_text(json.dumps({"<|im_end|>": 100279, "<|im_start|>": 100278,

@@ -108,6 +108,13 @@ def test_decode_refuses_ids_outside_the_vocabulary(tok, ids):
         tok.decode(ids)
 
 
+def test_model_vocab_size_must_hold_every_id(cl100k_dir):
+    from dbrx_serve.services.tokenizer.loader import load_ranks
+
+    with pytest.raises(InvalidInput, match="below the tokenizer's 100280 id slots"):
+        Tokenizer(load_ranks(cl100k_dir)[0], model_vocab_size=100279)
+
+
 def test_encode_refuses_lone_surrogates(tok):
     with pytest.raises(InvalidInput, match="text 1 is not valid UTF-8"):
         tok.encode(["fine", "bad \ud800 text"])

@@ -20,7 +20,7 @@ def recording_handler(log_path: str):
             time.sleep(random.uniform(0.002, 0.01))
             ctx.progress((step + 1) / 3, f"step {step + 1}")
         with open(log_path, "a") as log:
-            log.write(json.dumps({"job": job.id, "owner": ctx._lease.config.owner, "start": start,
+            log.write(json.dumps({"job": job.id, "owner": ctx.owner, "start": start,
                                   "end": time.time()}) + "\n")
         return {"n": job.spec["n"]}
 

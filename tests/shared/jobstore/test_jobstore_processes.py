@@ -1,5 +1,5 @@
-"""Several real processes against one database: lease exclusivity, recovery
-from a SIGKILLed worker, and concurrent migrations."""
+"""Several real worker processes against one database: lease exclusivity and
+recovery from a SIGKILLed worker."""
 
 import json
 import multiprocessing
@@ -7,11 +7,8 @@ import os
 import signal
 import time
 
-from jobstore_procs import KIND, drain, hang_in_a_job, open_and_submit
-from sqlalchemy import inspect
-
 from dbrx_serve.shared.jobstore import JobState, JobStore, StoreConfig, Worker
-from dbrx_serve.shared.jobstore.migrate import current_revision, head_revision
+from tests.shared.jobstore.jobstore_procs import KIND, drain, hang_in_a_job
 
 SPAWN = multiprocessing.get_context("spawn")
 NUM_PROCESSES = 3
@@ -77,13 +74,3 @@ def test_a_sigkilled_workers_job_is_finished_by_another_worker(store, database_u
     assert "worker doomed stopped heartbeating" in finished.last_error
     starts = [e.message for e in store.events(job.id) if e.message.startswith("attempt")]
     assert starts == ["attempt 1 of 3 started by doomed", "attempt 2 of 3 started by rescuer"]
-
-
-def test_migrations_run_concurrently_from_several_processes(database_url):
-    barrier = SPAWN.Barrier(4)
-    assert join_all([start(open_and_submit, database_url, barrier, n) for n in range(4)]) == [0] * 4
-    with JobStore(StoreConfig(database_url)) as store:
-        assert sorted(j.spec["n"] for j in store.list_jobs(KIND)) == [0, 1, 2, 3]
-        with store.engine.connect() as connection:
-            assert current_revision(connection) == head_revision()
-            assert {"jobs", "job_events"} <= set(inspect(connection).get_table_names())

@@ -1,0 +1,66 @@
+"""HF DBRX checkpoint -> TensorRT-LLM checkpoint (docs/trtllm-checkpoint.md).
+
+    result = convert(ConvertOptions(model_dir, output_dir, tp_size=2), progress=print_it, check=raise_if_cancelled)
+
+Checks everything it can first (plan.py), then writes into a temporary sibling
+of the output directory: calibration (once, for --int8_kv_cache), every rank
+file, config.json, kv_cache_scales.json; manifest.json last, then the rename.
+A failure or a cancel leaves nothing behind.
+"""
+
+import json
+from pathlib import Path
+
+from dbrx_serve.shared.artifacts import MANIFEST, artifact_dir, file_sha256
+
+from .calibration import KVScales, calibrate
+from .checkpoint_config import checkpoint_config
+from .options import ConvertOptions
+from .plan import ConvertPlan, plan_conversion
+from .progress import Check, Progress, Reporter
+from .ranks import RankTask, rank_path, run_ranks
+
+PRODUCER = "dbrx-serve converter"
+
+
+def convert(options: ConvertOptions, progress: Progress | None = None, check: Check | None = None) -> dict:
+    """Run a conversion; returns a summary (output dir, manifest hash, rank count)."""
+    plan = plan_conversion(options)
+    reporter = Reporter(plan.total_steps, progress, check)
+    reporter.check()
+    inputs = [options.model_dir] + ([options.calib_dataset] if options.calib_dataset else [])
+    with artifact_dir(plan.output_dir, PRODUCER, inputs, options.to_dict(), options.overwrite) as temp:
+        scales = run_calibration(plan, reporter)
+        run_ranks(rank_tasks(plan, temp, scales), options.workers, reporter)
+        write_configs(plan, temp, scales)
+        reporter.check()
+    return {"output_dir": str(plan.output_dir), "manifest_sha256": file_sha256(plan.output_dir / MANIFEST),
+            "world_size": plan.mapping.world_size}
+
+
+def run_calibration(plan: ConvertPlan, reporter: Reporter) -> KVScales | None:
+    if plan.calibration is None:
+        return None
+    samples = len(plan.calibration.samples)
+    return calibrate(plan.options.model_dir, plan.calibration,
+                     lambda i: reporter.step(f"calibration: sample {i + 1} of {samples}"))
+
+
+def rank_tasks(plan: ConvertPlan, root: Path, scales: KVScales | None) -> list[RankTask]:
+    precision = plan.options.weight_only_precision if plan.options.quantize_now else None
+    kv_scaling = scales.trtllm if scales else None
+    return [RankTask(str(plan.options.model_dir), plan.mapping, rank, plan.dtype, rank_path(root, rank),
+                     precision, kv_scaling) for rank in range(plan.mapping.world_size)]
+
+
+def write_configs(plan: ConvertPlan, root: Path, scales: KVScales | None) -> None:
+    weight_only = plan.options.weight_only
+    config = checkpoint_config(plan.config, plan.mapping, plan.dtype, plan.options.logits_dtype,
+                               weight_only.quant_algo if weight_only else None, plan.options.int8_kv_cache)
+    write_json(root / "config.json", config)
+    if scales is not None:
+        write_json(root / "kv_cache_scales.json", scales.to_json(plan.calibration))
+
+
+def write_json(path: Path, value: dict) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")

@@ -1,0 +1,170 @@
+"""Artifact directories (checkpoints, engines): written to a hidden temporary
+sibling and renamed into place, so a reader never sees a half-written one, and
+described by `manifest.json` (DESIGN.md): each file's size and sha256, the
+producer, the inputs (with their own manifests' hashes), the options and the
+format version.
+
+    with artifact_dir(out, producer="converter", inputs=[model_dir], options={...}) as tmp:
+        ...write files into tmp...
+    # here `out` exists, complete, with manifest.json; on an exception nothing is left
+
+The manifest holds no timestamps: the same inputs and options give the same
+manifest, byte for byte.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import InvalidInput
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_output_dir(path: str | Path, overwrite: bool = False) -> Path:
+    """Refuse, before any work, an output path that is a file or a non-empty directory (unless overwrite)."""
+    path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise InvalidInput(f"output path {path} exists and is not a directory: choose another --output_dir")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise InvalidInput(f"output directory {path} exists and is not empty: pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise InvalidInput(f"the parent of output directory {path} does not exist")
+    return path
+
+
+def temp_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-"
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Delete temporary siblings left by a writer that was killed (call only when no
+    other writer of this output can be running, e.g. a job retried after a lost lease)."""
+    path = Path(path).absolute()
+    stale = [p for p in path.parent.glob(temp_prefix(path) + "*") if p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
+def input_entry(path: str | Path) -> dict[str, Any]:
+    """An input as the manifest records it: its path and, when it has one, its manifest's hash."""
+    path = Path(path).absolute()
+    manifest = path / MANIFEST
+    return {"path": str(path), "manifest_sha256": file_sha256(manifest) if manifest.is_file() else None}
+
+
+def artifact_files(root: Path) -> list[str]:
+    """Every file under root but the manifest, as sorted relative POSIX paths."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and p.relative_to(root).as_posix() != MANIFEST)
+
+
+def file_entries(root: Path) -> list[dict[str, Any]]:
+    return [{"path": name, "size": (root / name).stat().st_size, "sha256": file_sha256(root / name)}
+            for name in artifact_files(root)]
+
+
+def write_manifest(root: str | Path, producer: str | dict, inputs: Iterable[str | Path] = (),
+                   options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Describe every file now under `root` in root/manifest.json; returns the manifest."""
+    root = Path(root)
+    producer = producer if isinstance(producer, dict) else {"name": producer, "version": _version()}
+    manifest = {"format_version": MANIFEST_VERSION, "producer": producer,
+                "inputs": [input_entry(p) for p in inputs], "options": options or {},
+                "files": file_entries(root)}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise InvalidInput(f"{path} is missing: {root} is not a complete artifact directory")
+    try:
+        manifest = json.loads(path.read_text())
+        _ = [(f["path"], f["size"], f["sha256"]) for f in manifest["files"]]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise InvalidInput(f"{path} is not a valid manifest ({err!r})") from None
+    return manifest
+
+
+def verify_manifest(root: str | Path) -> dict[str, Any]:
+    """Check every listed file's size and sha256, and that no unlisted file is present."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    listed = {f["path"] for f in manifest["files"]}
+    for entry in manifest["files"]:
+        _verify_file(root, entry)
+    extra = [name for name in artifact_files(root) if name not in listed]
+    if extra:
+        raise InvalidInput(f"{root / extra[0]} is not listed in {root / MANIFEST}")
+    return manifest
+
+
+def _verify_file(root: Path, entry: dict[str, Any]) -> None:
+    path = root / entry["path"]
+    if not path.is_file():
+        raise InvalidInput(f"{path} is listed in {root / MANIFEST} but missing")
+    if path.stat().st_size != entry["size"]:
+        raise InvalidInput(f"{path} has {path.stat().st_size} bytes, the manifest says {entry['size']}")
+    if file_sha256(path) != entry["sha256"]:
+        raise InvalidInput(f"{path} does not match the sha256 in {root / MANIFEST}: the file is corrupt")
+
+
+@contextmanager
+def artifact_dir(path: str | Path, producer: str | dict, inputs: Iterable[str | Path] = (),
+                 options: dict[str, Any] | None = None, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary sibling of `path`; on success write the manifest and
+    rename it into place; on any exception (Cancelled included) remove it."""
+    path = check_output_dir(path, overwrite)
+    temp = path.parent / f"{temp_prefix(path)}{uuid.uuid4().hex}"
+    temp.mkdir()
+    try:
+        yield temp
+        write_manifest(temp, producer, inputs, options)
+        _fsync_dir(temp)
+        _replace(temp, check_output_dir(path, overwrite))
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
+def _replace(temp: Path, path: Path) -> None:
+    """Rename temp to path; an existing directory (already allowed) is moved aside first, then deleted."""
+    old = None
+    if path.is_dir() and any(path.iterdir()):
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex}"
+        os.rename(path, old)
+    os.replace(temp, path)  # an empty directory at `path` is replaced
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _version() -> str:
+    from dbrx_serve import __version__
+    return __version__
