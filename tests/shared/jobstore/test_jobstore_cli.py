@@ -27,14 +27,14 @@ def dbrx_jobs(*argv: str) -> int:
 
 
 @contextlib.contextmanager
-def served(store):
+def served(store, config=rpc.ServerConfig()):
     """A JobService on port 0, run by its own event loop in a thread (the CLI is synchronous)."""
     ready, stop, port = threading.Event(), None, []
 
     async def main():
         nonlocal stop
         stop = asyncio.Event()
-        server, bound = rpc.build_server([job_servicer(store, watch_poll_seconds=0.02)], rpc.ServerConfig())
+        server, bound = rpc.build_server([job_servicer(store, watch_poll_seconds=0.02)], config)
         await rpc.start(server)
         port.append(bound)
         ready.set()
@@ -140,3 +140,12 @@ def test_follow_job_draws_a_tqdm_bar_when_asked(store):
     drawn = io.StringIO()
     assert jobs_cli.follow_job(store, job.id, file=drawn, bar=True).state == JobState.SUCCEEDED
     assert f"job {job.id[:8]} 100%|" in drawn.getvalue() and "SUCCEEDED succeeded" in drawn.getvalue()
+
+
+def test_the_bearer_token_is_sent_when_given(store, capsys):
+    job = store.submit(KIND, {})
+    with served(store, rpc.ServerConfig(auth_token="s3cret")) as target:
+        assert dbrx_jobs("show", job.id, "--server", target) == 2
+        assert "unauthenticated" in capsys.readouterr().err
+        assert dbrx_jobs("show", job.id, "--server", target, "--auth_token", "s3cret", "--json") == 0
+        assert json.loads(capsys.readouterr().out)["id"] == job.id

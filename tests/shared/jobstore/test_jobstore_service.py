@@ -78,6 +78,11 @@ def test_list_jobs_filters_by_kind_and_state(store):
     assert [j.kind for j in builds.jobs] == [pb.JOB_KIND_BUILD]
 
 
+def test_a_negative_list_limit_is_invalid(store):
+    code = call(store, lambda stub: status_of(lambda: stub.ListJobs(pb.ListJobsRequest(limit=-1))))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_cancel_job_cancels_a_queued_job(store):
     job = store.submit(KIND, {})
     cancelled = call(store, lambda stub: stub.CancelJob(pb.CancelJobRequest(id=job.id)))
