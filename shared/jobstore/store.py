@@ -10,6 +10,9 @@ keep hosts in NTP sync, well within `lease_seconds`.
 
 Worker-side calls (heartbeat, progress, complete, fail, confirm_cancel) name
 the lease owner and raise `LeaseLost` when the job is no longer theirs.
+
+A JobStore is safe to share between threads; open one per process (its
+connection pool does not survive a fork).
 """
 
 import json
