@@ -13,9 +13,10 @@ import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -74,10 +75,32 @@ async def _abort_for(error: Exception, context, method: str):
     await context.abort(code, str(error))
 
 
+class Unparsable(NamedTuple):
+    """What a request deserializer hands on instead of raising (e.g. a string that
+    is not valid UTF-8), so the call ends INVALID_ARGUMENT rather than UNKNOWN."""
+
+    error: str
+
+
+def _tolerant(deserializer):
+    def parse(data: bytes):
+        try:
+            return deserializer(data)
+        except DecodeError as error:
+            return Unparsable(str(error))
+    return parse
+
+
+def _refuse_unparsable(request, method: str) -> None:
+    if isinstance(request, Unparsable):
+        raise InvalidInput(f"{method}: the request does not parse ({request.error}); strings must be valid UTF-8")
+
+
 def _wrap(behavior, method: str, streaming_response: bool):
     if streaming_response:
         async def stream(request, context):
             try:
+                _refuse_unparsable(request, method)
                 async for item in behavior(request, context):
                     yield item
             except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -88,6 +111,7 @@ def _wrap(behavior, method: str, streaming_response: bool):
 
     async def unary(request, context):
         try:
+            _refuse_unparsable(request, method)
             return await behavior(request, context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
@@ -97,7 +121,8 @@ def _wrap(behavior, method: str, streaming_response: bool):
 
 
 class ErrorMapping(grpc.aio.ServerInterceptor):
-    """Typed domain errors -> status codes, one place per server (unary requests)."""
+    """Typed domain errors and unparsable requests -> status codes, one place per
+    server (unary requests)."""
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -106,10 +131,10 @@ class ErrorMapping(grpc.aio.ServerInterceptor):
         if handler.response_streaming:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap(handler.unary_stream, details.method, True),
-                handler.request_deserializer, handler.response_serializer)
+                _tolerant(handler.request_deserializer), handler.response_serializer)
         return grpc.unary_unary_rpc_method_handler(
             _wrap(handler.unary_unary, details.method, False),
-            handler.request_deserializer, handler.response_serializer)
+            _tolerant(handler.request_deserializer), handler.response_serializer)
 
 
 class BearerAuth(grpc.aio.ServerInterceptor):

@@ -1,24 +1,17 @@
 """The tokenizer server: `build_server(config)` apart from `serve_tokenizer(args)`.
 
-    dbrx serve tokenizer --tokenizer_dir DIR --port N
-
-The service is registered by hand rather than with the generated
-`add_TokenizerServiceServicer_to_server` for one reason: a request whose strings
-are not valid UTF-8 fails to parse, and gRPC would answer UNKNOWN; here the
-parse error reaches the error mapping as INVALID_ARGUMENT."""
+    dbrx serve tokenizer --tokenizer_dir DIR --port N"""
 
 import argparse
 import asyncio
 import logging
 import sys
-from typing import Any, NamedTuple
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from dbrx_serve.shared import rpc
-from dbrx_serve.shared.errors import DbrxServeError, InvalidInput
-from dbrx_serve.shared.generated.dbrx.serve.v1 import tokenizer_pb2 as pb
+from dbrx_serve.shared.errors import DbrxServeError
+from dbrx_serve.shared.generated.dbrx.serve.v1 import tokenizer_pb2_grpc as pb_grpc
 
 from .chat import AUTO
 from .config import TokenizerServiceConfig
@@ -26,53 +19,14 @@ from .servicer import TokenizerServicer
 from .tokenizer import load_tokenizer
 
 SERVICE_NAME = "dbrx.serve.v1.TokenizerService"
-REQUEST_TYPES = {
-    "Encode": pb.EncodeRequest,
-    "Decode": pb.DecodeRequest,
-    "ApplyChatTemplate": pb.ApplyChatTemplateRequest,
-    "GetTokenizerInfo": pb.GetTokenizerInfoRequest,
-}
-
-
-class Unparsable(NamedTuple):
-    """What the deserializer hands on instead of raising: the handler refuses it."""
-
-    type_name: str
-    error: str
-
-
-def parser_of(request_type) -> Any:
-    def parse(data: bytes):
-        try:
-            return request_type.FromString(data)
-        except DecodeError as error:
-            return Unparsable(request_type.DESCRIPTOR.full_name, str(error))
-    return parse
-
-
-def refusing_unparsable(behavior):
-    async def handle(request, context):
-        if isinstance(request, Unparsable):
-            raise InvalidInput(f"the request is not a valid {request.type_name} ({request.error}); "
-                               "strings must be valid UTF-8")
-        return await behavior(request, context)
-    return handle
-
-
-def add_tokenizer_service(servicer: TokenizerServicer, server: grpc.aio.Server) -> None:
-    handlers = {name: grpc.unary_unary_rpc_method_handler(
-        refusing_unparsable(getattr(servicer, name)), request_deserializer=parser_of(request_type),
-        response_serializer=lambda message: message.SerializeToString())
-        for name, request_type in REQUEST_TYPES.items()}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 def build_server(config: TokenizerServiceConfig) -> tuple[grpc.aio.Server, int]:
     """Load the tokenizer, register the service (with health and reflection), bind the port."""
     tokenizer = load_tokenizer(config.tokenizer_dir, config.system_prompt, config.num_threads)
     servicer = TokenizerServicer(tokenizer, config.max_batch_size)
-    return rpc.build_server([rpc.Servicer(add_tokenizer_service, servicer, SERVICE_NAME)], config.server)
+    return rpc.build_server([rpc.Servicer(pb_grpc.add_TokenizerServiceServicer_to_server, servicer, SERVICE_NAME)],
+                            config.server)
 
 
 def add_serve_args(parser: argparse.ArgumentParser, server_flags: bool = True) -> None:
