@@ -37,14 +37,16 @@ def file_sha256(path: Path) -> str:
 
 
 def check_output_dir(path: str | Path, overwrite: bool = False) -> Path:
-    """Refuse, before any work, an output path that is a file or a non-empty directory (unless overwrite)."""
+    """Refuse, before any work, an output path that is a file or a non-empty directory (unless
+    overwrite), or under a file. Missing parent directories are fine: artifact_dir makes them."""
     path = Path(path).absolute()
     if path.exists() and not path.is_dir():
         raise InvalidInput(f"output path {path} exists and is not a directory: choose another --output_dir")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise InvalidInput(f"output directory {path} exists and is not empty: pass --overwrite to replace it")
-    if not path.parent.is_dir():
-        raise InvalidInput(f"the parent of output directory {path} does not exist")
+    ancestor = next(p for p in path.parents if p.exists())
+    if not ancestor.is_dir():
+        raise InvalidInput(f"output directory {path} cannot be made: {ancestor} is a file")
     return path
 
 
@@ -133,6 +135,7 @@ def artifact_dir(path: str | Path, producer: str | dict, inputs: Iterable[str | 
     """Yield an empty temporary sibling of `path`; on success write the manifest and
     rename it into place; on any exception (Cancelled included) remove it."""
     path = check_output_dir(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.parent / f"{temp_prefix(path)}{uuid.uuid4().hex}"
     temp.mkdir()
     try:

@@ -101,6 +101,35 @@ class DbrxConfig:
             raise InvalidInput(f"{path} is not valid JSON: {err}") from None
         return cls.from_hf_dict(hf)
 
+    @classmethod
+    def from_checkpoint_dict(cls, ckpt: dict) -> "DbrxConfig":
+        """Build from a TensorRT-LLM checkpoint's config.json (docs/trtllm-checkpoint.md), or an
+        engine's `pretrained_config`; the p-norm comes from our `dbrx_serve` section when present,
+        else from `moe.normalization_mode` (1: p = 1, 0: none)."""
+        if ckpt.get("architecture") != "DbrxForCausalLM":
+            raise InvalidInput(f"checkpoint config: architecture is {ckpt.get('architecture')!r}, "
+                               "expected 'DbrxForCausalLM'")
+        moe = ckpt.get("moe") or {}
+        try:
+            return cls(
+                vocab_size=ckpt["vocab_size"], d_model=ckpt["hidden_size"], n_heads=ckpt["num_attention_heads"],
+                n_layers=ckpt["num_hidden_layers"],
+                kv_n_heads=ckpt.get("num_key_value_heads") or ckpt["num_attention_heads"],
+                ffn_hidden_size=ckpt["intermediate_size"], moe_num_experts=moe["num_experts"],
+                moe_top_k=moe["top_k"], max_seq_len=ckpt.get("max_position_embeddings", 2048),
+                rope_theta=float(ckpt.get("rotary_base", 10000.0)), clip_qkv=ckpt.get("clip_qkv"),
+                moe_normalize_expert_weights=_checkpoint_norm_p(ckpt, moe),
+                norm_eps=float(ckpt.get("norm_epsilon", 1e-5)), torch_dtype=ckpt.get("dtype", "bfloat16"))
+        except KeyError as missing:
+            raise InvalidInput(f"checkpoint config lacks the key {missing}") from None
+
+
+def _checkpoint_norm_p(ckpt: dict, moe: dict) -> float | None:
+    ours = ckpt.get("dbrx_serve") or {}
+    if "moe_normalize_expert_weights" in ours:
+        return _normalize_p(ours["moe_normalize_expert_weights"])
+    return 1.0 if moe.get("normalization_mode", 1) == 1 else None
+
 
 def _rope_theta(hf: dict, attn: dict) -> float:
     rope = hf.get("rope_parameters") or {}

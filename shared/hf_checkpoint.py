@@ -84,16 +84,25 @@ class HFCheckpoint:
 
     def get(self, name: str) -> torch.Tensor:
         """One tensor, checked for shape and finiteness."""
+        return self._read(name, lambda part: part[:])
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of one tensor, read alone (one expert's slice of w1, v1 or w2);
+        the whole tensor's shape is checked, the rows' values for finiteness."""
+        return self._read(name, lambda part: part[start:stop])
+
+    def _read(self, name: str, take) -> torch.Tensor:
         if name not in self.file_of:
             raise InvalidInput(f"tensor {name} is missing from the checkpoint in {self.dir}")
         filename = self.file_of[name]
         try:
-            tensor = self._handle(filename).get_tensor(name)
+            part = self._handle(filename).get_slice(name)
+            self._check_shape(name, filename, tuple(part.get_shape()))
+            tensor = take(part)
         except InvalidInput:
             raise
         except Exception as err:
             raise InvalidInput(f"cannot read tensor {name} from {self.dir / filename}: {err}") from None
-        self._check_shape(name, filename, tuple(tensor.shape))
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise InvalidInput(f"tensor {name} in {filename} holds NaN or Inf values")
         return tensor

@@ -36,18 +36,25 @@ def shard_qkv(wqkv: torch.Tensor, cfg: DbrxConfig, mapping: Mapping, tp_rank: in
 
 
 def shard_experts(ckpt: HFCheckpoint, names: dict, mapping: Mapping, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """fc [El, 2*Il, H] = concat(v1, w1) on dim -2; proj [El, H, Il] = w2.T, for this rank's experts and columns."""
+    """fc [El, 2*Il, H] = concat(v1, w1) on dim -2; proj [El, H, Il] = w2.T, for this rank's experts and
+    columns, read one expert's rows at a time into the two outputs (no whole-layer copy in memory)."""
     cfg = ckpt.config
     n_local = cfg.moe_num_experts // mapping.moe_ep_size
     ffn_local = cfg.ffn_hidden_size // mapping.moe_tp_size
-    experts = slice(mapping.moe_ep_rank(rank) * n_local, (mapping.moe_ep_rank(rank) + 1) * n_local)
+    first = mapping.moe_ep_rank(rank) * n_local
     cols = slice(mapping.moe_tp_rank(rank) * ffn_local, (mapping.moe_tp_rank(rank) + 1) * ffn_local)
 
-    def local(role: str) -> torch.Tensor:  # [El, Il, H]
-        return ckpt.get(names[role]).view(cfg.moe_num_experts, cfg.ffn_hidden_size, cfg.d_model)[experts, cols]
+    def rows(role: str, e: int) -> torch.Tensor:  # [Il, H]: expert e's rows `cols` of HF's [E*I, H]
+        I = cfg.ffn_hidden_size
+        return ckpt.get_rows(names[role], e * I + cols.start, e * I + cols.stop)
 
-    fc = torch.cat([local("v1"), local("w1")], dim=-2)
-    proj = local("w2").transpose(-1, -2)
+    fc = proj = None
+    for j in range(n_local):
+        v1, w1, w2 = rows("v1", first + j), rows("w1", first + j), rows("w2", first + j)
+        if fc is None:
+            fc = v1.new_empty(n_local, 2 * ffn_local, cfg.d_model)
+            proj = w2.new_empty(n_local, cfg.d_model, ffn_local)
+        fc[j, :ffn_local], fc[j, ffn_local:], proj[j] = v1, w1, w2.T
     return fc, proj
 
 
@@ -71,12 +78,18 @@ def layer_tensors(ckpt: HFCheckpoint, mapping: Mapping, rank: int, layer: int, l
     return {name: t.contiguous() for name, t in tensors.items()}
 
 
-def lm_head_rows(lm_head: torch.Tensor, tp_size: int, tp_rank: int) -> torch.Tensor:
-    """Row chunk `tp_rank` of lm_head, zero-padded to tp_size * ceil(V / tp_size) rows."""
-    rows = -(-lm_head.shape[0] // tp_size)
-    padded = torch.zeros(rows * tp_size, lm_head.shape[1], dtype=lm_head.dtype)
-    padded[:lm_head.shape[0]] = lm_head
-    return padded[tp_rank * rows:(tp_rank + 1) * rows]
+def lm_head_rows(ckpt: HFCheckpoint, tp_size: int, tp_rank: int) -> torch.Tensor:
+    """Row chunk `tp_rank` of lm_head (only those rows are read), zero-padded so that the
+    chunks make tp_size * ceil(V / tp_size) rows (only the last chunk gets zero rows)."""
+    vocab = ckpt.config.vocab_size
+    rows = -(-vocab // tp_size)
+    start, stop = min(tp_rank * rows, vocab), min((tp_rank + 1) * rows, vocab)
+    part = ckpt.get_rows(GLOBAL_NAMES["lm_head"], start, stop)  # [stop-start, H]
+    if part.shape[0] == rows:
+        return part
+    padded = part.new_zeros(rows, part.shape[1])
+    padded[:part.shape[0]] = part
+    return padded
 
 
 def rank_tensors(ckpt: HFCheckpoint, mapping: Mapping, rank: int,
@@ -87,6 +100,6 @@ def rank_tensors(ckpt: HFCheckpoint, mapping: Mapping, rank: int,
     for local, layer in enumerate(mapping.layers(rank, ckpt.config.n_layers)):
         yield layer_tensors(ckpt, mapping, rank, layer, local, dtype)
     if mapping.is_last_pp(rank):
-        head = lm_head_rows(ckpt.get(GLOBAL_NAMES["lm_head"]), mapping.tp_size, mapping.tp_rank(rank))
+        head = lm_head_rows(ckpt, mapping.tp_size, mapping.tp_rank(rank))
         yield {"transformer.ln_f.weight": ckpt.get(GLOBAL_NAMES["norm_f"]).to(dtype).contiguous(),
                "lm_head.weight": head.to(dtype).contiguous()}

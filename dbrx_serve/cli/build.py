@@ -1,6 +1,20 @@
-"""`dbrx build`: checkpoint -> engine directory (flags of trtllm-build)."""
+"""`dbrx build`: checkpoint -> engine directory (flags of trtllm-build).
 
-from .not_built import not_built_yet
+In-process by default: the build is a job in the job store (`--database_url`,
+default DBRX_DATABASE_URL, else the embedded SQLite file) run by a worker
+thread of this command, so `dbrx jobs` sees it. With `--server HOST:PORT` it
+is submitted to a builder service and run by its workers. Either way a
+progress bar follows the job; a failed or cancelled build exits 1 with the
+job's message. Ctrl-C cancels an in-process build (nothing is left behind).
+"""
+
+import logging
+import sys
+import threading
+from pathlib import Path
+
+LOG_LEVELS = {"internal_error": "ERROR", "error": "ERROR", "warning": "WARNING", "info": "INFO",
+              "verbose": "DEBUG", "debug": "DEBUG", "trace": "DEBUG"}
 
 
 def add_parser(subparsers):
@@ -8,18 +22,104 @@ def add_parser(subparsers):
     p.add_argument("--checkpoint_dir", required=True)
     p.add_argument("--output_dir", default="engine_outputs")
     p.add_argument("--max_batch_size", type=int, default=2048)
-    p.add_argument("--max_input_len", type=int, default=1024)
-    p.add_argument("--max_seq_len", type=int, default=None)
+    p.add_argument("--max_input_len", type=int, default=1024, help="clipped to max_seq_len")
+    p.add_argument("--max_seq_len", type=int, default=None, help="default: the model's max_position_embeddings")
     p.add_argument("--max_beam_width", type=int, default=1)
     p.add_argument("--max_num_tokens", type=int, default=8192)
     p.add_argument("--kv_cache_type", default="paged")
+    p.add_argument("--kv_cache_dtype", choices=["model", "int8"], default=None,
+                   help="default: int8 when the checkpoint has INT8 KV-cache scales, else the model dtype")
     p.add_argument("--tokens_per_block", type=int, default=32)
-    p.add_argument("--gpt_attention_plugin", default="auto")
-    p.add_argument("--gemm_plugin", default=None)
-    p.add_argument("--moe_plugin", default="auto")
-    p.add_argument("--context_fmha", default="enable")
-    p.add_argument("--remove_input_padding", default="enable")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--gpt_attention_plugin", default="auto", help="recorded (TensorRT kernel choice)")
+    p.add_argument("--gemm_plugin", default=None, help="recorded (TensorRT kernel choice)")
+    p.add_argument("--moe_plugin", default="auto", help="recorded (TensorRT kernel choice)")
+    p.add_argument("--context_fmha", default="enable", help="recorded (TensorRT kernel choice)")
+    p.add_argument("--remove_input_padding", default="enable", help="recorded (TensorRT kernel choice)")
+    p.add_argument("--tokenizer_dir", default=None,
+                   help="tokenizer files to copy into the engine (default: the HF model dir of the checkpoint)")
+    p.add_argument("--workers", type=int, default=1, help="ranks built in parallel processes")
+    p.add_argument("--log_level", dest="build_log_level", default="info", choices=list(LOG_LEVELS))
+    p.add_argument("--overwrite", action="store_true")
     p.add_argument("--server", default=None, help="HOST:PORT of a builder service")
-    p.set_defaults(func=not_built_yet("issue 6"))
+    p.add_argument("--auth_token", default=None, help="bearer token for --server")
+    p.add_argument("--tls_ca", default=None, help="PEM file of the CA that signed --server's certificate")
+    p.add_argument("--database_url", default=None, help="job store of an in-process build")
+    p.set_defaults(func=run)
     return p
+
+
+def options_from_args(args):
+    """BuildOptions with absolute paths (a worker may run elsewhere in the file system's tree)."""
+    from dbrx_serve.services.builder.options import BuildOptions
+
+    def absolute(path):
+        return str(Path(path).absolute()) if path else path
+
+    return BuildOptions(
+        checkpoint_dir=absolute(args.checkpoint_dir), output_dir=absolute(args.output_dir),
+        max_batch_size=args.max_batch_size, max_input_len=args.max_input_len, max_seq_len=args.max_seq_len,
+        max_beam_width=args.max_beam_width, max_num_tokens=args.max_num_tokens, kv_cache_type=args.kv_cache_type,
+        kv_cache_dtype=args.kv_cache_dtype, tokens_per_block=args.tokens_per_block,
+        gpt_attention_plugin=args.gpt_attention_plugin, gemm_plugin=args.gemm_plugin, moe_plugin=args.moe_plugin,
+        context_fmha=args.context_fmha, remove_input_padding=args.remove_input_padding,
+        tokenizer_dir=absolute(args.tokenizer_dir), workers=args.workers, log_level=args.build_log_level,
+        overwrite=args.overwrite)
+
+
+def run(args) -> int:
+    options = options_from_args(args)
+    logging.getLogger("dbrx_serve.builder").setLevel(LOG_LEVELS[options.log_level])
+    job = build_remote(args.server, options, args.auth_token, args.tls_ca) if args.server else \
+        build_in_process(args.database_url, options)
+    return report(job)
+
+
+def build_in_process(database_url: str | None, options):
+    """Submit to the job store and run it with a worker thread here, following its events."""
+    from dbrx_serve.services.builder.worker import builder_worker
+    from dbrx_serve.shared.jobstore import BUILD, JobStore
+
+    from .jobs import follow_job
+
+    with JobStore.open(database_url) as store:
+        job = store.submit(BUILD, options.to_dict(), output_dir=options.output_dir)
+        worker = builder_worker(store, poll_seconds=0.2)
+        thread = threading.Thread(target=worker.run_forever, name="build-worker", daemon=True)
+        thread.start()
+        try:
+            return follow_job(store, job.id)
+        except KeyboardInterrupt:
+            store.cancel(job.id)  # the worker stops at its next checkpoint and removes its temporary output
+            raise
+        finally:
+            worker.stop()
+            thread.join()
+
+
+def build_remote(server: str, options, auth_token: str | None, tls_ca: str | None = None):
+    import grpc
+
+    from dbrx_serve.services.builder.convert_pb import options_to_pb
+    from dbrx_serve.shared.generated.dbrx.serve.v1 import builder_pb2_grpc, jobs_pb2_grpc
+    from dbrx_serve.shared.jobstore.convert import job_from_pb
+
+    from .jobs import RemoteJobs, _channel, _typed_error, follow_job
+
+    metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
+    with _channel(server, tls_ca) as channel:
+        try:
+            job = job_from_pb(builder_pb2_grpc.BuilderServiceStub(channel).SubmitBuild(
+                options_to_pb(options), metadata=metadata))
+        except grpc.RpcError as error:
+            raise _typed_error(error) from None
+        return follow_job(RemoteJobs(jobs_pb2_grpc.JobServiceStub(channel), auth_token), job.id)
+
+
+def report(job) -> int:
+    from dbrx_serve.shared.jobstore import JobState
+
+    if job.state is JobState.SUCCEEDED:
+        print(f"engine written to {job.result['output_dir']} (job {job.id})")
+        return 0
+    print(f"dbrx build: job {job.id} {job.state.value.lower()}: {job.message}", file=sys.stderr)
+    return 1

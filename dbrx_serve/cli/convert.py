@@ -1,6 +1,16 @@
-"""`dbrx convert`: HF DBRX checkpoint -> TensorRT-LLM checkpoint (flags of convert_checkpoint.py)."""
+"""`dbrx convert`: HF DBRX checkpoint -> TensorRT-LLM checkpoint (flags of convert_checkpoint.py).
 
-from .not_built import not_built_yet
+In-process by default: the conversion is a job in the job store (`--database_url`,
+default DBRX_DATABASE_URL, else the embedded SQLite file) run by a worker
+thread of this command, so `dbrx jobs` sees it. With `--server HOST:PORT` it is
+submitted to a converter service and run by its workers. Either way a progress
+bar follows the job; a failed or cancelled conversion exits 1 with the job's
+message. Ctrl-C cancels an in-process conversion (nothing is left behind).
+"""
+
+import sys
+import threading
+from pathlib import Path
 
 
 def add_parser(subparsers):
@@ -23,5 +33,81 @@ def add_parser(subparsers):
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--server", default=None, help="HOST:PORT of a converter service")
-    p.set_defaults(func=not_built_yet("issue 5"))
+    p.add_argument("--auth_token", default=None, help="bearer token for --server")
+    p.add_argument("--database_url", default=None, help="job store of an in-process conversion")
+    p.set_defaults(func=run)
     return p
+
+
+def options_from_args(args):
+    """ConvertOptions with absolute paths (a worker may run in another directory)."""
+    from dbrx_serve.services.converter.options import ConvertOptions
+
+    def absolute(path):
+        return str(Path(path).absolute()) if path else path
+
+    return ConvertOptions(
+        model_dir=absolute(args.model_dir), output_dir=absolute(args.output_dir), dtype=args.dtype,
+        tp_size=args.tp_size, pp_size=args.pp_size, moe_tp_size=args.moe_tp_size, moe_ep_size=args.moe_ep_size,
+        use_weight_only=args.use_weight_only, weight_only_precision=args.weight_only_precision,
+        quantize_at_build=args.quantize_at_build, int8_kv_cache=args.int8_kv_cache,
+        calib_dataset=absolute(args.calib_dataset), calib_size=args.calib_size, logits_dtype=args.logits_dtype,
+        workers=args.workers, overwrite=args.overwrite)
+
+
+def run(args) -> int:
+    options = options_from_args(args)
+    job = convert_remote(args.server, options, args.auth_token) if args.server else \
+        convert_in_process(args.database_url, options)
+    return report(job)
+
+
+def convert_in_process(database_url: str | None, options):
+    """Submit to the job store and run it with a worker thread here, following its events."""
+    from dbrx_serve.services.converter.worker import converter_worker
+    from dbrx_serve.shared.jobstore import CONVERT, JobStore
+
+    from .jobs import follow_job
+
+    with JobStore.open(database_url) as store:
+        job = store.submit(CONVERT, options.to_dict(), output_dir=options.output_dir)
+        worker = converter_worker(store, poll_seconds=0.2)
+        thread = threading.Thread(target=worker.run_forever, name="convert-worker", daemon=True)
+        thread.start()
+        try:
+            return follow_job(store, job.id)
+        except KeyboardInterrupt:
+            store.cancel(job.id)  # the worker stops at its next checkpoint and removes its temporary output
+            raise
+        finally:
+            worker.stop()
+            thread.join()
+
+
+def convert_remote(server: str, options, auth_token: str | None):
+    import grpc
+
+    from dbrx_serve.services.converter.convert_pb import options_to_pb
+    from dbrx_serve.shared.generated.dbrx.serve.v1 import converter_pb2_grpc, jobs_pb2_grpc
+    from dbrx_serve.shared.jobstore.convert import job_from_pb
+
+    from .jobs import RemoteJobs, _typed_error, follow_job
+
+    metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
+    with grpc.insecure_channel(server) as channel:
+        try:
+            job = job_from_pb(converter_pb2_grpc.ConverterServiceStub(channel).SubmitConvert(
+                options_to_pb(options), metadata=metadata))
+        except grpc.RpcError as error:
+            raise _typed_error(error) from None
+        return follow_job(RemoteJobs(jobs_pb2_grpc.JobServiceStub(channel), auth_token), job.id)
+
+
+def report(job) -> int:
+    from dbrx_serve.shared.jobstore import JobState
+
+    if job.state is JobState.SUCCEEDED:
+        print(f"checkpoint written to {job.result['output_dir']} (job {job.id})")
+        return 0
+    print(f"dbrx convert: job {job.id} {job.state.value.lower()}: {job.message}", file=sys.stderr)
+    return 1

@@ -3,7 +3,6 @@ reference forward pass straight on a HF checkpoint (greedy), the ground truth
 that engine outputs are compared with; `--engine_dir` runs a built engine."""
 
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -31,7 +30,9 @@ def add_parser(subparsers):
     p.add_argument("--top_p", type=float, default=0.0)
     p.add_argument("--random_seed", type=int, default=0)
     p.add_argument("--end_id", type=int, nargs="+", default=None, help="stop ids (default: generation_config.json)")
+    p.add_argument("--stop_words", nargs="+", default=None, help="--engine_dir only: stop strings")
     p.add_argument("--streaming", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--device", default="auto", help="--engine_dir only: cpu, cuda[:N], or auto (cuda if present)")
     p.add_argument("--dtype", default="float32", help="--hf_model_dir only: float32, float16 or bfloat16")
     p.set_defaults(func=run)
     return p
@@ -48,8 +49,8 @@ def main(argv: list[str]) -> int:
 
 def run(args) -> int:
     if args.engine_dir:
-        print("dbrx run --engine_dir: not built yet (issue 6); use --hf_model_dir", file=sys.stderr)
-        return 3
+        from .run_engine import run_engine
+        return run_engine(args)
     check_greedy(args)
     model_dir = Path(args.hf_model_dir)
     model = load_hf_model(model_dir, torch_dtype(args.dtype))
@@ -74,6 +75,8 @@ def check_greedy(args) -> None:
                            "(or set --temperature 0), or sample with --engine_dir")
     if args.max_output_len < 1:
         raise InvalidInput(f"--max_output_len must be at least 1, got {args.max_output_len}")
+    if args.stop_words:
+        raise InvalidInput("--stop_words needs --engine_dir (the reference path stops at end ids only)")
 
 
 def generate_printing(model, prompt, args, end_ids, banned, tokenizer, index: int) -> list[int]:

@@ -3,7 +3,9 @@
 import argparse
 import sys
 
-SERVE_STAGES = {"tokenizer": "dbrx_serve.services.tokenizer.server"}
+SERVE_STAGES = {"tokenizer": "dbrx_serve.services.tokenizer.server",
+                "builder": "dbrx_serve.services.builder.server",
+                "converter": "dbrx_serve.services.converter.server"}
 ALL_STAGES = ["tokenizer", "converter", "builder", "inference", "all"]
 
 

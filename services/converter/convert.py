@@ -1,6 +1,7 @@
 """HF DBRX checkpoint -> TensorRT-LLM checkpoint (docs/trtllm-checkpoint.md).
 
-    result = convert(ConvertOptions(model_dir, output_dir, tp_size=2), progress=print_it, check=raise_if_cancelled)
+    summary = convert(ConvertOptions(model_dir, output_dir, tp_size=2),
+                      progress=lambda fraction, message: ..., check=raise_if_cancelled)
 
 Checks everything it can first (plan.py), then writes into a temporary sibling
 of the output directory: calibration (once, for --int8_kv_cache), every rank
@@ -16,9 +17,10 @@ from dbrx_serve.shared.artifacts import MANIFEST, artifact_dir, file_sha256
 from .calibration import KVScales, calibrate
 from .checkpoint_config import checkpoint_config
 from .options import ConvertOptions
+from .parallel import run_ranks
 from .plan import ConvertPlan, plan_conversion
 from .progress import Check, Progress, Reporter
-from .ranks import RankTask, rank_path, run_ranks
+from .ranks import RankTask, rank_path
 
 PRODUCER = "dbrx-serve converter"
 
@@ -41,9 +43,9 @@ def convert(options: ConvertOptions, progress: Progress | None = None, check: Ch
 def run_calibration(plan: ConvertPlan, reporter: Reporter) -> KVScales | None:
     if plan.calibration is None:
         return None
-    samples = len(plan.calibration.samples)
+    layers = plan.config.n_layers
     return calibrate(plan.options.model_dir, plan.calibration,
-                     lambda i: reporter.step(f"calibration: sample {i + 1} of {samples}"))
+                     lambda i: reporter.step(f"calibration: layer {i + 1} of {layers}"))
 
 
 def rank_tasks(plan: ConvertPlan, root: Path, scales: KVScales | None) -> list[RankTask]:

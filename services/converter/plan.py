@@ -11,7 +11,7 @@ from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.hf_checkpoint import HFCheckpoint
 from dbrx_serve.shared.mapping import Mapping
 
-from .calibration import CalibrationSet, calibration_set
+from .calibration_text import CalibrationSet, calibration_set
 from .options import ConvertOptions
 from .ranks import group_count
 
@@ -27,7 +27,8 @@ class ConvertPlan:
 
     @property
     def total_steps(self) -> int:
-        calib = len(self.calibration.samples) if self.calibration else 0
+        """Calibration's layers, then every rank's tensor groups."""
+        calib = self.config.n_layers if self.calibration else 0
         ranks = range(self.mapping.world_size)
         return calib + sum(group_count(self.mapping, r, self.config.n_layers) for r in ranks)
 

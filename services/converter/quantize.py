@@ -36,6 +36,9 @@ def scheme(precision: str) -> WeightOnly:
 
 def quantize_weight(w: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Float [.., out, in] in dtype D -> (int8 [.., in, out*bits/8], scale [.., out] in D)."""
+    if w.dim() == 3:  # [El, out, in]: one expert at a time, so float32 temporaries stay one expert's size
+        parts = [quantize_weight(expert, precision) for expert in w]
+        return torch.stack([q for q, _ in parts]), torch.stack([scale for _, scale in parts])
     s = scheme(precision)
     wt = w.transpose(-1, -2).float()  # [.., in, out]
     amax = wt.abs().amax(dim=-2)  # [.., out]

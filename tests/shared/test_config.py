@@ -64,3 +64,18 @@ def test_missing_or_broken_config_json(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in DBRX_INSTRUCT.items() if k != "n_layers"}))
     with pytest.raises(InvalidInput, match="n_layers"):
         DbrxConfig.from_hf_dir(tmp_path)
+
+
+def test_from_checkpoint_dict_reads_back_what_the_converter_writes():
+    """The checkpoint config (docs/trtllm-checkpoint.md) of dbrx-instruct gives the same DbrxConfig."""
+    from dbrx_serve.services.converter.checkpoint_config import checkpoint_config
+    from dbrx_serve.shared.mapping import Mapping
+
+    cfg = DbrxConfig.from_hf_dict(DBRX_INSTRUCT)
+    assert DbrxConfig.from_checkpoint_dict(checkpoint_config(cfg, Mapping(8, 1, 8, 1), "bfloat16")) == cfg
+    trtllm = {k: v for k, v in checkpoint_config(cfg, Mapping(), "float16").items() if k != "dbrx_serve"}
+    assert DbrxConfig.from_checkpoint_dict(trtllm).moe_normalize_expert_weights == 1.0
+    trtllm["moe"] = dict(trtllm["moe"], normalization_mode=0)
+    assert DbrxConfig.from_checkpoint_dict(trtllm).moe_normalize_expert_weights is None
+    with pytest.raises(InvalidInput, match="architecture is 'LlamaForCausalLM'"):
+        DbrxConfig.from_checkpoint_dict(dict(trtllm, architecture="LlamaForCausalLM"))

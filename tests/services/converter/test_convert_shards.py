@@ -1,12 +1,15 @@
 """Shard invariants: gathering the shards of a tp/pp/ep conversion gives back the
 tp1 tensors exactly; every rank file loads into our model with its local shape."""
 
+import json
+
 import pytest
 import torch
 
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.mapping import Mapping
 from dbrx_serve.shared.model import DbrxModel, LocalShape
+from dbrx_serve.shared.testing import make_hf_model
 
 from .conftest import SHARD_SPEC, read_checkpoint, run_convert
 
@@ -121,8 +124,24 @@ def test_each_rank_file_loads_into_its_local_model(name, shard_model, tmp_path):
 
 def test_parallel_workers_write_the_same_bytes(shard_model, tmp_path):
     """--workers 3 (spawned processes) and --workers 1 give identical files."""
-    import json
     one = run_convert(shard_model[0], tmp_path / "one", tp_size=2, pp_size=2)
     three = run_convert(shard_model[0], tmp_path / "three", tp_size=2, pp_size=2, workers=3)
     files = lambda d: {f["path"]: f["sha256"] for f in json.loads((d / "manifest.json").read_text())["files"]}
     assert files(one) == files(three) and len(files(one)) == 5  # config.json + 4 ranks
+
+
+def test_a_bfloat16_hf_checkpoint_keeps_its_dtype_and_values(shard_model, tmp_path):
+    """Real DBRX is stored in bfloat16: no --dtype keeps it; the values are the HF ones exactly."""
+    hf = make_hf_model(SHARD_SPEC).to(torch.bfloat16)
+    hf.save_pretrained(tmp_path / "bf16-model")
+    config, ranks = read_checkpoint(run_convert(tmp_path / "bf16-model", tmp_path / "ckpt", tp_size=2,
+                                                moe_ep_size=2))
+    assert config["dtype"] == "bfloat16"
+    mapping = Mapping.from_flags(tp_size=2, moe_ep_size=2)
+    gathered = gather(ranks, mapping, DbrxConfig.from_hf_dir(tmp_path / "bf16-model"))
+    state = hf.state_dict()
+    assert torch.equal(gathered["transformer.layers.1.mlp.proj.weight"],
+                       state["transformer.blocks.1.ffn.experts.mlp.w2"].view(4, 32, 64).transpose(1, 2))
+    assert gathered["transformer.layers.1.mlp.router.weight"].dtype == torch.float32
+    assert torch.equal(gathered["transformer.layers.1.mlp.router.weight"],
+                       state["transformer.blocks.1.ffn.router.layer.weight"].float())

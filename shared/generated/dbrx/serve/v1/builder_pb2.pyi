@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class BuildRequest(_message.Message):
-    __slots__ = ("checkpoint_dir", "output_dir", "max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "kv_cache_dtype", "tokens_per_block", "workers", "idempotency_key", "gpt_attention_plugin", "gemm_plugin", "moe_plugin", "overwrite")
+    __slots__ = ("checkpoint_dir", "output_dir", "max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "kv_cache_dtype", "tokens_per_block", "workers", "idempotency_key", "gpt_attention_plugin", "gemm_plugin", "moe_plugin", "overwrite", "max_beam_width", "kv_cache_type", "context_fmha", "remove_input_padding", "tokenizer_dir")
     CHECKPOINT_DIR_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,11 @@ class BuildRequest(_message.Message):
     GEMM_PLUGIN_FIELD_NUMBER: _ClassVar[int]
     MOE_PLUGIN_FIELD_NUMBER: _ClassVar[int]
     OVERWRITE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BEAM_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FMHA_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_INPUT_PADDING_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_DIR_FIELD_NUMBER: _ClassVar[int]
     checkpoint_dir: str
     output_dir: str
     max_batch_size: int
@@ -37,4 +42,9 @@ class BuildRequest(_message.Message):
     gemm_plugin: str
     moe_plugin: str
     overwrite: bool
-    def __init__(self, checkpoint_dir: _Optional[str] = ..., output_dir: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., max_input_len: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., max_num_tokens: _Optional[int] = ..., kv_cache_dtype: _Optional[_Union[_common_pb2.KVCacheDType, str]] = ..., tokens_per_block: _Optional[int] = ..., workers: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., gpt_attention_plugin: _Optional[str] = ..., gemm_plugin: _Optional[str] = ..., moe_plugin: _Optional[str] = ..., overwrite: _Optional[bool] = ...) -> None: ...
+    max_beam_width: int
+    kv_cache_type: str
+    context_fmha: str
+    remove_input_padding: str
+    tokenizer_dir: str
+    def __init__(self, checkpoint_dir: _Optional[str] = ..., output_dir: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., max_input_len: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., max_num_tokens: _Optional[int] = ..., kv_cache_dtype: _Optional[_Union[_common_pb2.KVCacheDType, str]] = ..., tokens_per_block: _Optional[int] = ..., workers: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., gpt_attention_plugin: _Optional[str] = ..., gemm_plugin: _Optional[str] = ..., moe_plugin: _Optional[str] = ..., overwrite: _Optional[bool] = ..., max_beam_width: _Optional[int] = ..., kv_cache_type: _Optional[str] = ..., context_fmha: _Optional[str] = ..., remove_input_padding: _Optional[str] = ..., tokenizer_dir: _Optional[str] = ...) -> None: ...

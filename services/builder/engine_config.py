@@ -1,0 +1,28 @@
+"""The engine's config.json: trtllm-build's shape (`version`,
+`pretrained_config` = the checkpoint's config verbatim, `build_config`), with
+our backend's name and its (empty for now) kernel tuning table."""
+
+from dbrx_serve import __version__
+
+from .plan import BuildPlan
+
+BACKEND = "dbrx-serve-torch"
+
+
+def engine_config(plan: BuildPlan) -> dict:
+    limits, options = plan.limits, plan.options
+    build_config = {
+        "max_batch_size": limits.max_batch_size,
+        "max_input_len": limits.max_input_len,
+        "max_seq_len": limits.max_seq_len,
+        "max_num_tokens": limits.max_num_tokens,
+        "max_beam_width": limits.max_beam_width,
+        "kv_cache_type": options.kv_cache_type,
+        "tokens_per_block": limits.tokens_per_block,
+        "kv_cache_dtype": plan.kv_cache_dtype,
+        "plugin_config": options.plugin_config(),  # TensorRT's kernel choices: recorded, not used by our backend
+        "backend": BACKEND,
+        "kernel_tuning": {},
+        "build_options": options.to_dict(),
+    }
+    return {"version": __version__, "pretrained_config": plan.checkpoint.config, "build_config": build_config}

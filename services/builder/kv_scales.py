@@ -1,0 +1,72 @@
+"""The engine's KV-cache dtype and, for int8, its per-layer K and V scales.
+
+Our checkpoints carry `kv_cache_scales.json` (finer: K after the clamp and
+RoPE, V after the clamp). A TensorRT-LLM checkpoint has only its one
+`kv_cache_scaling_factor` per layer (max |qkv| before the clamp / 127): a
+valid, looser bound for both K and V, so the builder uses it for both.
+"""
+
+import json
+import math
+
+from safetensors import safe_open
+
+from dbrx_serve.shared.errors import InvalidInput
+
+from .checkpoint import Checkpoint
+from .layout import kv_scaling_names
+
+SCALES_FILE = "kv_cache_scales.json"
+
+
+def kv_cache_dtype(ckpt: Checkpoint, asked: str | None) -> str:
+    """int8 when the checkpoint was calibrated (and nothing else was asked), else the model dtype."""
+    if asked == "int8" and not ckpt.kv_int8:
+        raise InvalidInput(f"kv_cache_dtype int8 needs KV-cache scales, and {ckpt.root} has none "
+                           "(kv_cache_quant_algo is not INT8): convert with --int8_kv_cache")
+    return asked or ("int8" if ckpt.kv_int8 else "model")
+
+
+def kv_scales(ckpt: Checkpoint) -> dict:
+    """The scales file the engine gets: the checkpoint's own, else made from TensorRT-LLM's factors."""
+    path = ckpt.root / SCALES_FILE
+    scales = read_scales(path) if path.is_file() else scales_from_factors(ckpt)
+    check_scales(scales, ckpt.model.n_layers, path)
+    return scales
+
+
+def read_scales(path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidInput(f"{path} is not valid JSON ({error})") from None
+
+
+def check_scales(scales: dict, num_layers: int, path) -> None:
+    layers = scales.get("layers") if isinstance(scales, dict) else None
+    if not isinstance(layers, list) or len(layers) != num_layers:
+        raise InvalidInput(f"{path}: expected a 'layers' list of {num_layers} {{'k', 'v'}} entries")
+    for i, layer in enumerate(layers):
+        values = [layer.get(key) if isinstance(layer, dict) else None for key in ("k", "v")]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
+            raise InvalidInput(f"{path}: layer {i} needs positive finite 'k' and 'v' scales, got {layer!r}")
+
+
+def scales_from_factors(ckpt: Checkpoint) -> dict:
+    """Per global layer {k, v} = the layer's kv_cache_scaling_factor, read from each pipeline stage."""
+    layers = []
+    for stage in range(ckpt.mapping.pp_size):
+        rank = stage * ckpt.mapping.tp_size  # tp rank 0 of the stage: the factor is the same on every tp rank
+        names = sorted(kv_scaling_names(ckpt.engine_layout(rank)), key=_layer_index)
+        missing = [n for n in names if n not in ckpt.headers[rank]]
+        if missing:
+            raise InvalidInput(f"{ckpt.root}: kv_cache_quant_algo is INT8 but there is no {SCALES_FILE} and "
+                               f"{ckpt.rank_path(rank)} lacks {missing[0]}: convert with --int8_kv_cache again")
+        with safe_open(ckpt.rank_path(rank), framework="pt") as f:
+            layers += [float(f.get_tensor(n).reshape(-1)[0]) for n in names]
+    return {"calibration": {"dataset": "kv_cache_scaling_factor of the checkpoint"},
+            "layers": [{"k": s, "v": s} for s in layers]}
+
+
+def _layer_index(name: str) -> int:
+    return int(name.split(".")[2])

@@ -1,0 +1,29 @@
+"""BuilderService: submit a build as a job in the store; `dbrx worker builder`
+runs it. Thin: validate and convert the request, one store call (in a thread:
+the store blocks), convert the job back."""
+
+import asyncio
+
+from dbrx_serve.shared import rpc
+from dbrx_serve.shared.generated.dbrx.serve.v1 import builder_pb2 as pb, builder_pb2_grpc as pb_grpc, jobs_pb2
+from dbrx_serve.shared.jobstore import BUILD, JobStore
+from dbrx_serve.shared.jobstore.convert import job_to_pb
+
+from .convert_pb import options_from_pb
+
+SERVICE_NAME = "dbrx.serve.v1.BuilderService"
+
+
+class BuilderServicer(pb_grpc.BuilderServiceServicer):
+    def __init__(self, store: JobStore):
+        self.store = store
+
+    async def SubmitBuild(self, request: pb.BuildRequest, context) -> jobs_pb2.Job:
+        options = options_from_pb(request)
+        job = await asyncio.to_thread(self.store.submit, BUILD, options.to_dict(), output_dir=options.output_dir,
+                                      idempotency_key=request.idempotency_key or None)
+        return job_to_pb(job)
+
+
+def builder_servicer(store: JobStore) -> rpc.Servicer:
+    return rpc.Servicer(pb_grpc.add_BuilderServiceServicer_to_server, BuilderServicer(store), SERVICE_NAME)

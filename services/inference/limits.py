@@ -1,0 +1,51 @@
+"""The engine's limits: the build's (`build_config`) plus what the runtime
+adds (queue length, KV pool size), one frozen value checked when made."""
+
+from dataclasses import dataclass, fields
+
+from dbrx_serve.shared.errors import InvalidInput
+
+BUILD_LIMITS = ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "tokens_per_block")
+LOWERABLE = ("max_batch_size", "max_num_tokens")
+RUNTIME_LIMITS = LOWERABLE + ("max_queue_size", "num_kv_blocks")
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    max_batch_size: int = 2048
+    max_input_len: int = 1024
+    max_seq_len: int = 32768
+    max_num_tokens: int = 8192
+    tokens_per_block: int = 32
+    max_queue_size: int = 4096  # waiting requests beyond this: CapacityExhausted
+    num_kv_blocks: int | None = None  # None: sized by the model runner
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name == "num_kv_blocks":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInput(f"engine limit {f.name} must be a positive integer, got {value!r}")
+        if self.max_input_len > self.max_seq_len:
+            raise InvalidInput(f"max_input_len {self.max_input_len} exceeds max_seq_len {self.max_seq_len}")
+
+    @property
+    def max_blocks_per_seq(self) -> int:
+        return -(-self.max_seq_len // self.tokens_per_block)
+
+    @classmethod
+    def from_build_config(cls, build: dict, **runtime) -> "EngineLimits":
+        """The build's limits; `runtime` may lower max_batch_size and max_num_tokens (never raise them)
+        and set max_queue_size and num_kv_blocks."""
+        missing = [name for name in BUILD_LIMITS if name not in build]
+        if missing:
+            raise InvalidInput(f"engine config.json build_config lacks {', '.join(missing)}")
+        unknown = sorted(set(runtime) - set(RUNTIME_LIMITS))
+        if unknown:
+            raise InvalidInput(f"unknown runtime limit(s) {', '.join(unknown)}: choose from "
+                               f"{', '.join(RUNTIME_LIMITS)}")
+        for name in LOWERABLE:
+            if name in runtime and runtime[name] > build[name]:
+                raise InvalidInput(f"{name} {runtime[name]} exceeds the engine's built {name} {build[name]}")
+        return cls(**{**{name: build[name] for name in BUILD_LIMITS}, **runtime})

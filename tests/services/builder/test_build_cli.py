@@ -1,0 +1,74 @@
+"""`dbrx build` in-process (job store on a SQLite file) and `--server` against
+`dbrx serve builder` with a `dbrx worker builder` process; exit codes and
+messages on failure."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+
+from dbrx_serve.shared.artifacts import verify_manifest
+
+
+def dbrx(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dbrx_serve", *map(str, args)], capture_output=True, text=True,
+                          **kwargs)
+
+
+@contextmanager
+def background(*args):
+    """A `dbrx ...` process, stopped with SIGTERM afterwards."""
+    proc = subprocess.Popen([sys.executable, "-m", "dbrx_serve", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+
+
+def test_in_process_build_and_the_job_it_leaves(checkpoints, tmp_path):
+    database = f"sqlite:///{tmp_path / 'jobs.db'}"
+    result = dbrx("build", "--checkpoint_dir", checkpoints(), "--output_dir", tmp_path / "engine",
+                  "--max_seq_len", 128, "--database_url", database, "--log_level", "verbose")
+    assert result.returncode == 0, result.stderr
+    assert f"engine written to {tmp_path / 'engine'}" in result.stdout
+    verify_manifest(tmp_path / "engine")
+    config = json.loads((tmp_path / "engine" / "config.json").read_text())
+    assert config["build_config"]["max_seq_len"] == 128
+    assert config["build_config"]["build_options"]["log_level"] == "verbose"
+    listed = json.loads(dbrx("jobs", "list", "--database_url", database, "--json").stdout)
+    assert [(j["kind"], j["state"]) for j in listed] == [("build", "SUCCEEDED")]
+
+
+def test_failed_build_exits_1_with_the_job_message(checkpoints, tmp_path):
+    ckpt = shutil.copytree(checkpoints(), tmp_path / "ckpt")
+    (ckpt / "config.json").write_text("{}")
+    result = dbrx("build", "--checkpoint_dir", ckpt, "--output_dir", tmp_path / "engine",
+                  "--database_url", f"sqlite:///{tmp_path / 'jobs.db'}")
+    assert result.returncode == 1
+    assert "failed" in result.stderr and "config.json has 2 bytes, the manifest says" in result.stderr
+    assert not (tmp_path / "engine").exists()
+
+
+def test_bad_limits_exit_2_before_any_job(tmp_path):
+    result = dbrx("build", "--checkpoint_dir", tmp_path, "--tokens_per_block", 48,
+                  "--database_url", f"sqlite:///{tmp_path / 'jobs.db'}")
+    assert result.returncode == 2 and "--tokens_per_block 48 must be a power of two" in result.stderr
+
+
+def test_build_through_a_server_and_a_worker_process(checkpoints, tmp_path):
+    database = f"sqlite:///{tmp_path / 'jobs.db'}"
+    with background("serve", "builder", "--port", 0, "--database_url", database) as server, \
+            background("worker", "builder", "--database_url", database, "--poll_seconds", 0.2):
+        line = server.stdout.readline()
+        assert line.startswith("listening on "), server.stderr.read() if server.poll() is not None else line
+        address = line.split()[-1]
+        result = dbrx("build", "--server", address, "--checkpoint_dir", checkpoints(tp_size=2),
+                      "--output_dir", tmp_path / "engine", "--workers", 2)
+        refused = dbrx("build", "--server", address, "--checkpoint_dir", tmp_path, "--max_beam_width", 2)
+    assert result.returncode == 0, result.stderr
+    verify_manifest(tmp_path / "engine")
+    assert refused.returncode == 2 and "max_beam_width 2 is not supported" in refused.stderr

@@ -1,0 +1,76 @@
+"""Weight-only engines hold the plain int8 / packed int4 tensors; the
+--quantize_at_build form gives the same engine as a weight-only checkpoint;
+TensorRT-LLM's own checkpoints: float ones (no manifest) are built, its
+pre-shuffled quantized ones are refused with the spec's message."""
+
+import pytest
+import torch
+
+from dbrx_serve.services.builder.layout import float_layout, weight_only_layout
+from dbrx_serve.services.converter.quantize import dequantize_weight
+from dbrx_serve.shared.config import DbrxConfig
+from dbrx_serve.shared.errors import InvalidInput
+from dbrx_serve.shared.mapping import Mapping
+
+from .conftest import copy_without_manifest, leftovers, read_engine, read_ranks, run_build
+
+GEMM = "transformer.layers.0.mlp.fc"
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_weight_only_engine_holds_the_plain_tensors(precision, checkpoints, tmp_path):
+    ckpt = checkpoints(tp_size=2, use_weight_only=True, weight_only_precision=precision)
+    config, ranks = read_engine(run_build(ckpt, tmp_path / "engine"))
+    assert config["pretrained_config"]["quantization"]["quant_algo"] == {"int8": "W8A16", "int4": "W4A16"}[precision]
+    cfg = DbrxConfig.from_checkpoint_dict(config["pretrained_config"])
+    for rank, (got, want) in enumerate(zip(ranks, read_ranks(ckpt, 2))):
+        layout = weight_only_layout(float_layout(cfg, Mapping(2, 1, 2, 1), rank, torch.float32), precision)
+        assert {k: (t.dtype, tuple(t.shape)) for k, t in got.items()} == layout
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    assert ranks[0][f"{GEMM}.weight"].dtype == torch.int8
+    assert ranks[0]["transformer.layers.0.mlp.router.weight"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_quantize_at_build_equals_a_weight_only_checkpoint(precision, checkpoints, tmp_path):
+    plain = checkpoints(tp_size=2, use_weight_only=True, weight_only_precision=precision)
+    at_build = checkpoints(tp_size=2, use_weight_only=True, weight_only_precision=precision, quantize_at_build=True)
+    assert read_ranks(at_build, 2)[0][f"{GEMM}.weight"].dtype == torch.float32
+    _, want = read_engine(run_build(plain, tmp_path / "plain"))
+    _, got = read_engine(run_build(at_build, tmp_path / "at-build", workers=2))
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys() and all(torch.equal(g[k], w[k]) for k in w)
+    back = dequantize_weight(got[0][f"{GEMM}.weight"], got[0][f"{GEMM}.per_channel_scale"], precision)
+    assert back.shape == read_ranks(at_build, 2)[0][f"{GEMM}.weight"].shape
+
+
+def drop_our_section(config: dict) -> None:
+    del config["dbrx_serve"]
+
+
+def test_trtllm_quantized_checkpoint_is_refused_with_the_spec_message(checkpoints, tmp_path):
+    ckpt = copy_without_manifest(checkpoints(use_weight_only=True), tmp_path / "trtllm-int8", drop_our_section)
+    with pytest.raises(InvalidInput) as error:
+        run_build(ckpt, tmp_path / "engine")
+    message = str(error.value)
+    assert "pre-shuffled" in message and "convert from the HF model" in message and "float checkpoint" in message
+    assert leftovers(tmp_path / "engine") == []
+
+
+def test_trtllm_float_checkpoint_without_manifest_is_built(checkpoints, tmp_path):
+    """TensorRT-LLM's converter writes no manifest and no dbrx_serve section (p-norm from normalization_mode)."""
+    ckpt = copy_without_manifest(checkpoints(tp_size=2), tmp_path / "trtllm-float", drop_our_section)
+    config, ranks = read_engine(run_build(ckpt, tmp_path / "engine"))
+    assert "dbrx_serve" not in config["pretrained_config"]
+    assert DbrxConfig.from_checkpoint_dict(config["pretrained_config"]).moe_normalize_expert_weights == 1.0
+    for got, want in zip(ranks, read_ranks(ckpt, 2)):
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not (tmp_path / "engine" / "tokenizer").exists()  # no manifest: no HF dir to take it from
+
+
+def test_trtllm_quantize_at_build_form_without_our_section_is_built(checkpoints, tmp_path):
+    """Float tensors with quant_algo set hold no pre-shuffled bytes, whoever wrote them."""
+    ckpt = copy_without_manifest(checkpoints(use_weight_only=True, quantize_at_build=True), tmp_path / "qab",
+                                 drop_our_section)
+    _, ranks = read_engine(run_build(ckpt, tmp_path / "engine"))
+    assert ranks[0][f"{GEMM}.weight"].dtype == torch.int8

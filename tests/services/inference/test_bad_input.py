@@ -1,0 +1,79 @@
+"""Bad requests are refused at once with a message that says what to fix, and
+leave nothing behind in the engine."""
+
+import json
+import shutil
+
+import pytest
+
+from dbrx_serve.services.inference.engine import Engine
+from dbrx_serve.services.inference.params import SamplingParams
+from dbrx_serve.shared.errors import InvalidInput
+
+
+@pytest.mark.parametrize("params,message", [
+    (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
+    (dict(temperature=-0.5), "temperature must be >= 0"),
+    (dict(top_p=0.0), r"top_p must lie in \(0, 1\]"),
+    (dict(top_p=1.5), r"top_p must lie in \(0, 1\]"),
+    (dict(top_k=-1), "top_k must be an integer >= 0"),
+    (dict(seed=-3), "seed must be between"),
+    (dict(stop=[""]), "stop strings must be non-empty"),
+    (dict(end_id=[-1]), "end_id must be an integer >= 0"),
+])
+def test_bad_sampling_params(params, message):
+    with pytest.raises(InvalidInput, match=message):
+        SamplingParams(**params)
+
+
+@pytest.mark.parametrize("prompt,params,message", [
+    ([], {}, "prompt is empty"),
+    ("", {}, "prompt is empty"),
+    ([1, -1], {}, "prompt id -1 is outside the vocabulary 0..100351"),
+    ([1, 100352], {}, "prompt id 100352 is outside the vocabulary"),
+    (list(range(129)), {}, "more than the engine's max_input_len 128"),
+    ([1, 2], dict(max_new_tokens=255), "exceeds the engine's max_seq_len 256"),
+])
+def test_bad_requests_are_refused_with_what_to_fix(fp32_engine, prompt, params, message):
+    with pytest.raises(InvalidInput, match=message):
+        fp32_engine.add_request(prompt, SamplingParams(**params))
+    assert fp32_engine.stats().waiting == 0
+
+
+def test_a_bad_prompt_in_a_batch_withdraws_the_whole_batch(fp32_engine):
+    with pytest.raises(InvalidInput, match="prompt 1|outside the vocabulary"):
+        fp32_engine.generate([[1, 2, 3], [1, 999999]], SamplingParams(max_new_tokens=2))
+    assert not fp32_engine.has_unfinished and fp32_engine.stats().kv_blocks_used == 0
+
+
+def test_duplicate_request_ids_are_refused(fp32_engine):
+    fp32_engine.add_request([1, 2], SamplingParams(max_new_tokens=1), request_id="same")
+    try:
+        with pytest.raises(InvalidInput, match="already in use"):
+            fp32_engine.add_request([1, 2], SamplingParams(max_new_tokens=1), request_id="same")
+    finally:
+        fp32_engine.abort("same")
+
+
+def test_runtime_limits_cannot_exceed_the_build(engine_dir):
+    with pytest.raises(InvalidInput, match="exceeds the engine's built max_num_tokens 256"):
+        Engine.from_dir(engine_dir("fp32"), max_num_tokens=1000)
+    with pytest.raises(InvalidInput, match="unknown runtime limit"):
+        Engine.from_dir(engine_dir("fp32"), max_seq_len=10)
+
+
+def test_a_tampered_engine_is_refused(engine_dir, tmp_path):
+    copy = tmp_path / "engine"
+    shutil.copytree(engine_dir("fp32"), copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["build_config"]["max_seq_len"] = 4096
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidInput, match="does not match the sha256|bytes, the manifest says"):
+        Engine.from_dir(copy)
+    with pytest.raises(InvalidInput, match="does not exist"):
+        Engine.from_dir(tmp_path / "missing")
+
+
+def test_a_multi_rank_engine_is_refused_for_now(engine_dir):
+    with pytest.raises(InvalidInput, match="has 2 ranks; this runtime runs one-rank engines"):
+        Engine.from_dir(engine_dir("tp2"))

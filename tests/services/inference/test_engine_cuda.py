@@ -1,0 +1,40 @@
+"""The engine on CUDA (skipped without a GPU; run on the lent GPU): greedy tokens
+as on the CPU up to float32 near-ties, seeded sampling reproducible, int8 KV,
+the KV pool sized from free GPU memory and empty after."""
+
+import pytest
+import torch
+
+from dbrx_serve.services.inference.engine import Engine
+from dbrx_serve.services.inference.params import SamplingParams
+
+from .helpers import assert_same_greedy
+from .test_engine_greedy import PROMPTS
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+GREEDY = SamplingParams(max_new_tokens=32, temperature=0)
+
+
+def test_greedy_on_cuda_matches_the_cpu_engine(engine_dir, fp32_engine, reference_model, banned):
+    engine = Engine.from_dir(engine_dir("fp32"), device="cuda", num_kv_blocks=256)
+    assert engine.runner.cache.k.is_cuda
+    for prompt, result in zip(PROMPTS, engine.generate(PROMPTS, GREEDY)):
+        assert_same_greedy(result.output_ids, fp32_engine.generate([prompt], GREEDY)[0].output_ids, prompt,
+                           reference_model, banned)
+    assert engine.stats().kv_blocks_used == 0
+
+
+def test_seeded_sampling_on_cuda_is_reproducible(engine_dir):
+    engine = Engine.from_dir(engine_dir("fp32"), device="cuda", num_kv_blocks=256)
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=11)
+    first = engine.generate([PROMPTS[0]], params)[0].output_ids
+    company = engine.generate([PROMPTS[1], PROMPTS[0]], [SamplingParams(max_new_tokens=4, seed=1), params])
+    assert company[1].output_ids == first
+
+
+def test_int8_kv_and_weight_only_engines_run_on_cuda(engine_dir):
+    for name in ("int8kv", "int4"):
+        engine = Engine.from_dir(engine_dir(name), device="cuda")
+        assert engine.stats().kv_blocks_total == 16 * 32  # max_batch_size x blocks of max_seq_len: memory allows
+        result = engine.generate([PROMPTS[2]], GREEDY)[0]
+        assert len(result.output_ids) == 32 and engine.stats().kv_blocks_used == 0

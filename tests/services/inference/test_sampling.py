@@ -1,0 +1,71 @@
+"""Per-request sampling: seeds reproducible and independent of batch company,
+unassigned ids never sampled, top-k / top-p filters, logprobs."""
+
+import math
+from dataclasses import replace
+
+import torch
+
+from dbrx_serve.services.inference.params import SamplingParams
+from dbrx_serve.services.inference.sampler import Sampler, top_k_filter, top_p_filter
+
+PROMPT = [10, 20, 30, 40]
+
+
+def sampled(seed: int, **kw) -> SamplingParams:
+    return SamplingParams(max_new_tokens=24, temperature=1.0, seed=seed, **kw)
+
+
+def test_the_same_seed_gives_the_same_tokens_whatever_else_is_in_the_batch(fp32_engine):
+    alone = fp32_engine.generate([PROMPT], sampled(7))[0].output_ids
+    assert fp32_engine.generate([PROMPT], sampled(7))[0].output_ids == alone
+    company = [[1, 2, 3], PROMPT, list(range(50, 90)), PROMPT]
+    params = [sampled(1), sampled(7), SamplingParams(max_new_tokens=5, temperature=0), sampled(8)]
+    results = fp32_engine.generate(company, params)
+    assert results[1].output_ids == alone
+    assert results[3].output_ids != alone  # another seed, another draw
+    assert fp32_engine.stats().kv_blocks_used == 0
+
+
+def test_unassigned_ids_are_never_sampled(fp32_engine):
+    unassigned = torch.tensor(fp32_engine.tokenizer.unassigned_mask(fp32_engine.vocab_size))
+    results = fp32_engine.generate([PROMPT] * 4, [SamplingParams(max_new_tokens=32, temperature=50.0, seed=s)
+                                                  for s in range(4)])
+    ids = torch.tensor([t for r in results for t in r.output_ids])
+    assert len(ids) > 64 and not unassigned[ids].any()
+    assert len(set(ids.tolist())) > 20  # a hot temperature spreads over the assigned ids
+
+
+def test_the_mask_applies_before_anything_else():
+    logits = torch.tensor([[0.0, 9.0, 1.0, 2.0]])
+    sampler = Sampler(torch.tensor([False, True, False, False]))
+    greedy = SamplingParams(temperature=0, return_logprobs=True)
+    tokens, logprobs = sampler.sample(logits, [greedy], [None])
+    assert tokens == [3]
+    assert math.isclose(logprobs[0], float(torch.log_softmax(torch.tensor([0.0, 1.0, 2.0]), 0)[2]), rel_tol=1e-6)
+    top1 = SamplingParams(temperature=1.0, top_k=1)
+    assert sampler.sample(logits, [top1], [torch.Generator().manual_seed(0)])[0] == [3]
+
+
+def test_top_k_and_top_p_keep_the_right_tokens():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    assert torch.isinf(top_k_filter(logits, 2)).tolist() == [False, False, True, True]
+    assert torch.isinf(top_p_filter(logits, 0.8)).tolist() == [False, False, True, True]
+    assert torch.isinf(top_p_filter(logits, 0.81)).tolist() == [False, False, False, True]
+    assert torch.isinf(top_p_filter(logits, 0.1)).tolist() == [False, True, True, True]
+    assert not torch.isinf(top_p_filter(logits, 1.0)).any()
+
+
+def test_sampled_tokens_stay_in_top_k(fp32_engine):
+    """With top_k 2, twelve seeds draw at most two distinct first tokens."""
+    params = SamplingParams(max_new_tokens=1, temperature=1.0, top_k=2, return_logprobs=True)
+    firsts = {fp32_engine.generate([PROMPT], replace(params, seed=s))[0].output_ids[0] for s in range(12)}
+    assert 1 <= len(firsts) <= 2
+
+
+def test_logprobs_are_returned_per_token(fp32_engine):
+    result = fp32_engine.generate([PROMPT], SamplingParams(max_new_tokens=6, temperature=0,
+                                                           return_logprobs=True))[0]
+    assert len(result.logprobs) == 6 and all(lp <= 0 for lp in result.logprobs)
+    plain = fp32_engine.generate([PROMPT], SamplingParams(max_new_tokens=6, temperature=0))[0]
+    assert plain.logprobs == () and plain.output_ids == result.output_ids

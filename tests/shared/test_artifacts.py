@@ -1,0 +1,92 @@
+"""Artifact directories: atomic rename, manifest contents, verification, refusals."""
+
+import json
+
+import pytest
+
+from dbrx_serve.shared.artifacts import (MANIFEST, artifact_dir, check_output_dir, file_sha256,
+                                         remove_stale_temps, verify_manifest)
+from dbrx_serve.shared.errors import Cancelled, InvalidInput
+
+
+def siblings(path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir())
+
+
+def write_artifact(out, inputs=(), options=None, overwrite=False, files=None):
+    with artifact_dir(out, "test-producer", inputs, options or {"x": 1}, overwrite) as tmp:
+        assert tmp.parent == out.parent and tmp.name.startswith(f".{out.name}.tmp-")
+        assert overwrite or not (out / MANIFEST).exists()  # nothing visible until the rename
+        for name, text in (files or {"a.txt": "alpha", "sub/b.bin": "beta"}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(text)
+    return json.loads((out / MANIFEST).read_text())
+
+
+def test_manifest_lists_files_inputs_options_and_verifies(tmp_path):
+    upstream = tmp_path / "up"
+    write_artifact(upstream)
+    manifest = write_artifact(tmp_path / "out", inputs=[upstream, tmp_path], options={"tp_size": 2})
+    assert manifest["format_version"] == 1 and manifest["producer"]["name"] == "test-producer"
+    assert manifest["options"] == {"tp_size": 2}
+    assert manifest["inputs"] == [{"path": str(upstream), "manifest_sha256": file_sha256(upstream / MANIFEST)},
+                                  {"path": str(tmp_path), "manifest_sha256": None}]
+    assert [(f["path"], f["size"]) for f in manifest["files"]] == [("a.txt", 5), ("sub/b.bin", 4)]
+    assert verify_manifest(tmp_path / "out") == manifest
+    assert siblings(tmp_path / "out") == ["out", "up"]
+
+
+def test_same_inputs_give_the_same_manifest_bytes(tmp_path):
+    write_artifact(tmp_path / "one")
+    write_artifact(tmp_path / "two")
+    assert (tmp_path / "one" / MANIFEST).read_bytes() == (tmp_path / "two" / MANIFEST).read_bytes()
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda d: (d / "a.txt").write_text("alphA"), "a.txt does not match the sha256"),
+    (lambda d: (d / "a.txt").write_text("alphabet"), "a.txt has 8 bytes, the manifest says 5"),
+    (lambda d: (d / "sub" / "b.bin").unlink(), "sub/b.bin is listed in .* but missing"),
+    (lambda d: (d / "extra.txt").write_text("?"), "extra.txt is not listed"),
+    (lambda d: (d / MANIFEST).unlink(), "manifest.json is missing"),
+    (lambda d: (d / MANIFEST).write_text("{"), "is not a valid manifest"),
+])
+def test_verify_names_the_bad_file(damage, match, tmp_path):
+    write_artifact(tmp_path / "out")
+    damage(tmp_path / "out")
+    with pytest.raises(InvalidInput, match=match):
+        verify_manifest(tmp_path / "out")
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), Cancelled("cancelled"), KeyboardInterrupt()])
+def test_failure_or_cancel_leaves_nothing(error, tmp_path):
+    with pytest.raises(type(error)):
+        with artifact_dir(tmp_path / "out", "p") as tmp:
+            (tmp / "half.bin").write_bytes(b"x" * 10)
+            raise error
+    assert siblings(tmp_path / "out") == []
+
+
+def test_refusals_and_overwrite(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InvalidInput, match="exists and is not a directory"):
+        check_output_dir(tmp_path / "file", overwrite=True)
+    with pytest.raises(InvalidInput, match="cannot be made: .*file is a file"):
+        check_output_dir(tmp_path / "file" / "sub" / "out")
+    write_artifact(tmp_path / "new" / "parents" / "out")  # missing parents are made
+    verify_manifest(tmp_path / "new" / "parents" / "out")
+    write_artifact(tmp_path / "out")
+    with pytest.raises(InvalidInput, match="not empty: pass --overwrite"):
+        write_artifact(tmp_path / "out")
+    write_artifact(tmp_path / "out", overwrite=True, files={"new.txt": "n"})
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST, "new.txt"]
+    assert siblings(tmp_path / "out") == ["file", "new", "out"]
+    (tmp_path / "empty").mkdir()
+    write_artifact(tmp_path / "empty")  # an empty directory is fine without overwrite
+    verify_manifest(tmp_path / "empty")
+
+
+def test_remove_stale_temps(tmp_path):
+    (tmp_path / ".out.tmp-dead").mkdir()
+    (tmp_path / ".other.tmp-x").mkdir()
+    assert [p.name for p in remove_stale_temps(tmp_path / "out")] == [".out.tmp-dead"]
+    assert siblings(tmp_path / "out") == [".other.tmp-x"]
