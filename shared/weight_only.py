@@ -5,14 +5,14 @@ weights and `per_channel_scale` under the same names and dequantize them per
 layer at each call. `forward` of the model never branches on quantization.
 
 The layout and the quantize / pack / unpack code are the converter's
-(services/converter/quantize.py, docs/trtllm-checkpoint.md's weight-only table).
+(shared/quantization.py, docs/trtllm-checkpoint.md's weight-only table).
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dbrx_serve.services.converter.quantize import SCHEMES, dequantize_weight, scheme
+from .quantization import SCHEMES, dequantize_weight, scheme
 from dbrx_serve.shared.errors import InvalidInput
 
 from .model import DbrxModel, ExpertLinear

@@ -19,7 +19,7 @@ from dbrx_serve.shared.artifacts import MANIFEST, artifact_dir, file_sha256
 from .engine_config import engine_config
 from .kv_scales import SCALES_FILE
 from .options import BuildOptions
-from .parallel import run_tasks
+from dbrx_serve.shared.parallel import run_tasks
 from .plan import BuildPlan, plan_build
 from .ranks import build_rank, rank_tasks
 from .tokenizer_files import copy_tokenizer

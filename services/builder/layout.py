@@ -10,7 +10,7 @@ import re
 
 import torch
 
-from dbrx_serve.services.converter.quantize import QUANTIZED_SUFFIXES, scheme
+from dbrx_serve.shared.quantization import QUANTIZED_SUFFIXES, scheme
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.mapping import Mapping
 from dbrx_serve.shared.model import DbrxModel, LocalShape

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 import torch
 from safetensors import safe_open
 
-from dbrx_serve.services.converter.quantize import quantize_tensors
+from dbrx_serve.shared.quantization import quantize_tensors
 from dbrx_serve.services.converter.rank_file import RankFileWriter
 from dbrx_serve.shared.errors import InvalidInput
 
 from .checkpoint import QUANTIZE_AT_BUILD, Checkpoint, stored_layout
 from .layout import LAYER_NAME, group_names
-from .parallel import Events
+from dbrx_serve.shared.parallel import Events
 
 
 @dataclass(frozen=True)

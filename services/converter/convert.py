@@ -13,14 +13,14 @@ import json
 from pathlib import Path
 
 from dbrx_serve.shared.artifacts import MANIFEST, artifact_dir, file_sha256
+from dbrx_serve.shared.parallel import run_tasks
 
 from .calibration import KVScales, calibrate
 from .checkpoint_config import checkpoint_config
 from .options import ConvertOptions
-from .parallel import run_ranks
 from .plan import ConvertPlan, plan_conversion
 from .progress import Check, Progress, Reporter
-from .ranks import RankTask, rank_path
+from .ranks import RankTask, convert_rank, rank_path
 
 PRODUCER = "dbrx-serve converter"
 
@@ -33,7 +33,7 @@ def convert(options: ConvertOptions, progress: Progress | None = None, check: Ch
     inputs = [options.model_dir] + ([options.calib_dataset] if options.calib_dataset else [])
     with artifact_dir(plan.output_dir, PRODUCER, inputs, options.to_dict(), options.overwrite) as temp:
         scales = run_calibration(plan, reporter)
-        run_ranks(rank_tasks(plan, temp, scales), options.workers, reporter)
+        run_tasks(convert_rank, rank_tasks(plan, temp, scales), options.workers, reporter)
         write_configs(plan, temp, scales)
         reporter.check()
     return {"output_dir": str(plan.output_dir), "manifest_sha256": file_sha256(plan.output_dir / MANIFEST),

@@ -9,7 +9,7 @@ from dbrx_serve.shared.config import DTYPES
 from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.mapping import Mapping
 
-from .quantize import SCHEMES, WeightOnly, scheme
+from dbrx_serve.shared.quantization import SCHEMES, WeightOnly, scheme
 
 LOGITS_DTYPES = ("float32", "float16")
 

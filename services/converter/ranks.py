@@ -9,16 +9,17 @@ rank file's writer, which streams to disk (rank_file.py).
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+
 
 import torch
 
 from dbrx_serve.shared.hf_checkpoint import HFCheckpoint
 from dbrx_serve.shared.mapping import Mapping
+from dbrx_serve.shared.parallel import Events
 from dbrx_serve.shared.reference import torch_dtype
 from dbrx_serve.shared.sharding import rank_tensors
 
-from .quantize import quantize_tensors
+from dbrx_serve.shared.quantization import quantize_tensors
 from .rank_file import RankFileWriter
 
 LAYER_QKV = re.compile(r"transformer\.layers\.(\d+)\.attention\.qkv\.weight")
@@ -40,11 +41,6 @@ def group_count(mapping: Mapping, rank: int, num_layers: int) -> int:
     return len(mapping.layers(rank, num_layers)) + mapping.is_first_pp(rank) + mapping.is_last_pp(rank)
 
 
-class RankEvents(Protocol):
-    def step(self, message: str) -> None: ...
-    def check(self) -> None: ...
-
-
 def group_label(group: dict, task: RankTask, num_layers: int) -> str:
     """What a group is, by global layer index."""
     for name in group:
@@ -63,10 +59,9 @@ def finish_group(group: dict[str, torch.Tensor], task: RankTask) -> dict[str, to
     return quantize_tensors(group, task.precision) if task.precision else group
 
 
-def convert_rank(task: RankTask, events: RankEvents, ckpt: HFCheckpoint | None = None) -> None:
+def convert_rank(task: RankTask, events: Events) -> None:
     """Write one rank file; `events.step` after each group (it raises Cancelled to stop there)."""
-    own = ckpt is None
-    ckpt = ckpt or HFCheckpoint(task.model_dir)
+    ckpt = HFCheckpoint(task.model_dir)
     writer = RankFileWriter(task.path)
     try:
         for group in rank_tensors(ckpt, task.mapping, task.rank, torch_dtype(task.dtype)):
@@ -80,8 +75,7 @@ def convert_rank(task: RankTask, events: RankEvents, ckpt: HFCheckpoint | None =
         writer.abort()
         raise
     finally:
-        if own:
-            ckpt.close()
+        ckpt.close()
 
 
 def rank_path(root: Path, rank: int) -> str:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dbrx_serve.services.builder.layout import float_layout, weight_only_layout
-from dbrx_serve.services.converter.quantize import dequantize_weight
+from dbrx_serve.shared.quantization import dequantize_weight
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.mapping import Mapping

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from dbrx_serve.services.converter.quantize import dequantize_weight
+from dbrx_serve.shared.quantization import dequantize_weight
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.model import DbrxModel
 from dbrx_serve.shared.testing import make_hf_model

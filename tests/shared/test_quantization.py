@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dbrx_serve.services.converter.quantize import (dequantize_weight, pack_int4, quantize_tensors,
+from dbrx_serve.shared.quantization import (dequantize_weight, pack_int4, quantize_tensors,
                                                     quantize_weight, unpack_int4)
 from dbrx_serve.shared.errors import InvalidInput
 
