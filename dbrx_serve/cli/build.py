@@ -9,9 +9,8 @@ job's message. Ctrl-C cancels an in-process build (nothing is left behind).
 """
 
 import logging
-import sys
-import threading
-from pathlib import Path
+
+from .stage_jobs import absolute, report, run_in_process, run_remote
 
 LOG_LEVELS = {"internal_error": "ERROR", "error": "ERROR", "warning": "WARNING", "info": "INFO",
               "verbose": "DEBUG", "debug": "DEBUG", "trace": "DEBUG"}
@@ -52,9 +51,6 @@ def options_from_args(args):
     """BuildOptions with absolute paths (a worker may run elsewhere in the file system's tree)."""
     from dbrx_serve.services.builder.options import BuildOptions
 
-    def absolute(path):
-        return str(Path(path).absolute()) if path else path
-
     return BuildOptions(
         checkpoint_dir=absolute(args.checkpoint_dir), output_dir=absolute(args.output_dir),
         max_batch_size=args.max_batch_size, max_input_len=args.max_input_len, max_seq_len=args.max_seq_len,
@@ -67,59 +63,20 @@ def options_from_args(args):
 
 
 def run(args) -> int:
+    from dbrx_serve.services.builder.stage import BUILDER
+
     options = options_from_args(args)
     logging.getLogger("dbrx_serve.builder").setLevel(LOG_LEVELS[options.log_level])
-    job = build_remote(args.server, options, args.auth_token, args.tls_ca) if args.server else \
-        build_in_process(args.database_url, options)
-    return report(job)
+    if args.server:
+        job = run_remote(args.server, lambda channel, metadata: submit(channel, metadata, options),
+                         args.auth_token, args.tls_ca)
+    else:
+        job = run_in_process(BUILDER, args.database_url, options)
+    return report(job, "build", "engine")
 
 
-def build_in_process(database_url: str | None, options):
-    """Submit to the job store and run it with a worker thread here, following its events."""
-    from dbrx_serve.services.builder.worker import builder_worker
-    from dbrx_serve.shared.jobstore import BUILD, JobStore
-
-    from .jobs import follow_job
-
-    with JobStore.open(database_url) as store:
-        job = store.submit(BUILD, options.to_dict(), output_dir=options.output_dir)
-        worker = builder_worker(store, poll_seconds=0.2)
-        thread = threading.Thread(target=worker.run_forever, name="build-worker", daemon=True)
-        thread.start()
-        try:
-            return follow_job(store, job.id)
-        except KeyboardInterrupt:
-            store.cancel(job.id)  # the worker stops at its next checkpoint and removes its temporary output
-            raise
-        finally:
-            worker.stop()
-            thread.join()
-
-
-def build_remote(server: str, options, auth_token: str | None, tls_ca: str | None = None):
-    import grpc
-
+def submit(channel, metadata, options):
     from dbrx_serve.services.builder.convert_pb import options_to_pb
-    from dbrx_serve.shared.generated.dbrx.serve.v1 import builder_pb2_grpc, jobs_pb2_grpc
-    from dbrx_serve.shared.jobstore.convert import job_from_pb
+    from dbrx_serve.shared.generated.dbrx.serve.v1 import builder_pb2_grpc
 
-    from .jobs import RemoteJobs, _channel, _typed_error, follow_job
-
-    metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
-    with _channel(server, tls_ca) as channel:
-        try:
-            job = job_from_pb(builder_pb2_grpc.BuilderServiceStub(channel).SubmitBuild(
-                options_to_pb(options), metadata=metadata))
-        except grpc.RpcError as error:
-            raise _typed_error(error) from None
-        return follow_job(RemoteJobs(jobs_pb2_grpc.JobServiceStub(channel), auth_token), job.id)
-
-
-def report(job) -> int:
-    from dbrx_serve.shared.jobstore import JobState
-
-    if job.state is JobState.SUCCEEDED:
-        print(f"engine written to {job.result['output_dir']} (job {job.id})")
-        return 0
-    print(f"dbrx build: job {job.id} {job.state.value.lower()}: {job.message}", file=sys.stderr)
-    return 1
+    return builder_pb2_grpc.BuilderServiceStub(channel).SubmitBuild(options_to_pb(options), metadata=metadata)

@@ -8,9 +8,7 @@ bar follows the job; a failed or cancelled conversion exits 1 with the job's
 message. Ctrl-C cancels an in-process conversion (nothing is left behind).
 """
 
-import sys
-import threading
-from pathlib import Path
+from .stage_jobs import absolute, report, run_in_process, run_remote
 
 
 def add_parser(subparsers):
@@ -34,6 +32,7 @@ def add_parser(subparsers):
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--server", default=None, help="HOST:PORT of a converter service")
     p.add_argument("--auth_token", default=None, help="bearer token for --server")
+    p.add_argument("--tls_ca", default=None, help="PEM file of the CA that signed --server's certificate")
     p.add_argument("--database_url", default=None, help="job store of an in-process conversion")
     p.set_defaults(func=run)
     return p
@@ -42,9 +41,6 @@ def add_parser(subparsers):
 def options_from_args(args):
     """ConvertOptions with absolute paths (a worker may run in another directory)."""
     from dbrx_serve.services.converter.options import ConvertOptions
-
-    def absolute(path):
-        return str(Path(path).absolute()) if path else path
 
     return ConvertOptions(
         model_dir=absolute(args.model_dir), output_dir=absolute(args.output_dir), dtype=args.dtype,
@@ -56,58 +52,19 @@ def options_from_args(args):
 
 
 def run(args) -> int:
+    from dbrx_serve.services.converter.stage import CONVERTER
+
     options = options_from_args(args)
-    job = convert_remote(args.server, options, args.auth_token) if args.server else \
-        convert_in_process(args.database_url, options)
-    return report(job)
+    if args.server:
+        job = run_remote(args.server, lambda channel, metadata: submit(channel, metadata, options),
+                         args.auth_token, args.tls_ca)
+    else:
+        job = run_in_process(CONVERTER, args.database_url, options)
+    return report(job, "convert", "checkpoint")
 
 
-def convert_in_process(database_url: str | None, options):
-    """Submit to the job store and run it with a worker thread here, following its events."""
-    from dbrx_serve.services.converter.worker import converter_worker
-    from dbrx_serve.shared.jobstore import CONVERT, JobStore
-
-    from .jobs import follow_job
-
-    with JobStore.open(database_url) as store:
-        job = store.submit(CONVERT, options.to_dict(), output_dir=options.output_dir)
-        worker = converter_worker(store, poll_seconds=0.2)
-        thread = threading.Thread(target=worker.run_forever, name="convert-worker", daemon=True)
-        thread.start()
-        try:
-            return follow_job(store, job.id)
-        except KeyboardInterrupt:
-            store.cancel(job.id)  # the worker stops at its next checkpoint and removes its temporary output
-            raise
-        finally:
-            worker.stop()
-            thread.join()
-
-
-def convert_remote(server: str, options, auth_token: str | None):
-    import grpc
-
+def submit(channel, metadata, options):
     from dbrx_serve.services.converter.convert_pb import options_to_pb
-    from dbrx_serve.shared.generated.dbrx.serve.v1 import converter_pb2_grpc, jobs_pb2_grpc
-    from dbrx_serve.shared.jobstore.convert import job_from_pb
+    from dbrx_serve.shared.generated.dbrx.serve.v1 import converter_pb2_grpc
 
-    from .jobs import RemoteJobs, _typed_error, follow_job
-
-    metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
-    with grpc.insecure_channel(server) as channel:
-        try:
-            job = job_from_pb(converter_pb2_grpc.ConverterServiceStub(channel).SubmitConvert(
-                options_to_pb(options), metadata=metadata))
-        except grpc.RpcError as error:
-            raise _typed_error(error) from None
-        return follow_job(RemoteJobs(jobs_pb2_grpc.JobServiceStub(channel), auth_token), job.id)
-
-
-def report(job) -> int:
-    from dbrx_serve.shared.jobstore import JobState
-
-    if job.state is JobState.SUCCEEDED:
-        print(f"checkpoint written to {job.result['output_dir']} (job {job.id})")
-        return 0
-    print(f"dbrx convert: job {job.id} {job.state.value.lower()}: {job.message}", file=sys.stderr)
-    return 1
+    return converter_pb2_grpc.ConverterServiceStub(channel).SubmitConvert(options_to_pb(options), metadata=metadata)

@@ -1,11 +1,11 @@
 """`dbrx serve STAGE`: run one stage's gRPC server (health and reflection included)."""
 
 import argparse
+import importlib
 import sys
 
-SERVE_STAGES = {"tokenizer": "dbrx_serve.services.tokenizer.server",
-                "builder": "dbrx_serve.services.builder.server",
-                "converter": "dbrx_serve.services.converter.server"}
+from .worker import JOB_STAGES, job_stage
+
 ALL_STAGES = ["tokenizer", "converter", "builder", "inference", "all"]
 
 
@@ -18,8 +18,11 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    if args.stage not in SERVE_STAGES:
-        print(f"dbrx serve {args.stage}: not built yet (issues 5 and 6)", file=sys.stderr)
-        return 3
-    import importlib
-    return importlib.import_module(SERVE_STAGES[args.stage]).main(args.rest)
+    if args.stage == "tokenizer":
+        return importlib.import_module("dbrx_serve.services.tokenizer.server").main(args.rest)
+    if args.stage in JOB_STAGES:
+        from dbrx_serve.shared.job_stage import serve_main
+
+        return serve_main(job_stage(args.stage), args.rest)
+    print(f"dbrx serve {args.stage}: not built yet (the inference service is the next issue)", file=sys.stderr)
+    return 3

@@ -142,13 +142,13 @@ class JobStore:
 
     # -- the worker's side ---------------------------------------------------------
 
-    def lease(self, kind: str, owner: str, lease_seconds: float) -> Job | None:
-        """Start the oldest runnable job of `kind` for `owner`, or None when there is none.
-        A job whose lease expired is retried, or ended when out of attempts."""
+    def lease(self, kind: str, owner: str, lease_seconds: float, job_id: str | None = None) -> Job | None:
+        """Start the oldest runnable job of `kind` (or that one job) for `owner`, or None
+        when there is none. A job whose lease expired is retried, or ended when out of attempts."""
         _check_positive("lease_seconds", lease_seconds)
         with self._write() as s:
             now = now_utc()
-            while (row := self._next_leasable(s, kind, now)) is not None:
+            while (row := self._next_leasable(s, kind, now, job_id)) is not None:
                 if row.state == RUNNING and self._ended_after_expiry(s, row, now):
                     continue
                 self._start(s, row, owner, now, lease_seconds)
@@ -241,10 +241,12 @@ class JobStore:
                  .order_by(JobEventRow.seq).limit(limit))
         return [_event(row) for row in s.scalars(query)]
 
-    def _next_leasable(self, s: Session, kind: str, now: datetime) -> JobRow | None:
+    def _next_leasable(self, s: Session, kind: str, now: datetime, job_id: str | None) -> JobRow | None:
         expired = and_(JobRow.state == RUNNING, JobRow.lease_expires_at < now)
-        query = (select(JobRow).where(JobRow.kind == kind, or_(JobRow.state == QUEUED, expired))
-                 .order_by(JobRow.created_at, JobRow.id).limit(1).with_for_update(skip_locked=True))
+        query = select(JobRow).where(JobRow.kind == kind, or_(JobRow.state == QUEUED, expired))
+        if job_id is not None:
+            query = query.where(JobRow.id == parse_job_id(job_id))
+        query = query.order_by(JobRow.created_at, JobRow.id).limit(1).with_for_update(skip_locked=True)
         return s.scalars(query).first()
 
     def _ended_after_expiry(self, s: Session, row: JobRow, now: datetime) -> bool:

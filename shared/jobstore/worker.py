@@ -43,6 +43,7 @@ class WorkerConfig:
     lease_seconds: float = 30.0
     poll_seconds: float = 1.0
     heartbeat_seconds: float | None = None  # default: a third of the lease
+    job_id: str | None = None  # run only this job (an in-process `dbrx convert`/`dbrx build`)
 
     def __post_init__(self):
         if not self.kind or not self.owner:
@@ -121,14 +122,16 @@ Handler = Callable[[Job, JobContext], dict[str, Any] | None]
 
 class Worker:
     def __init__(self, store: JobStore, kind: str, handler: Handler, owner: str | None = None,
-                 lease_seconds: float = 30.0, poll_seconds: float = 1.0, heartbeat_seconds: float | None = None):
+                 lease_seconds: float = 30.0, poll_seconds: float = 1.0, heartbeat_seconds: float | None = None,
+                 job_id: str | None = None):
         self.store, self.handler = store, handler
-        self.config = WorkerConfig(kind, owner or default_owner(), lease_seconds, poll_seconds, heartbeat_seconds)
+        self.config = WorkerConfig(kind, owner or default_owner(), lease_seconds, poll_seconds, heartbeat_seconds,
+                                   job_id)
         self._stop = threading.Event()
 
     def run_once(self) -> Job | None:
         """Lease one job and run it to its outcome; None when nothing was runnable."""
-        job = self.store.lease(self.config.kind, self.config.owner, self.config.lease_seconds)
+        job = self.store.lease(self.config.kind, self.config.owner, self.config.lease_seconds, self.config.job_id)
         if job is None:
             return None
         with Lease(self.store, job, self.config) as lease:

@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from dbrx_serve.services.builder.options import BuildOptions
-from dbrx_serve.services.builder.server import build_server
-from dbrx_serve.services.builder.worker import builder_worker
+from dbrx_serve.services.builder.stage import BUILDER
+from dbrx_serve.shared.job_stage import build_server
 from dbrx_serve.shared import rpc
 from dbrx_serve.shared.artifacts import verify_manifest
 from dbrx_serve.shared.generated.dbrx.serve.v1 import builder_pb2 as pb, builder_pb2_grpc as pb_grpc
@@ -40,7 +40,7 @@ def store(request, tmp_path):
 @pytest.fixture
 def worker(store):
     """A builder worker thread on the store, stopped after the test."""
-    w = builder_worker(store, poll_seconds=0.05, lease_seconds=10)
+    w = BUILDER.worker(store, poll_seconds=0.05, lease_seconds=10)
     thread = threading.Thread(target=w.run_forever, daemon=True)
     thread.start()
     yield w
@@ -50,7 +50,7 @@ def worker(store):
 
 def call(store, body):
     async def main():
-        server, port = build_server(store, rpc.ServerConfig())
+        server, port = build_server(BUILDER, store, rpc.ServerConfig())
         await rpc.start(server)
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -128,7 +128,7 @@ def test_a_retried_build_removes_what_the_dead_worker_left(store, checkpoints, t
     job = store.submit(BUILD, BuildOptions(str(checkpoints()), str(out)).to_dict(), output_dir=str(out))
     assert store.lease(BUILD, "dead-worker", lease_seconds=0.01).id == job.id
     time.sleep(0.05)  # the dead worker's lease expires
-    done = builder_worker(store).run_once()
+    done = BUILDER.worker(store).run_once()
     assert (done.id, done.state, done.attempts) == (job.id, JobState.SUCCEEDED, 2)
     assert leftovers(out) == ["engine"]
 

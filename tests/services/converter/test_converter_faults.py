@@ -12,7 +12,7 @@ import pytest
 
 from dbrx_serve.services.converter.convert import convert
 from dbrx_serve.services.converter.options import ConvertOptions
-from dbrx_serve.services.converter.worker import converter_worker
+from dbrx_serve.services.converter.stage import CONVERTER
 from dbrx_serve.shared.artifacts import MANIFEST, verify_manifest
 from dbrx_serve.shared.jobstore import CONVERT, JobState, JobStore, StoreConfig
 from dbrx_serve.shared.testing import TinySpec, save_tiny_model
@@ -66,7 +66,7 @@ def test_sigkilled_worker_leaves_nothing_visible_and_another_finishes(slow_model
         assert killed.state is JobState.RUNNING and killed.progress < 1  # it died mid-conversion
         assert not out.exists() and len(leftovers(out)) == 1  # only its hidden temporary sibling
 
-        rescuer = converter_worker(store, lease_seconds=10)
+        rescuer = CONVERTER.worker(store, lease_seconds=10)
         done = wait_for(lambda: rescuer.run_once(), "the expired lease to be taken over")
         assert done.id == job.id and done.state is JobState.SUCCEEDED and done.attempts == 2
 

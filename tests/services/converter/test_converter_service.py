@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 from dbrx_serve.cli.main import main as dbrx
 from dbrx_serve.services.converter.convert_pb import options_from_pb, options_to_pb
 from dbrx_serve.services.converter.options import ConvertOptions
-from dbrx_serve.services.converter.server import build_server
-from dbrx_serve.services.converter.worker import converter_worker, handle_convert
+from dbrx_serve.services.converter.stage import CONVERTER
+from dbrx_serve.shared.job_stage import build_server
 from dbrx_serve.shared import rpc
 from dbrx_serve.shared.artifacts import verify_manifest
 from dbrx_serve.shared.errors import InvalidInput
@@ -43,7 +43,7 @@ def served(store):
     async def main():
         nonlocal stop
         stop = asyncio.Event()
-        server, bound = build_server(store, rpc.ServerConfig())
+        server, bound = build_server(CONVERTER, store, rpc.ServerConfig())
         await rpc.start(server)
         port.append(bound)
         ready.set()
@@ -85,7 +85,7 @@ def test_submit_watch_and_idempotency_over_grpc(shard_model, store, tmp_path):
         assert job.state == jobs_pb2.JOB_STATE_QUEUED and job.output_dir == str(out)
         again = converter.SubmitConvert(request(shard_model[0], out, tp_size=2, idempotency_key="k1"))
         assert again.id == job.id
-        worker = threading.Thread(target=converter_worker(store, lease_seconds=10).run_once)
+        worker = threading.Thread(target=CONVERTER.worker(store, lease_seconds=10).run_once)
         worker.start()
         events = list(jobs.WatchJob(jobs_pb2.WatchJobRequest(id=job.id)))
         worker.join(WAIT)
@@ -122,7 +122,7 @@ def test_bad_model_fails_the_job_once_with_its_message(shard_model, store, tmp_p
     save_file(tensors, shard, metadata={"format": "pt"})
     out = tmp_path / "out"
     job = store.submit(CONVERT, ConvertOptions(str(model_dir), str(out), tp_size=2).to_dict(), output_dir=str(out))
-    done = converter_worker(store).run_once()
+    done = CONVERTER.worker(store).run_once()
     assert done.id == job.id and done.state is JobState.FAILED and done.attempts == 1
     assert f"tensor {name} in" in done.message and "NaN or Inf" in done.message
     assert leftovers(out) == []
@@ -140,7 +140,7 @@ def test_cancel_while_running_stops_at_a_checkpoint_and_leaves_nothing(shard_mod
             store.cancel(job.id)
             report(fraction, message)
         ctx.progress = progress
-        return handle_convert(job, ctx)
+        return CONVERTER.handle(job, ctx)
 
     done = Worker(store, CONVERT, cancelling).run_once()
     assert done.id == submitted.id and done.state is JobState.CANCELLED and leftovers(out) == []
@@ -177,7 +177,7 @@ def test_dbrx_convert_bad_flags_refused_before_submitting(shard_model, database_
 
 def test_dbrx_convert_with_server(shard_model, store, tmp_path, capsys):
     out = tmp_path / "ckpt"
-    worker = converter_worker(store, poll_seconds=0.05)
+    worker = CONVERTER.worker(store, poll_seconds=0.05)
     thread = threading.Thread(target=worker.run_forever, daemon=True)
     thread.start()
     try:

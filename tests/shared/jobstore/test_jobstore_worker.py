@@ -189,3 +189,12 @@ def test_run_forever_runs_jobs_until_stopped(store):
     thread.join(WAIT)
     assert not thread.is_alive()
     assert [store.get(j.id).result for j in jobs] == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+
+def test_a_worker_for_one_job_leaves_the_others_queued(store):
+    """An in-process `dbrx convert` runs its own job only, not what else waits in the store."""
+    older, mine = store.submit(KIND, {"n": 1}), store.submit(KIND, {"n": 2})
+    only_mine = worker(store, lambda job, ctx: {"n": job.spec["n"]}, job_id=mine.id)
+    assert only_mine.run_once().result == {"n": 2}
+    assert only_mine.run_once() is None
+    assert store.get(older.id).state is JobState.QUEUED

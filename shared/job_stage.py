@@ -1,0 +1,124 @@
+"""Stages that turn one artifact directory into another as jobs (the converter
+and the builder). A `JobStage` value names what differs between them; the job
+handler, the worker loop and the gRPC server here are what they share.
+
+    dbrx serve STAGE --port N [--database_url URL] [--local_workers N]
+    dbrx worker STAGE [--database_url URL]
+
+Work runs in `dbrx worker STAGE` processes (any host that sees the store and
+the file system); `--local_workers N` also runs N worker threads in the
+server process, for a one-host setup."""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import grpc
+
+from . import rpc
+from .artifacts import remove_stale_temps
+from .errors import DbrxServeError, InvalidInput
+from .jobstore import Job, JobContext, JobStore, Worker
+from .jobstore.service import job_servicer
+
+log = logging.getLogger("dbrx_serve.job_stage")
+
+
+@dataclass(frozen=True)
+class JobStage:
+    name: str  # "converter": `dbrx serve converter`, `dbrx worker converter`
+    kind: str  # the job kind it runs
+    default_port: int
+    options_from_dict: Callable[[dict], Any]  # a job's spec -> the stage's options (with .output_dir)
+    produce: Callable[..., dict]  # produce(options, progress=, check=) -> the job's result
+    servicer: Callable[[JobStore], rpc.Servicer]  # the stage's Submit service over a store
+
+    def handle(self, job: Job, ctx: JobContext) -> dict:
+        """Run one job. A retried job first removes the temporary output its dead worker
+        left (that worker no longer holds the lease, so it cannot be writing there)."""
+        options = self.options_from_dict(job.spec)
+        if job.attempts > 1:
+            for stale in remove_stale_temps(options.output_dir):
+                log.info("job %s: removed %s left by an earlier attempt", job.id, stale)
+        return self.produce(options, progress=ctx.progress, check=ctx.checkpoint)
+
+    def worker(self, store: JobStore, **worker_args) -> Worker:
+        return Worker(store, self.kind, self.handle, **worker_args)
+
+
+def run_worker(stage: JobStage, database_url: str | None, lease_seconds: float = 30.0,
+               poll_seconds: float = 1.0) -> int:
+    """`dbrx worker STAGE`: run jobs until SIGINT/SIGTERM (the job in hand is finished first)."""
+    with JobStore.open(database_url) as store:
+        worker = stage.worker(store, lease_seconds=lease_seconds, poll_seconds=poll_seconds)
+        stop_on_signals(worker)
+        print(f"{stage.name} worker {worker.config.owner} on {store.config.backend}", flush=True)
+        worker.run_forever()
+    return 0
+
+
+def stop_on_signals(worker: Worker) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: worker.stop())
+
+
+def start_worker_thread(worker: Worker, name: str) -> threading.Thread:
+    thread = threading.Thread(target=worker.run_forever, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def build_server(stage: JobStage, store: JobStore, config: rpc.ServerConfig) -> tuple[grpc.aio.Server, int]:
+    """Register the stage's service and JobService (with health and reflection), bind the port."""
+    return rpc.build_server([stage.servicer(store), job_servicer(store)], config)
+
+
+def add_serve_args(stage: JobStage, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=stage.default_port, help="0 picks a free port")
+    parser.add_argument("--database_url", default=None,
+                        help="job store (default: $DBRX_DATABASE_URL, else the embedded SQLite file)")
+    parser.add_argument("--local_workers", type=int, default=0, help=f"{stage.name} worker threads in this process")
+    parser.add_argument("--auth_token", default=None, help="require 'authorization: Bearer <token>'")
+    parser.add_argument("--tls_cert", default=None)
+    parser.add_argument("--tls_key", default=None)
+
+
+async def serve(stage: JobStage, args: argparse.Namespace) -> None:
+    config = rpc.ServerConfig(host=args.host, port=args.port, auth_token=args.auth_token,
+                              tls_cert=args.tls_cert, tls_key=args.tls_key)
+    if args.local_workers < 0:
+        raise InvalidInput(f"--local_workers must be 0 or more, got {args.local_workers}")
+    with JobStore.open(args.database_url) as store:
+        workers = [stage.worker(store) for _ in range(args.local_workers)]
+        threads = [start_worker_thread(w, f"{stage.name}-worker-{i}") for i, w in enumerate(workers)]
+        server, port = build_server(stage, store, config)
+
+        async def stop_workers():
+            for worker in workers:
+                worker.stop()
+            for thread in threads:
+                await asyncio.to_thread(thread.join)
+
+        await rpc.serve(server, port, config, on_stop=stop_workers)
+
+
+def serve_main(stage: JobStage, argv: list[str] | None = None) -> int:
+    """`dbrx serve STAGE ...`: runs until SIGINT/SIGTERM; 2 on a bad setting."""
+    parser = argparse.ArgumentParser(prog=f"dbrx serve {stage.name}", description=f"DBRX {stage.name} gRPC server")
+    add_serve_args(stage, parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    try:
+        asyncio.run(serve(stage, args))
+    except DbrxServeError as error:
+        print(f"dbrx serve {stage.name}: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0
