@@ -2,9 +2,9 @@
 empty fields mean trtllm-build's defaults."""
 
 from dataclasses import fields
-from pathlib import PurePath
 
 from dbrx_serve.shared.errors import InvalidInput
+from dbrx_serve.shared.options import require_absolute_paths
 from dbrx_serve.shared.generated.dbrx.serve.v1 import builder_pb2 as pb, common_pb2
 
 from .options import BuildOptions
@@ -20,10 +20,7 @@ PATHS = ("checkpoint_dir", "output_dir", "tokenizer_dir")
 
 def options_from_pb(request: pb.BuildRequest) -> BuildOptions:
     """The options a request asks for; paths must be absolute (they are the worker's paths)."""
-    for name in PATHS:
-        value = getattr(request, name)
-        if value and not PurePath(value).is_absolute():
-            raise InvalidInput(f"{name} {value!r} must be an absolute path (as the builder worker sees it)")
+    require_absolute_paths(request, PATHS, "builder")
     values = {name: getattr(request, name) for name in SCALARS if getattr(request, name)}
     if request.kv_cache_dtype not in KV_CACHE_DTYPE_OF_PB:
         raise InvalidInput(f"unknown kv_cache_dtype {request.kv_cache_dtype}")

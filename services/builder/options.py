@@ -4,10 +4,11 @@ refused before any work. What needs the model (the default max_seq_len, the
 max_input_len clip) is resolved in `limits()` once the checkpoint is read."""
 
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from dbrx_serve.shared.errors import InvalidInput
+from dbrx_serve.shared.options import options_from_dict
 
 log = logging.getLogger("dbrx_serve.builder")
 
@@ -104,11 +105,7 @@ class BuildOptions:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "BuildOptions":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InvalidInput(f"unknown build option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+        return options_from_dict(cls, values, "build")
 
 
 def _check_positive(name: str, value) -> None:

@@ -1,9 +1,9 @@
 """ConvertRequest <-> ConvertOptions, the one place that knows both. Zero and
 empty fields mean convert_checkpoint.py's defaults."""
 
-from pathlib import PurePath
 
 from dbrx_serve.shared.errors import InvalidInput
+from dbrx_serve.shared.options import require_absolute_paths
 from dbrx_serve.shared.generated.dbrx.serve.v1 import common_pb2, converter_pb2 as pb
 
 from .options import ConvertOptions
@@ -21,10 +21,7 @@ PATHS = ("model_dir", "output_dir", "calib_dataset")
 
 def options_from_pb(request: pb.ConvertRequest) -> ConvertOptions:
     """The options a request asks for; paths must be absolute (they are the worker's paths)."""
-    for name in PATHS:
-        value = getattr(request, name)
-        if value and not PurePath(value).is_absolute():
-            raise InvalidInput(f"{name} {value!r} must be an absolute path (as the converter worker sees it)")
+    require_absolute_paths(request, PATHS, "converter")
     return ConvertOptions(
         model_dir=request.model_dir, output_dir=request.output_dir,
         dtype=_enum("dtype", DTYPE_OF_PB, request.dtype),

@@ -2,12 +2,13 @@
 frozen value, validated when made, so a bad combination is refused before any
 work (the checks that need the model itself are in plan.py)."""
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from dbrx_serve.shared.config import DTYPES
 from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.mapping import Mapping
+from dbrx_serve.shared.options import options_from_dict
 
 from dbrx_serve.shared.quantization import SCHEMES, WeightOnly, scheme
 
@@ -72,11 +73,7 @@ class ConvertOptions:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ConvertOptions":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InvalidInput(f"unknown convert option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+        return options_from_dict(cls, values, "convert")
 
 
 def _check_choice(name: str, value, choices: tuple, allow_none: bool = False) -> None:
