@@ -36,10 +36,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_output_dir(path: str | Path, overwrite: bool = False) -> Path:
+def check_output_dir(path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
     """Refuse, before any work, an output path that is a file or a non-empty directory (unless
-    overwrite), or under a file. Missing parent directories are fine: artifact_dir makes them."""
+    overwrite), under a file, or overlapping an input (replacing it would delete the input).
+    Missing parent directories are fine: artifact_dir makes them."""
     path = Path(path).absolute()
+    check_apart(path, inputs)
     if path.exists() and not path.is_dir():
         raise InvalidInput(f"output path {path} exists and is not a directory: choose another --output_dir")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
@@ -48,6 +50,14 @@ def check_output_dir(path: str | Path, overwrite: bool = False) -> Path:
     if not ancestor.is_dir():
         raise InvalidInput(f"output directory {path} cannot be made: {ancestor} is a file")
     return path
+
+
+def check_apart(path: Path, inputs: Iterable[str | Path]) -> None:
+    for source in inputs:
+        source = Path(source).absolute()
+        if path == source or source in path.parents or path in source.parents:
+            raise InvalidInput(f"output directory {path} overlaps the input {source}: writing it would "
+                               "replace the input; choose a directory of its own")
 
 
 def temp_prefix(path: Path) -> str:
@@ -134,7 +144,8 @@ def artifact_dir(path: str | Path, producer: str | dict, inputs: Iterable[str | 
                  options: dict[str, Any] | None = None, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temporary sibling of `path`; on success write the manifest and
     rename it into place; on any exception (Cancelled included) remove it."""
-    path = check_output_dir(path, overwrite)
+    inputs = list(inputs)
+    path = check_output_dir(path, overwrite, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.parent / f"{temp_prefix(path)}{uuid.uuid4().hex}"
     temp.mkdir()
@@ -142,7 +153,7 @@ def artifact_dir(path: str | Path, producer: str | dict, inputs: Iterable[str | 
         yield temp
         write_manifest(temp, producer, inputs, options)
         _fsync_dir(temp)
-        _replace(temp, check_output_dir(path, overwrite))
+        _replace(temp, check_output_dir(path, overwrite, inputs))
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

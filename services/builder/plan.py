@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dbrx_serve.shared.artifacts import check_output_dir
-from dbrx_serve.shared.errors import InvalidInput
 
 from .checkpoint import Checkpoint, read_checkpoint, stored_layout
 from .kv_scales import kv_cache_dtype, kv_scales
@@ -37,17 +36,10 @@ class BuildPlan:
 
 
 def plan_build(options: BuildOptions) -> BuildPlan:
-    output_dir = check_output_dir(options.output_dir, options.overwrite)
-    check_not_inside(output_dir, Path(options.checkpoint_dir).absolute())
+    output_dir = check_output_dir(options.output_dir, options.overwrite, [options.checkpoint_dir])
     ckpt = read_checkpoint(options.checkpoint_dir)
     limits = options.limits(ckpt.model.max_seq_len)
     kv_dtype = kv_cache_dtype(ckpt, options.kv_cache_dtype)
     scales = kv_scales(ckpt) if kv_dtype == "int8" else None
     return BuildPlan(options, ckpt, limits, kv_dtype, scales, tokenizer_source(ckpt, options.tokenizer_dir),
                      output_dir)
-
-
-def check_not_inside(output_dir: Path, checkpoint_dir: Path) -> None:
-    if output_dir == checkpoint_dir or checkpoint_dir in output_dir.parents:
-        raise InvalidInput(f"--output_dir {output_dir} is the checkpoint directory or inside it: "
-                           "choose a directory of its own")

@@ -34,7 +34,7 @@ class ConvertPlan:
 
 
 def plan_conversion(options: ConvertOptions) -> ConvertPlan:
-    output_dir = check_output_dir(options.output_dir, options.overwrite)
+    output_dir = check_output_dir(options.output_dir, options.overwrite, [options.model_dir])
     config = DbrxConfig.from_hf_dir(options.model_dir)
     mapping = options.mapping
     mapping.check_fits(config)

@@ -26,14 +26,16 @@ def write_artifact(out, inputs=(), options=None, overwrite=False, files=None):
 def test_manifest_lists_files_inputs_options_and_verifies(tmp_path):
     upstream = tmp_path / "up"
     write_artifact(upstream)
-    manifest = write_artifact(tmp_path / "out", inputs=[upstream, tmp_path], options={"tp_size": 2})
+    plain = tmp_path / "plain"  # an input that is no artifact: no manifest hash
+    plain.mkdir()
+    manifest = write_artifact(tmp_path / "out", inputs=[upstream, plain], options={"tp_size": 2})
     assert manifest["format_version"] == 1 and manifest["producer"]["name"] == "test-producer"
     assert manifest["options"] == {"tp_size": 2}
     assert manifest["inputs"] == [{"path": str(upstream), "manifest_sha256": file_sha256(upstream / MANIFEST)},
-                                  {"path": str(tmp_path), "manifest_sha256": None}]
+                                  {"path": str(plain), "manifest_sha256": None}]
     assert [(f["path"], f["size"]) for f in manifest["files"]] == [("a.txt", 5), ("sub/b.bin", 4)]
     assert verify_manifest(tmp_path / "out") == manifest
-    assert siblings(tmp_path / "out") == ["out", "up"]
+    assert siblings(tmp_path / "out") == ["out", "plain", "up"]
 
 
 def test_same_inputs_give_the_same_manifest_bytes(tmp_path):

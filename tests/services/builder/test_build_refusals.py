@@ -126,7 +126,7 @@ def test_max_input_len_is_clipped_and_max_num_tokens_bounded():
 
 def test_output_paths(checkpoints, tmp_path):
     ckpt = checkpoints()
-    refused(ckpt, ckpt / "engine", "inside it")
+    refused(ckpt, ckpt / "engine", "overlaps the input")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(InvalidInput, match="is not empty: pass --overwrite"):

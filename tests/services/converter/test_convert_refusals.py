@@ -37,6 +37,16 @@ def refused(model_dir, out, match: str, **flags) -> None:
     assert leftovers(out) == []
 
 
+def test_output_overlapping_the_model_is_refused_and_the_model_kept(shard_model, tmp_path):
+    """--overwrite must never replace (delete) the HF model being converted."""
+    model = shard_model[0]
+    before = sorted(p.name for p in model.iterdir())
+    for out in (model, model / "ckpt", model.parent):
+        with pytest.raises(InvalidInput, match="overlaps the input"):
+            run_convert(model, out, overwrite=True)
+    assert sorted(p.name for p in model.iterdir()) == before
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_nan_in_a_late_layer_fails_and_leaves_nothing(workers, shard_model, tmp_path):
     """NaN is only seen when the tensor is read, after other ranks were written."""
