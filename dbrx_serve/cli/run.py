@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from dbrx_serve.shared.errors import InvalidInput
+from dbrx_serve.shared.errors import InvalidInput, NotFound
 from dbrx_serve.shared.reference import greedy_tokens, load_hf_model, torch_dtype
 
 DEFAULT_TEXT = "Born in north-east France, Soyer trained as a"
@@ -99,7 +99,7 @@ def load_tokenizer_if_any(tokenizer_dir: Path, needed: bool):
     from dbrx_serve.services.tokenizer.tokenizer import load_tokenizer
     try:
         return load_tokenizer(tokenizer_dir)
-    except InvalidInput:
+    except (InvalidInput, NotFound):  # no tokenizer files: fine for token-id input
         if needed:
             raise
         return None

@@ -13,6 +13,7 @@ from .store import JobStore
 
 SERVICE_NAME = "dbrx.serve.v1.JobService"
 DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 1000
 
 
 class JobServicer(pb_grpc.JobServiceServicer):
@@ -23,8 +24,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
         return job_to_pb(await asyncio.to_thread(self.store.get, request.id))
 
     async def ListJobs(self, request: pb.ListJobsRequest, context) -> pb.ListJobsResponse:
-        if request.limit < 0:
-            raise InvalidInput(f"limit must be 0 (the default, {DEFAULT_LIST_LIMIT}) or positive, got {request.limit}")
+        if not 0 <= request.limit <= MAX_LIST_LIMIT:
+            raise InvalidInput(f"limit must be 0 (the default, {DEFAULT_LIST_LIMIT}) up to {MAX_LIST_LIMIT}, "
+                               f"got {request.limit}")
         jobs = await asyncio.to_thread(self.store.list_jobs, kind_from_pb(request.kind),
                                        state_from_pb(request.state), request.limit or DEFAULT_LIST_LIMIT)
         return pb.ListJobsResponse(jobs=[job_to_pb(job) for job in jobs])

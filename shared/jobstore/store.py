@@ -26,7 +26,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import Cancelled, InvalidInput, NotFound
+from ..errors import BadState, Cancelled, InvalidInput, NotFound
 from .config import StoreConfig
 from .engine import make_engine, reader
 from .jobs import Job, JobEvent, JobState
@@ -83,11 +83,11 @@ class JobStore:
         _check_submit(kind, spec, max_attempts)
         try:
             with self._write() as s:
-                return self._find_by_key(s, kind, idempotency_key) or self._insert(
+                return self._find_by_key(s, kind, idempotency_key, spec) or self._insert(
                     s, kind, spec, output_dir, idempotency_key or None, max_attempts)
         except IntegrityError:  # a concurrent submit with the same key committed first
             with self._read() as s:
-                return self._find_by_key(s, kind, idempotency_key)
+                return self._find_by_key(s, kind, idempotency_key, spec)
 
     def get(self, job_id: str) -> Job:
         with self._read() as s:
@@ -189,7 +189,9 @@ class JobStore:
             row = self._owned(s, job_id, owner)
             row.last_error = error
             now = now_utc()
-            if not retry:
+            if row.cancel_requested:  # a cancel outranks a retry: the user asked it to stop
+                self._end(s, row, JobState.CANCELLED, f"cancelled; the attempt ended with: {error}", now)
+            elif not retry:
                 self._end(s, row, JobState.FAILED, error, now)
             elif row.attempts < row.max_attempts:
                 self._requeue(s, row, now)
@@ -219,10 +221,14 @@ class JobStore:
                             f"(state {row.state}, lease owner {row.lease_owner})")
         return row
 
-    def _find_by_key(self, s: Session, kind: str, key: str | None) -> Job | None:
+    def _find_by_key(self, s: Session, kind: str, key: str | None, spec: dict | None = None) -> Job | None:
+        """The job submitted with this key; a different spec under the same key is refused."""
         if not key:
             return None
         row = s.scalars(select(JobRow).where(JobRow.kind == kind, JobRow.idempotency_key == key)).first()
+        if row is not None and spec is not None and row.spec != json.loads(json.dumps(spec)):
+            raise BadState(f"idempotency key {key!r} was used for job {row.id} with other options: "
+                           "use a new key for a different request")
         return _job(row) if row else None
 
     def _insert(self, s, kind, spec, output_dir, key, max_attempts) -> Job:

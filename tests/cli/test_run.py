@@ -9,7 +9,7 @@ import torch
 from dbrx_serve import __version__
 from dbrx_serve.cli.main import SUBCOMMANDS, main
 from dbrx_serve.services.tokenizer.tokenizer import load_tokenizer
-from dbrx_serve.shared.testing import TinySpec, make_hf_model
+from dbrx_serve.shared.testing import TinySpec, make_hf_model, save_tiny_model
 
 
 def dbrx(*args, check=True):
@@ -77,3 +77,14 @@ def test_run_refuses_ids_outside_the_vocabulary(tiny_model_dir, tmp_path):
 def test_stages_not_built_yet_say_so():
     result = dbrx("summarize", "--engine_dir", "x", "--hf_model_dir", "y", check=False)
     assert result.returncode == 3 and "not built yet" in result.stderr
+
+
+def test_run_input_file_needs_no_tokenizer(tmp_path):
+    """A model directory without tokenizer files runs from token ids."""
+    spec = TinySpec(vocab_size=512, seed=5)
+    hf = save_tiny_model(tmp_path / "m", spec, tokenizer=False)
+    (tmp_path / "in.csv").write_text("1,2,3\n")
+    dbrx("run", "--hf_model_dir", tmp_path / "m", "--max_output_len", 5, "--input_file", tmp_path / "in.csv",
+         "--output_csv", tmp_path / "out.csv")
+    expected = hf.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=5, min_new_tokens=5, do_sample=False)[0, 3:]
+    assert (tmp_path / "out.csv").read_text() == ",".join(map(str, expected.tolist())) + "\n"

@@ -78,8 +78,9 @@ def test_list_jobs_filters_by_kind_and_state(store):
     assert [j.kind for j in builds.jobs] == [pb.JOB_KIND_BUILD]
 
 
-def test_a_negative_list_limit_is_invalid(store):
-    code = call(store, lambda stub: status_of(lambda: stub.ListJobs(pb.ListJobsRequest(limit=-1))))
+@pytest.mark.parametrize("limit", [-1, 1001])
+def test_a_list_limit_out_of_range_is_invalid(store, limit):
+    code = call(store, lambda stub: status_of(lambda: stub.ListJobs(pb.ListJobsRequest(limit=limit))))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 

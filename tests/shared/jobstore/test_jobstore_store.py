@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from dbrx_serve.shared.errors import InvalidInput, NotFound
+from dbrx_serve.shared.errors import BadState, InvalidInput, NotFound
 from dbrx_serve.shared.jobstore import JobState, LeaseLost, StoreConfig, default_database_url
 
 KIND = "convert"
@@ -31,7 +31,9 @@ def test_submit_then_get_returns_the_queued_job_and_its_first_event(store):
 
 def test_a_second_submit_with_the_same_key_returns_the_same_job(store):
     first = store.submit(KIND, {"a": 1}, idempotency_key="key-1")
-    again = store.submit(KIND, {"a": 2}, idempotency_key="key-1")
+    again = store.submit(KIND, {"a": 1}, idempotency_key="key-1")
+    with pytest.raises(BadState, match="used for job .* with other options"):
+        store.submit(KIND, {"a": 2}, idempotency_key="key-1")
     other_kind = store.submit("build", {"a": 1}, idempotency_key="key-1")
     no_key = [store.submit(KIND, {"a": 1}) for _ in range(2)]
     assert again == first and again.spec == {"a": 1}

@@ -198,3 +198,16 @@ def test_a_worker_for_one_job_leaves_the_others_queued(store):
     assert only_mine.run_once().result == {"n": 2}
     assert only_mine.run_once() is None
     assert store.get(older.id).state is JobState.QUEUED
+
+
+def test_a_cancel_outranks_the_retry_of_a_failing_attempt(store):
+    """Cancelled while running, then the attempt dies of an ordinary error: CANCELLED, not requeued."""
+    store.submit(KIND, {}, max_attempts=3)
+
+    def handle(job, ctx):
+        store.cancel(job.id)
+        raise RuntimeError("disk full")
+
+    ended = worker(store, handle).run_once()
+    assert (ended.state, ended.attempts) == (JobState.CANCELLED, 1)
+    assert "disk full" in ended.message
