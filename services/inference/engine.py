@@ -43,7 +43,7 @@ class Engine:
         self.tokenizer = load_tokenizer_of(engine)
         self.vocab_size = engine.config.vocab_size
         banned = self.tokenizer.unassigned_mask(self.vocab_size) if self.tokenizer else None
-        self.sampler = Sampler(torch.tensor(banned) if banned is not None else None)
+        self.sampler = Sampler(torch.tensor(banned, device=self.runner.device) if banned is not None else None)
         self.sequences: dict[str, Sequence] = {}
 
     @classmethod

@@ -11,6 +11,10 @@ from dbrx_serve.shared.errors import InvalidInput
 MAX_SEED = 2**64 - 1
 
 
+MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 256
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_new_tokens: int = 16
@@ -48,9 +52,13 @@ def _check_int(name: str, value, low: int, high: int | None = None) -> None:
 
 
 def _stop_strings(stop) -> tuple[str, ...]:
+    """Bounded, since each new token is checked against every stop string's prefixes."""
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
     if not all(isinstance(s, str) and s for s in stop):
         raise InvalidInput(f"stop strings must be non-empty strings, got {stop!r}")
+    if len(stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_LENGTH for s in stop):
+        raise InvalidInput(f"give at most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_LENGTH} "
+                           f"characters each (got {len(stop)}, the longest {max(map(len, stop))})")
     return stop
 
 

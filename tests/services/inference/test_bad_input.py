@@ -19,6 +19,8 @@ from dbrx_serve.shared.errors import InvalidInput
     (dict(top_k=-1), "top_k must be an integer >= 0"),
     (dict(seed=-3), "seed must be between"),
     (dict(stop=[""]), "stop strings must be non-empty"),
+    (dict(stop=["x"] * 17), "at most 16 stop strings"),
+    (dict(stop=["x" * 257]), "of at most 256 characters"),
     (dict(end_id=[-1]), "end_id must be an integer >= 0"),
 ])
 def test_bad_sampling_params(params, message):
