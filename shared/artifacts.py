@@ -60,6 +60,15 @@ def check_apart(path: Path, inputs: Iterable[str | Path]) -> None:
                                "replace the input; choose a directory of its own")
 
 
+def rank_file(root: str | Path, rank: int) -> Path:
+    """A rank's weights in a checkpoint or engine directory."""
+    return Path(root) / f"rank{rank}.safetensors"
+
+
+def write_json(path: Path, value: dict) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
 def temp_prefix(path: Path) -> str:
     return f".{path.name}.tmp-"
 

@@ -10,11 +10,10 @@ tokenizer files; manifest.json last, then the rename. A failure or a cancel
 leaves nothing behind.
 """
 
-import json
 from pathlib import Path
 
-from dbrx_serve.services.converter.progress import Check, Progress, Reporter
-from dbrx_serve.shared.artifacts import MANIFEST, artifact_dir, file_sha256
+from dbrx_serve.shared.progress import Check, Progress, Reporter
+from dbrx_serve.shared.artifacts import MANIFEST, artifact_dir, file_sha256, write_json
 
 from .engine_config import engine_config
 from .kv_scales import SCALES_FILE
@@ -47,7 +46,3 @@ def write_files(plan: BuildPlan, root: Path) -> None:
         write_json(root / SCALES_FILE, plan.kv_scales)
     if plan.tokenizer_dir is not None:
         copy_tokenizer(plan.tokenizer_dir, root, plan.checkpoint.model.vocab_size)
-
-
-def write_json(path: Path, value: dict) -> None:
-    path.write_text(json.dumps(value, indent=2) + "\n")

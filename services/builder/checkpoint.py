@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dbrx_serve.shared.artifacts import MANIFEST, verify_manifest
+from dbrx_serve.shared.artifacts import MANIFEST, rank_file, verify_manifest
 from dbrx_serve.shared.config import DTYPES, DbrxConfig
 from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.mapping import Mapping
@@ -57,7 +57,7 @@ class Checkpoint:
 
 
 def rank_path(root: Path, rank: int) -> Path:
-    return root / f"rank{rank}.safetensors"
+    return rank_file(root, rank)
 
 
 def read_checkpoint(root: str | Path) -> Checkpoint:

@@ -10,13 +10,14 @@ from dataclasses import dataclass
 import torch
 from safetensors import safe_open
 
-from dbrx_serve.shared.quantization import quantize_tensors
-from dbrx_serve.services.converter.rank_file import RankFileWriter
+from dbrx_serve.shared.artifacts import rank_file
 from dbrx_serve.shared.errors import InvalidInput
+from dbrx_serve.shared.parallel import Events
+from dbrx_serve.shared.quantization import quantize_tensors
+from dbrx_serve.shared.rank_file import RankFileWriter
 
 from .checkpoint import QUANTIZE_AT_BUILD, Checkpoint, stored_layout
 from .layout import LAYER_NAME, group_names
-from dbrx_serve.shared.parallel import Events
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class RankTask:
 
 def rank_tasks(ckpt: Checkpoint, engine_dir) -> list[RankTask]:
     precision = ckpt.precision if ckpt.form == QUANTIZE_AT_BUILD else None
-    return [RankTask(str(ckpt.rank_path(rank)), str(engine_dir / f"rank{rank}.safetensors"), rank,
+    return [RankTask(str(ckpt.rank_path(rank)), str(rank_file(engine_dir, rank)), rank,
                      tuple(tuple(g) for g in group_names(stored_layout(ckpt, rank))),
                      tuple(ckpt.mapping.layers(rank, ckpt.model.n_layers)), precision)
             for rank in range(ckpt.mapping.world_size)]

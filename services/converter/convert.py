@@ -9,17 +9,16 @@ file, config.json, kv_cache_scales.json; manifest.json last, then the rename.
 A failure or a cancel leaves nothing behind.
 """
 
-import json
 from pathlib import Path
 
-from dbrx_serve.shared.artifacts import MANIFEST, artifact_dir, file_sha256
+from dbrx_serve.shared.artifacts import MANIFEST, artifact_dir, file_sha256, write_json
 from dbrx_serve.shared.parallel import run_tasks
 
 from .calibration import KVScales, calibrate
 from .checkpoint_config import checkpoint_config
 from .options import ConvertOptions
 from .plan import ConvertPlan, plan_conversion
-from .progress import Check, Progress, Reporter
+from dbrx_serve.shared.progress import Check, Progress, Reporter
 from .ranks import RankTask, convert_rank, rank_path
 
 PRODUCER = "dbrx-serve converter"
@@ -62,7 +61,3 @@ def write_configs(plan: ConvertPlan, root: Path, scales: KVScales | None) -> Non
     write_json(root / "config.json", config)
     if scales is not None:
         write_json(root / "kv_cache_scales.json", scales.to_json(plan.calibration))
-
-
-def write_json(path: Path, value: dict) -> None:
-    path.write_text(json.dumps(value, indent=2) + "\n")

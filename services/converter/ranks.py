@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from dbrx_serve.shared.artifacts import rank_file
 from dbrx_serve.shared.hf_checkpoint import HFCheckpoint
 from dbrx_serve.shared.mapping import Mapping
 from dbrx_serve.shared.parallel import Events
@@ -20,7 +21,7 @@ from dbrx_serve.shared.reference import torch_dtype
 from dbrx_serve.shared.sharding import rank_tensors
 
 from dbrx_serve.shared.quantization import quantize_tensors
-from .rank_file import RankFileWriter
+from dbrx_serve.shared.rank_file import RankFileWriter
 
 LAYER_QKV = re.compile(r"transformer\.layers\.(\d+)\.attention\.qkv\.weight")
 
@@ -79,4 +80,4 @@ def convert_rank(task: RankTask, events: Events) -> None:
 
 
 def rank_path(root: Path, rank: int) -> str:
-    return str(root / f"rank{rank}.safetensors")
+    return str(rank_file(root, rank))

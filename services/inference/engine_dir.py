@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from dbrx_serve.shared.artifacts import verify_manifest
+from dbrx_serve.shared.artifacts import rank_file, verify_manifest
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.errors import InvalidInput
 
@@ -33,7 +33,7 @@ class EngineDir:
         return (self.pretrained.get("mapping") or {}).get("world_size", 1)
 
     def rank_file(self, rank: int) -> Path:
-        return self.path / f"rank{rank}.safetensors"
+        return rank_file(self.path, rank)
 
     @property
     def tokenizer_dir(self) -> Path | None:

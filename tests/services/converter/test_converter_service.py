@@ -83,8 +83,12 @@ def test_submit_watch_and_idempotency_over_grpc(shard_model, store, tmp_path):
         job = converter.SubmitConvert(request(shard_model[0], out, tp_size=2, dtype=common_pb2.D_TYPE_FLOAT16,
                                               idempotency_key="k1"))
         assert job.state == jobs_pb2.JOB_STATE_QUEUED and job.output_dir == str(out)
-        again = converter.SubmitConvert(request(shard_model[0], out, tp_size=2, idempotency_key="k1"))
+        again = converter.SubmitConvert(request(shard_model[0], out, tp_size=2, dtype=common_pb2.D_TYPE_FLOAT16,
+                                                idempotency_key="k1"))
         assert again.id == job.id
+        with pytest.raises(grpc.RpcError) as other:  # the same key for another request
+            converter.SubmitConvert(request(shard_model[0], out, tp_size=1, idempotency_key="k1"))
+        assert other.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         worker = threading.Thread(target=CONVERTER.worker(store, lease_seconds=10).run_once)
         worker.start()
         events = list(jobs.WatchJob(jobs_pb2.WatchJobRequest(id=job.id)))

@@ -3,7 +3,7 @@
 import torch
 from safetensors.torch import load_file, save_file
 
-from dbrx_serve.services.converter.rank_file import RankFileWriter
+from dbrx_serve.shared.rank_file import RankFileWriter
 
 
 def tensors() -> dict[str, torch.Tensor]:
