@@ -36,11 +36,6 @@ MAX_NUM_RANKS = min(SPECIAL_TOKENS.values()) - 1  # ranks must stay below 100256
 DEFAULT_STOP_IDS = (EOS_ID,)
 
 
-def assigned_ids(num_ranks: int) -> set[int]:
-    """The ids that mean something: ranks 0..num_ranks-1 and the special ids."""
-    return set(range(num_ranks)) | set(SPECIAL_TOKENS.values())
-
-
 def unassigned_mask(num_ranks: int, model_vocab_size: int) -> list[bool]:
     """True at each id below model_vocab_size that no token owns: a sampler sets
     those logits to -inf so that it never emits an id that cannot be decoded."""

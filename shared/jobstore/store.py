@@ -84,7 +84,7 @@ class JobStore:
         try:
             with self._write() as s:
                 return self._find_by_key(s, kind, idempotency_key, spec) or self._insert(
-                    s, kind, spec, output_dir, idempotency_key or None, max_attempts)
+                    s, kind, spec, self._free_output(s, output_dir), idempotency_key or None, max_attempts)
         except IntegrityError:  # a concurrent submit with the same key committed first
             with self._read() as s:
                 return self._find_by_key(s, kind, idempotency_key, spec)
@@ -230,6 +230,16 @@ class JobStore:
             raise BadState(f"idempotency key {key!r} was used for job {row.id} with other options: "
                            "use a new key for a different request")
         return _job(row) if row else None
+
+    def _free_output(self, s: Session, output_dir: str) -> str:
+        """Refuse a second live job writing the same output: a retry of one would clear the other's work."""
+        if output_dir:
+            busy = s.scalars(select(JobRow).where(JobRow.output_dir == output_dir,
+                                                  JobRow.state.in_([QUEUED, RUNNING]))).first()
+            if busy is not None:
+                raise BadState(f"job {busy.id} ({busy.state.lower()}) already writes {output_dir}: "
+                               "wait for it or cancel it, or choose another output directory")
+        return output_dir
 
     def _insert(self, s, kind, spec, output_dir, key, max_attempts) -> Job:
         now = now_utc()

@@ -29,6 +29,14 @@ def test_submit_then_get_returns_the_queued_job_and_its_first_event(store):
     assert [(e.seq, e.state) for e in store.events(job.id)] == [(1, JobState.QUEUED)]
 
 
+def test_two_live_jobs_never_write_the_same_output(store):
+    first = store.submit(KIND, {"a": 1}, output_dir="/ckpt")
+    with pytest.raises(BadState, match="already writes /ckpt"):
+        store.submit("build", {"a": 2}, output_dir="/ckpt")
+    store.cancel(first.id)
+    assert store.submit(KIND, {"a": 3}, output_dir="/ckpt").state is JobState.QUEUED
+
+
 def test_a_second_submit_with_the_same_key_returns_the_same_job(store):
     first = store.submit(KIND, {"a": 1}, idempotency_key="key-1")
     again = store.submit(KIND, {"a": 1}, idempotency_key="key-1")
