@@ -2,8 +2,6 @@
 real job store (SQLite; PostgreSQL too when DBRX_TEST_POSTGRES_URL is set), and
 `dbrx convert` in-process and against the server."""
 
-import asyncio
-import contextlib
 import json
 import shutil
 import threading
@@ -24,6 +22,7 @@ from dbrx_serve.shared.generated.dbrx.serve.v1 import (common_pb2, converter_pb2
                                                        jobs_pb2, jobs_pb2_grpc)
 from dbrx_serve.shared.jobstore import CONVERT, JobState, JobStore, StoreConfig, Worker
 
+from tests.serving import served_in_thread
 from .conftest import leftovers
 
 WAIT = 60
@@ -35,31 +34,9 @@ def store(database_url):
         yield opened
 
 
-@contextlib.contextmanager
 def served(store):
     """The converter server on port 0, run by its own event loop in a thread."""
-    ready, stop, port = threading.Event(), None, []
-
-    async def main():
-        nonlocal stop
-        stop = asyncio.Event()
-        server, bound = build_server(CONVERTER, store, rpc.ServerConfig())
-        await rpc.start(server)
-        port.append(bound)
-        ready.set()
-        await stop.wait()
-        await server.stop(None)
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(WAIT)
-    try:
-        yield f"127.0.0.1:{port[0]}"
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(WAIT)
-        loop.close()
+    return served_in_thread(lambda: build_server(CONVERTER, store, rpc.ServerConfig()))
 
 
 def request(model_dir, out, **fields) -> pb.ConvertRequest:

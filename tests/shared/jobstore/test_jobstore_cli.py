@@ -1,8 +1,6 @@
 """`dbrx jobs` and `follow_job`, against the store directly and against a real server."""
 
 import argparse
-import asyncio
-import contextlib
 import io
 import json
 import threading
@@ -15,6 +13,8 @@ from dbrx_serve.shared.generated.dbrx.serve.v1 import jobs_pb2_grpc as pb_grpc
 from dbrx_serve.shared.jobstore import JobState, Worker
 from dbrx_serve.shared.jobstore.service import job_servicer
 
+from tests.serving import served_in_thread
+
 KIND = "convert"
 WAIT = 30
 
@@ -26,31 +26,9 @@ def dbrx_jobs(*argv: str) -> int:
     return args.func(args)
 
 
-@contextlib.contextmanager
 def served(store, config=rpc.ServerConfig()):
     """A JobService on port 0, run by its own event loop in a thread (the CLI is synchronous)."""
-    ready, stop, port = threading.Event(), None, []
-
-    async def main():
-        nonlocal stop
-        stop = asyncio.Event()
-        server, bound = rpc.build_server([job_servicer(store, watch_poll_seconds=0.02)], config)
-        await rpc.start(server)
-        port.append(bound)
-        ready.set()
-        await stop.wait()
-        await server.stop(None)
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(WAIT)
-    try:
-        yield f"127.0.0.1:{port[0]}"
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(WAIT)
-        loop.close()
+    return served_in_thread(lambda: rpc.build_server([job_servicer(store, watch_poll_seconds=0.02)], config))
 
 
 def run_in_background(store, handler):
