@@ -19,7 +19,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import InvalidInput
 
@@ -150,9 +150,13 @@ def _verify_file(root: Path, entry: dict[str, Any]) -> None:
 
 @contextmanager
 def artifact_dir(path: str | Path, producer: str | dict, inputs: Iterable[str | Path] = (),
-                 options: dict[str, Any] | None = None, overwrite: bool = False) -> Iterator[Path]:
+                 options: dict[str, Any] | None = None, overwrite: bool = False,
+                 before_publish: Callable[[], None] | None = None) -> Iterator[Path]:
     """Yield an empty temporary sibling of `path`; on success write the manifest and
-    rename it into place; on any exception (Cancelled included) remove it."""
+    rename it into place; on any exception (Cancelled included) remove it.
+
+    `before_publish` runs between the manifest and the rename, the last point
+    to refuse: a job worker confirms there that it still holds its lease."""
     inputs = list(inputs)
     path = check_output_dir(path, overwrite, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,6 +166,8 @@ def artifact_dir(path: str | Path, producer: str | dict, inputs: Iterable[str | 
         yield temp
         write_manifest(temp, producer, inputs, options)
         _fsync_dir(temp)
+        if before_publish is not None:
+            before_publish()
         _replace(temp, check_output_dir(path, overwrite, inputs))
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)

@@ -21,6 +21,14 @@ class Reporter:
             self._progress(min(self.done / self.total, 1.0), message)
         self.check()
 
+    def publish(self) -> None:
+        """The last report before an artifact is renamed into place. In a job it goes
+        to the store at once: a worker whose lease is gone, or whose job was
+        cancelled, stops here rather than publish over another worker's output."""
+        if self._progress is not None:
+            self._progress(1.0, "publishing")
+        self.check()
+
     def check(self) -> None:
         if self._check is not None:
             self._check()

@@ -31,7 +31,8 @@ def build(options: BuildOptions, progress: Progress | None = None, check: Check 
     plan = plan_build(options)
     reporter = Reporter(plan.total_steps, progress, check)
     reporter.check()
-    with artifact_dir(plan.output_dir, PRODUCER, plan.inputs, options.to_dict(), options.overwrite) as temp:
+    with artifact_dir(plan.output_dir, PRODUCER, plan.inputs, options.to_dict(), options.overwrite,
+                      before_publish=reporter.publish) as temp:
         run_tasks(build_rank, rank_tasks(plan.checkpoint, temp), options.workers, reporter)
         write_files(plan, temp)
         reporter.step("config and tokenizer written")

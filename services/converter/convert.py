@@ -30,11 +30,11 @@ def convert(options: ConvertOptions, progress: Progress | None = None, check: Ch
     reporter = Reporter(plan.total_steps, progress, check)
     reporter.check()
     inputs = [options.model_dir] + ([options.calib_dataset] if options.calib_dataset else [])
-    with artifact_dir(plan.output_dir, PRODUCER, inputs, options.to_dict(), options.overwrite) as temp:
+    with artifact_dir(plan.output_dir, PRODUCER, inputs, options.to_dict(), options.overwrite,
+                      before_publish=reporter.publish) as temp:
         scales = run_calibration(plan, reporter)
         run_tasks(convert_rank, rank_tasks(plan, temp, scales), options.workers, reporter)
         write_configs(plan, temp, scales)
-        reporter.check()
     return {"output_dir": str(plan.output_dir), "manifest_sha256": file_sha256(plan.output_dir / MANIFEST),
             "world_size": plan.mapping.world_size}
 

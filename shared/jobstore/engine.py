@@ -7,6 +7,8 @@ the busy timeout for it, and reads run in WAL snapshots beside the writer.
 Read-only sessions ask for a plain deferred `BEGIN` via an execution option.
 """
 
+import sqlite3
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -30,15 +32,34 @@ def _sqlite_engine(config: StoreConfig) -> Engine:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
-        for pragma in (f"busy_timeout = {timeout_ms}", "journal_mode = WAL",
-                       "synchronous = NORMAL", "foreign_keys = ON"):
+        for pragma in (f"busy_timeout = {timeout_ms}", "synchronous = NORMAL", "foreign_keys = ON"):
             dbapi_connection.execute(f"PRAGMA {pragma}")
+        _enter_wal_mode(dbapi_connection, config.busy_timeout_seconds)
 
     @event.listens_for(engine, "begin")
     def on_begin(connection):
         connection.exec_driver_sql(connection.get_execution_options().get(BEGIN_OPTION, "BEGIN IMMEDIATE"))
 
     return engine
+
+
+def _enter_wal_mode(dbapi_connection, timeout_seconds: float) -> None:
+    """Switch the file to WAL (persistent, so usually already done).
+
+    The switch needs an exclusive lock and SQLite may answer "database is
+    locked" at once instead of calling the busy handler, which happens when
+    several processes open a new store together: retry until the busy timeout.
+    """
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            if dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                dbapi_connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _postgresql_engine(config: StoreConfig) -> Engine:

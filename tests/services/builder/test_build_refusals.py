@@ -167,3 +167,17 @@ def test_failure_mid_build_leaves_nothing(checkpoints, tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         build(BuildOptions(str(checkpoints(tp_size=2)), str(tmp_path / "engine")), progress=stop.progress)
     assert leftovers(tmp_path / "engine") == []
+
+
+def test_a_refusal_at_publishing_leaves_nothing(checkpoints, tmp_path):
+    """Every rank written, then the last report (a job worker's lease check) refuses: no engine."""
+    seen = []
+
+    def progress(fraction, message):
+        seen.append(message)
+        if message == "publishing":
+            raise Cancelled("cancelled at the last moment")
+    with pytest.raises(Cancelled):
+        build(BuildOptions(str(checkpoints(tp_size=2)), str(tmp_path / "engine")), progress=progress)
+    assert seen[-2:] == ["config and tokenizer written", "publishing"]
+    assert leftovers(tmp_path / "engine") == []

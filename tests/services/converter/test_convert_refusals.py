@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from dbrx_serve.services.converter.convert import convert
 from dbrx_serve.services.converter.options import ConvertOptions
 from dbrx_serve.shared.errors import Cancelled, InvalidInput
+from dbrx_serve.shared.jobstore import LeaseLost
 
 from .conftest import leftovers, run_convert
 
@@ -139,4 +140,19 @@ def test_progress_reaches_one_in_steps(shard_model, tmp_path):
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert [m for _, m in seen] == ["rank 0: embedding", "rank 0: layer 0", "rank 0: layer 1",
-                                    "rank 1: layer 2", "rank 1: head"]
+                                    "rank 1: layer 2", "rank 1: head", "publishing"]
+
+
+def test_a_refusal_at_publishing_keeps_the_old_output(shard_model, tmp_path):
+    """The last report comes after every file is written, right before the rename: a job
+    worker that lost its lease by then (LeaseLost here) must not replace the output."""
+    out = tmp_path / "out"
+    convert(ConvertOptions(str(shard_model[0]), str(out)))
+    before = (out / "manifest.json").read_bytes()
+
+    def progress(fraction, message):
+        if message == "publishing":
+            raise LeaseLost("this worker lost its lease")
+    with pytest.raises(LeaseLost):
+        convert(ConvertOptions(str(shard_model[0]), str(out), tp_size=2, overwrite=True), progress=progress)
+    assert leftovers(out) == ["out"] and (out / "manifest.json").read_bytes() == before

@@ -6,6 +6,7 @@ import time
 import pytest
 from sqlalchemy import update
 
+from dbrx_serve.shared.artifacts import artifact_dir
 from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.jobstore import JobState, LeaseLost, Worker
 from dbrx_serve.shared.jobstore.models import JobRow
@@ -177,6 +178,24 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(store):
     assert isinstance(stopped[0], LeaseLost)
     after = outcome[0]
     assert (after.state, after.lease_owner, after.result) == (JobState.RUNNING, "w2", None)
+
+
+def test_a_worker_that_lost_its_lease_does_not_publish_its_output(store, tmp_path):
+    """The lease is taken over after the handler's last checkpoint: the synchronous
+    report before the rename notices, and the output directory never appears."""
+    job = store.submit(KIND, {})
+    out = tmp_path / "artifacts" / "out"
+
+    def handle(job, ctx):
+        with artifact_dir(out, "test", before_publish=lambda: ctx.progress(1.0, "publishing")) as temp:
+            (temp / "weights.bin").write_bytes(b"w1's weights")
+            with store.engine.begin() as connection:  # w1 stalls here; w2 takes the job over
+                connection.execute(update(JobRow).where(JobRow.id == job.id).values(lease_owner="w2"))
+        return {"finished": True}
+
+    after = worker(store, handle, lease_seconds=30.0).run_once()
+    assert (after.state, after.lease_owner, after.result) == (JobState.RUNNING, "w2", None)
+    assert list(out.parent.iterdir()) == []
 
 
 def test_run_forever_runs_jobs_until_stopped(store):
