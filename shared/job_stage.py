@@ -25,6 +25,7 @@ from .artifacts import remove_stale_temps
 from .errors import DbrxServeError, InvalidInput
 from .jobstore import Job, JobContext, JobStore, Worker
 from .jobstore.service import job_servicer
+from .options import ANY_ABSOLUTE_PATH, PathPolicy
 
 log = logging.getLogger("dbrx_serve.job_stage")
 
@@ -36,7 +37,7 @@ class JobStage:
     default_port: int
     options_from_dict: Callable[[dict], Any]  # a job's spec -> the stage's options (with .output_dir)
     produce: Callable[..., dict]  # produce(options, progress=, check=) -> the job's result
-    servicer: Callable[[JobStore], rpc.Servicer]  # the stage's Submit service over a store
+    servicer: Callable[[JobStore, PathPolicy], rpc.Servicer]  # the stage's Submit service over a store
 
     def handle(self, job: Job, ctx: JobContext) -> dict:
         """Run one job. A retried job first removes the temporary output its dead worker
@@ -75,9 +76,10 @@ def start_worker_thread(worker: Worker, name: str) -> threading.Thread:
     return thread
 
 
-def build_server(stage: JobStage, store: JobStore, config: rpc.ServerConfig) -> tuple[grpc.aio.Server, int]:
+def build_server(stage: JobStage, store: JobStore, config: rpc.ServerConfig,
+                 paths: PathPolicy = ANY_ABSOLUTE_PATH) -> tuple[grpc.aio.Server, int]:
     """Register the stage's service and JobService (with health and reflection), bind the port."""
-    return rpc.build_server([stage.servicer(store), job_servicer(store)], config)
+    return rpc.build_server([stage.servicer(store, paths), job_servicer(store)], config)
 
 
 def add_serve_args(stage: JobStage, parser: argparse.ArgumentParser) -> None:
@@ -89,6 +91,8 @@ def add_serve_args(stage: JobStage, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auth_token", default=None, help="require 'authorization: Bearer <token>'")
     parser.add_argument("--tls_cert", default=None)
     parser.add_argument("--tls_key", default=None)
+    parser.add_argument("--allowed_root", action="append", default=[], metavar="DIR",
+                        help="accept only requests whose paths lie under DIR (repeatable; default: any absolute path)")
 
 
 async def serve(stage: JobStage, args: argparse.Namespace) -> None:
@@ -96,10 +100,13 @@ async def serve(stage: JobStage, args: argparse.Namespace) -> None:
                               tls_cert=args.tls_cert, tls_key=args.tls_key)
     if args.local_workers < 0:
         raise InvalidInput(f"--local_workers must be 0 or more, got {args.local_workers}")
+    paths = PathPolicy(tuple(args.allowed_root))
+    if not paths.allowed_roots:
+        log.warning("no --allowed_root: clients may name any absolute path the %s workers can reach", stage.name)
     with JobStore.open(args.database_url) as store:
         workers = [stage.worker(store) for _ in range(args.local_workers)]
         threads = [start_worker_thread(w, f"{stage.name}-worker-{i}") for i, w in enumerate(workers)]
-        server, port = build_server(stage, store, config)
+        server, port = build_server(stage, store, config, paths)
 
         async def stop_workers():
             for worker in workers:

@@ -1,7 +1,8 @@
 """What every stage's options share: built from a job's spec (a dict) or from a
 request whose paths a worker elsewhere must be able to open."""
 
-from dataclasses import fields
+import os
+from dataclasses import dataclass, fields
 from pathlib import PurePath
 from typing import Any
 
@@ -17,9 +18,34 @@ def options_from_dict(cls, values: dict[str, Any], what: str):
     return cls(**values)
 
 
-def require_absolute_paths(request, names: tuple[str, ...], stage: str) -> None:
-    """Paths in a request are the worker's paths: relative ones would depend on its directory."""
-    for name in names:
-        value = getattr(request, name)
-        if value and not PurePath(value).is_absolute():
-            raise InvalidInput(f"{name} {value!r} must be an absolute path (as the {stage} worker sees it)")
+@dataclass(frozen=True)
+class PathPolicy:
+    """Which paths a remote request may name: absolute ones (they are the worker's
+    paths; a relative one would depend on its directory), and with `allowed_roots`
+    only those under one of them (`dbrx serve STAGE --allowed_root DIR`), after
+    resolving `..` and symbolic links. No roots: any absolute path."""
+    allowed_roots: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        for root in self.allowed_roots:
+            if not PurePath(root).is_absolute():
+                raise InvalidInput(f"--allowed_root {root!r} must be an absolute path")
+
+    def check(self, request, names: tuple[str, ...], stage: str) -> None:
+        for name in names:
+            value = getattr(request, name)
+            if not value:
+                continue
+            if not PurePath(value).is_absolute():
+                raise InvalidInput(f"{name} {value!r} must be an absolute path (as the {stage} worker sees it)")
+            if self.allowed_roots and not self.allows(value):
+                raise InvalidInput(f"{name} {value!r} is outside the directories this {stage} server "
+                                   f"accepts: {', '.join(self.allowed_roots)}")
+
+    def allows(self, path: str) -> bool:
+        real = os.path.realpath(path)
+        return any(os.path.commonpath([real, root]) == root
+                   for root in map(os.path.realpath, self.allowed_roots))
+
+
+ANY_ABSOLUTE_PATH = PathPolicy()

@@ -4,7 +4,7 @@ empty fields mean trtllm-build's defaults."""
 from dataclasses import fields
 
 from dbrx_serve.shared.errors import InvalidInput
-from dbrx_serve.shared.options import require_absolute_paths
+from dbrx_serve.shared.options import ANY_ABSOLUTE_PATH, PathPolicy
 from dbrx_serve.shared.generated.dbrx.serve.v1 import builder_pb2 as pb, common_pb2
 
 from .options import BuildOptions
@@ -18,9 +18,9 @@ SCALARS = ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "
 PATHS = ("checkpoint_dir", "output_dir", "tokenizer_dir")
 
 
-def options_from_pb(request: pb.BuildRequest) -> BuildOptions:
-    """The options a request asks for; paths must be absolute (they are the worker's paths)."""
-    require_absolute_paths(request, PATHS, "builder")
+def options_from_pb(request: pb.BuildRequest, paths: PathPolicy = ANY_ABSOLUTE_PATH) -> BuildOptions:
+    """The options a request asks for, its paths checked against the server's policy."""
+    paths.check(request, PATHS, "builder")
     values = {name: getattr(request, name) for name in SCALARS if getattr(request, name)}
     if request.kv_cache_dtype not in KV_CACHE_DTYPE_OF_PB:
         raise InvalidInput(f"unknown kv_cache_dtype {request.kv_cache_dtype}")

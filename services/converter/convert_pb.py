@@ -3,7 +3,7 @@ empty fields mean convert_checkpoint.py's defaults."""
 
 
 from dbrx_serve.shared.errors import InvalidInput
-from dbrx_serve.shared.options import require_absolute_paths
+from dbrx_serve.shared.options import ANY_ABSOLUTE_PATH, PathPolicy
 from dbrx_serve.shared.generated.dbrx.serve.v1 import common_pb2, converter_pb2 as pb
 
 from .options import ConvertOptions
@@ -19,9 +19,9 @@ FLAGS = ("use_weight_only", "quantize_at_build", "int8_kv_cache", "overwrite")
 PATHS = ("model_dir", "output_dir", "calib_dataset")
 
 
-def options_from_pb(request: pb.ConvertRequest) -> ConvertOptions:
-    """The options a request asks for; paths must be absolute (they are the worker's paths)."""
-    require_absolute_paths(request, PATHS, "converter")
+def options_from_pb(request: pb.ConvertRequest, paths: PathPolicy = ANY_ABSOLUTE_PATH) -> ConvertOptions:
+    """The options a request asks for, its paths checked against the server's policy."""
+    paths.check(request, PATHS, "converter")
     return ConvertOptions(
         model_dir=request.model_dir, output_dir=request.output_dir,
         dtype=_enum("dtype", DTYPE_OF_PB, request.dtype),

@@ -8,6 +8,7 @@ from dbrx_serve.shared import rpc
 from dbrx_serve.shared.generated.dbrx.serve.v1 import converter_pb2 as pb, converter_pb2_grpc as pb_grpc, jobs_pb2
 from dbrx_serve.shared.jobstore import CONVERT, JobStore
 from dbrx_serve.shared.jobstore.convert import job_to_pb
+from dbrx_serve.shared.options import ANY_ABSOLUTE_PATH, PathPolicy
 
 from .convert_pb import options_from_pb
 
@@ -15,15 +16,15 @@ SERVICE_NAME = "dbrx.serve.v1.ConverterService"
 
 
 class ConverterServicer(pb_grpc.ConverterServiceServicer):
-    def __init__(self, store: JobStore):
-        self.store = store
+    def __init__(self, store: JobStore, paths: PathPolicy):
+        self.store, self.paths = store, paths
 
     async def SubmitConvert(self, request: pb.ConvertRequest, context) -> jobs_pb2.Job:
-        options = options_from_pb(request)
+        options = options_from_pb(request, self.paths)
         job = await asyncio.to_thread(self.store.submit, CONVERT, options.to_dict(), output_dir=options.output_dir,
                                       idempotency_key=request.idempotency_key or None)
         return job_to_pb(job)
 
 
-def converter_servicer(store: JobStore) -> rpc.Servicer:
-    return rpc.Servicer(pb_grpc.add_ConverterServiceServicer_to_server, ConverterServicer(store), SERVICE_NAME)
+def converter_servicer(store: JobStore, paths: PathPolicy = ANY_ABSOLUTE_PATH) -> rpc.Servicer:
+    return rpc.Servicer(pb_grpc.add_ConverterServiceServicer_to_server, ConverterServicer(store, paths), SERVICE_NAME)

@@ -21,6 +21,7 @@ from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.generated.dbrx.serve.v1 import (common_pb2, converter_pb2 as pb, converter_pb2_grpc,
                                                        jobs_pb2, jobs_pb2_grpc)
 from dbrx_serve.shared.jobstore import CONVERT, JobState, JobStore, StoreConfig, Worker
+from dbrx_serve.shared.options import ANY_ABSOLUTE_PATH, PathPolicy
 
 from tests.serving import served_in_thread
 from .conftest import leftovers
@@ -34,9 +35,9 @@ def store(database_url):
         yield opened
 
 
-def served(store):
+def served(store, paths: PathPolicy = ANY_ABSOLUTE_PATH):
     """The converter server on port 0, run by its own event loop in a thread."""
-    return served_in_thread(lambda: build_server(CONVERTER, store, rpc.ServerConfig()))
+    return served_in_thread(lambda: build_server(CONVERTER, store, rpc.ServerConfig(), paths))
 
 
 def request(model_dir, out, **fields) -> pb.ConvertRequest:
@@ -71,7 +72,8 @@ def test_submit_watch_and_idempotency_over_grpc(shard_model, store, tmp_path):
         events = list(jobs.WatchJob(jobs_pb2.WatchJobRequest(id=job.id)))
         worker.join(WAIT)
         assert events[-1].state == jobs_pb2.JOB_STATE_SUCCEEDED
-        assert [e.message for e in events if e.state == jobs_pb2.JOB_STATE_RUNNING][-1] == "rank 1: head"
+        assert [e.message for e in events if e.state == jobs_pb2.JOB_STATE_RUNNING][-2:] == ["rank 1: head",
+                                                                                             "publishing"]
         done = jobs.GetJob(jobs_pb2.GetJobRequest(id=job.id))
         assert json.loads(done.result_json)["world_size"] == 2
     assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
@@ -90,6 +92,20 @@ def test_invalid_requests_refused_with_invalid_argument(fields, match, shard_mod
                 request(shard_model[0], tmp_path / "out", **fields))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and match in error.value.details()
     assert store.list_jobs() == []
+
+
+def test_a_server_with_allowed_roots_refuses_paths_outside_them(shard_model, store, tmp_path):
+    allowed = tmp_path / "allowed"
+    with served(store, PathPolicy((str(allowed),))) as target, grpc.insecure_channel(target) as channel:
+        stub = converter_pb2_grpc.ConverterServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.SubmitConvert(request(allowed / "model", allowed / ".." / "elsewhere"))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "is outside the directories this converter server accepts" in error.value.details()
+        assert store.list_jobs() == []
+        shutil.copytree(shard_model[0], allowed / "model")
+        job = stub.SubmitConvert(request(allowed / "model", allowed / "out"))
+    assert store.get(job.id).spec["output_dir"] == str(allowed / "out")
 
 
 def test_bad_model_fails_the_job_once_with_its_message(shard_model, store, tmp_path):
