@@ -37,7 +37,8 @@ def add_parser(subparsers):
     p.add_argument("--tokenizer_dir", default=None,
                    help="tokenizer files to copy into the engine (default: the HF model dir of the checkpoint)")
     p.add_argument("--workers", type=int, default=1, help="ranks built in parallel processes")
-    p.add_argument("--log_level", dest="build_log_level", default="info", choices=list(LOG_LEVELS))
+    p.add_argument("--log_level", dest="build_log_level", default="info", choices=list(LOG_LEVELS),
+                   help="the builder's log level in-process (a --server build logs at its worker's level)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--server", default=None, help="HOST:PORT of a builder service")
     p.add_argument("--auth_token", default=None, help="bearer token for --server")
