@@ -3,14 +3,17 @@ yields a request's step outputs as they come.
 
 One thread owns the engine and steps it while any request is unfinished;
 the event loop never touches the engine and never waits on a step. Adds,
-aborts and stats reach that thread as calls in its inbox, run between two
-steps (which is when a continuous batch can take a new request anyway).
-Leaving a stream early (a cancelled RPC, `break`) aborts its request, which
-frees its KV blocks before the next step.
+aborts and stats reach that thread as calls in its inbox, run in order
+between two steps (which is when a continuous batch can take a new request
+anyway). Leaving a stream early (a cancelled RPC, `break`) aborts its
+request, which frees its KV blocks before the next step. Whatever happens
+to the thread, no caller is left waiting: a failed step, `close()` or a
+crash ends every open stream with `EngineFailed` and refuses later calls.
 """
 
 import asyncio
 import concurrent.futures
+import logging
 import queue
 import threading
 from dataclasses import dataclass
@@ -19,120 +22,172 @@ from typing import AsyncIterator, Callable
 from .engine import Engine
 from .outputs import EngineStats, StepOutput
 from .params import SamplingParams
+from .stop import FinishReason
+
+log = logging.getLogger("dbrx_serve.inference")
 
 
-@dataclass
+class EngineFailed(RuntimeError):
+    """The engine could not go on with this request: a step failed, or the engine stopped."""
+
+
+@dataclass(eq=False)
 class _Listener:
-    """Where one request's outputs go: a queue owned by the caller's event loop."""
+    """Where one stream's outputs go: a queue owned by the caller's event loop."""
     loop: asyncio.AbstractEventLoop
     outputs: asyncio.Queue
+    request_id: str | None = None  # set once the engine has taken the request
 
-    def send(self, item: StepOutput | Exception) -> bool:
+    def send(self, item: StepOutput | EngineFailed) -> bool:
+        """False when the caller's loop is closed: nobody listens any more."""
         try:
             self.loop.call_soon_threadsafe(self.outputs.put_nowait, item)
             return True
-        except RuntimeError:  # the caller's loop is closed: nobody is listening
+        except RuntimeError:
             return False
 
 
 class AsyncEngine:
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # (fn, args, future); None wakes the thread
         self.listeners: dict[str, _Listener] = {}  # touched only by the stepping thread
+        self.lock = threading.Lock()  # "not closed, so post" is atomic with closing
         self.closed = False
         self.thread = threading.Thread(target=self._run, name="engine-steps", daemon=True)
         self.thread.start()
 
     async def stream(self, prompt: str | list[int], params: SamplingParams = SamplingParams(),
                      request_id: str | None = None) -> AsyncIterator[StepOutput]:
+        """A request's outputs; the last has a finish_reason. Bad input raises here (InvalidInput,
+        CapacityExhausted) before any output; leaving early aborts the request."""
         listener = _Listener(asyncio.get_running_loop(), asyncio.Queue())
-        request_id = await self._call(self._add, prompt, params, request_id, listener)
+        added = self._post(self._add, prompt, params, request_id, listener)
         finished = False
         try:
+            await asyncio.wrap_future(added)
             while not finished:
                 output = await listener.outputs.get()
-                if isinstance(output, Exception):
+                if isinstance(output, EngineFailed):
                     raise output
                 finished = output.finish_reason is not None
                 yield output
         finally:
-            if not finished:
-                self._post(self._abort, request_id)
+            if not finished:  # posted after the add, so it runs after it (or finds nothing)
+                self._post(self._drop, listener)
 
     async def abort(self, request_id: str) -> bool:
-        return await self._call(self._abort, request_id)
+        """Cancel a request; its stream ends with a CANCELLED output. False if unknown or done."""
+        return await asyncio.wrap_future(self._post(self._abort, request_id))
 
     async def stats(self) -> EngineStats:
-        return await self._call(self.engine.stats)
+        return await asyncio.wrap_future(self._post(self.engine.stats))
 
     def close(self) -> None:
-        """Stop the stepping thread; open streams get an error rather than waiting forever."""
-        self.closed = True
-        self._post(lambda: None)  # wakes the thread if it waits for work
+        """Stop the stepping thread after the step in progress (so call it from a thread,
+        not the event loop); open streams raise EngineFailed, later calls are refused."""
+        with self.lock:
+            self.closed = True
+        self.inbox.put(None)
         self.thread.join()
 
-    # --- on the caller's loop ---
-
-    async def _call(self, fn: Callable, *args):
-        if self.closed:
-            raise RuntimeError("the engine is closed")
-        return await asyncio.wrap_future(self._post(fn, *args))
+    # --- any thread ---
 
     def _post(self, fn: Callable, *args) -> concurrent.futures.Future:
+        """Queue a call for the stepping thread; once closed, the future fails at once."""
         future = concurrent.futures.Future()
-        self.inbox.put((fn, args, future))
+        with self.lock:
+            if not self.closed:
+                self.inbox.put((fn, args, future))
+                return future
+        future.set_exception(EngineFailed("the engine is closed"))
         return future
 
-    # --- on the stepping thread ---
+    # --- the stepping thread ---
 
     def _add(self, prompt, params, request_id, listener: _Listener) -> str:
-        request_id = self.engine.add_request(prompt, params, request_id)
-        self.listeners[request_id] = listener
-        return request_id
+        listener.request_id = self.engine.add_request(prompt, params, request_id)
+        self.listeners[listener.request_id] = listener
+        return listener.request_id
+
+    def _drop(self, listener: _Listener) -> None:
+        """A stream left early: abort its request, unless it ended already (or never began)."""
+        if listener.request_id is not None and self.listeners.get(listener.request_id) is listener:
+            del self.listeners[listener.request_id]
+            self.engine.abort(listener.request_id)
 
     def _abort(self, request_id: str) -> bool:
-        self.listeners.pop(request_id, None)
-        return self.engine.abort(request_id)
+        listener = self.listeners.pop(request_id, None)
+        aborted = self.engine.abort(request_id)
+        if listener is not None:
+            listener.send(StepOutput(request_id, (), "", (), FinishReason.CANCELLED))
+        return aborted
 
     def _run(self) -> None:
-        while not self.closed:
-            self._drain_inbox(wait=not self.engine.has_unfinished)
-            if self.engine.has_unfinished and not self.closed:
-                self._step()
-        self._drain_inbox(wait=False)
-        self._fail_all(RuntimeError("the engine was closed while this request ran"))
+        reason, cause = "the engine was closed while this request ran", None
+        try:
+            while not self.closed:
+                self._run_calls(wait=not self.engine.has_unfinished)
+                if self.engine.has_unfinished and not self.closed:
+                    self._step()
+        except BaseException as crash:
+            log.exception("the engine's stepping thread failed")
+            reason, cause = f"the engine stopped: {crash!r}", crash
+        finally:
+            with self.lock:
+                self.closed = True
+            self._refuse_calls(reason)
+            self._fail_all(reason, cause)
 
-    def _drain_inbox(self, wait: bool) -> None:
+    def _run_calls(self, wait: bool) -> None:
+        """Run every queued call (waiting for the first when there is nothing to step)."""
+        for fn, args, future in self._take_calls(wait):
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except Exception as error:
+                    future.set_exception(error)
+
+    def _take_calls(self, wait: bool):
         try:
             item = self.inbox.get(block=wait)
             while True:
-                fn, args, future = item
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn(*args))
-                    except Exception as error:
-                        future.set_exception(error)
+                if item is not None:
+                    yield item
                 item = self.inbox.get_nowait()
         except queue.Empty:
-            pass
+            return
+
+    def _refuse_calls(self, reason: str) -> None:
+        for _, _, future in self._take_calls(wait=False):
+            if future.set_running_or_notify_cancel():
+                future.set_exception(EngineFailed(reason))
 
     def _step(self) -> None:
         try:
             outputs = self.engine.step()
-        except Exception as error:  # every open stream raises it; the engine starts over empty
-            self._fail_all(error)
+        except Exception as error:  # every open request ends with it; the engine starts over empty
+            log.exception("an engine step failed")
+            self._fail_all(f"an engine step failed: {error!r}", error)
             return
         for output in outputs:
             listener = self.listeners.get(output.request_id)
+            if listener is None:
+                continue
             if output.finish_reason is not None:
-                self.listeners.pop(output.request_id, None)
-            if listener is not None and not listener.send(output):
-                self._abort(output.request_id)
+                del self.listeners[output.request_id]
+            if not listener.send(output):
+                self._drop(listener)
 
-    def _fail_all(self, error: Exception) -> None:
+    def _fail_all(self, reason: str, cause: BaseException | None) -> None:
+        """Abort every request and end every open stream, each with its own EngineFailed."""
         for request_id in list(self.engine.sequences):
-            self.engine.abort(request_id)
+            try:
+                self.engine.abort(request_id)
+            except Exception:  # keep going: every stream must still hear of the failure
+                log.exception("aborting %s failed", request_id)
         for listener in self.listeners.values():
-            listener.send(error)
+            failure = EngineFailed(reason)
+            failure.__cause__ = cause
+            listener.send(failure)
         self.listeners.clear()

@@ -46,20 +46,27 @@ def _sqlite_engine(config: StoreConfig) -> Engine:
 def _enter_wal_mode(dbapi_connection, timeout_seconds: float) -> None:
     """Switch the file to WAL (persistent, so usually already done).
 
-    The switch needs an exclusive lock and SQLite may answer "database is
-    locked" at once instead of calling the busy handler, which happens when
-    several processes open a new store together: retry until the busy timeout.
+    The switch needs an exclusive lock, and SQLite may answer "database is
+    locked" at once, or leave the mode unchanged, instead of calling the busy
+    handler; that happens when several processes open a new store together.
+    Retry until the busy timeout.
     """
     deadline = time.monotonic() + timeout_seconds
     while True:
         try:
-            if dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                dbapi_connection.execute("PRAGMA journal_mode = WAL")
-            return
+            mode = dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal":
+                mode = dbapi_connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         except sqlite3.OperationalError as error:
-            if "locked" not in str(error) or time.monotonic() > deadline:
+            if "locked" not in str(error):
                 raise
-            time.sleep(0.02)
+            mode = None
+        if mode == "wal":
+            return
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError(f"could not switch the job store to WAL mode within "
+                                           f"{timeout_seconds:g} s: another process holds it locked")
+        time.sleep(0.02)
 
 
 def _postgresql_engine(config: StoreConfig) -> Engine:

@@ -2,6 +2,8 @@
 at once, and producing exactly the schema the models describe."""
 
 import multiprocessing
+import sqlite3
+import threading
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -49,3 +51,19 @@ def test_reopening_a_current_store_changes_nothing(store, database_url):
         assert again.get(job.id) == job
         with again.engine.connect() as connection:
             assert current_revision(connection) == head_revision() == "0001"
+
+
+def test_a_new_sqlite_store_waits_for_another_process_holding_the_file(tmp_path):
+    """Switching a new file to WAL while another connection is mid-write: SQLite refuses
+    at once ("database is locked") rather than wait, so opening retries until the busy timeout."""
+    path = tmp_path / "jobs.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO t VALUES (1)")
+    threading.Timer(0.3, holder.commit).start()
+    with JobStore(StoreConfig(f"sqlite:///{path}", busy_timeout_seconds=10)) as store:
+        assert store.submit(KIND, {"n": 1}).spec == {"n": 1}
+        with store.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    holder.close()
