@@ -11,6 +11,7 @@ server process, for a one-host setup."""
 
 import argparse
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -38,25 +39,28 @@ class JobStage:
     options_from_dict: Callable[[dict], Any]  # a job's spec -> the stage's options (with .output_dir)
     produce: Callable[..., dict]  # produce(options, progress=, check=) -> the job's result
     servicer: Callable[[JobStore, PathPolicy], rpc.Servicer]  # the stage's Submit service over a store
+    path_fields: tuple[str, ...]  # the options that name files or directories
 
-    def handle(self, job: Job, ctx: JobContext) -> dict:
-        """Run one job. A retried job first removes the temporary output its dead worker
-        left (that worker no longer holds the lease, so it cannot be writing there)."""
+    def handle(self, job: Job, ctx: JobContext, paths: PathPolicy = ANY_ABSOLUTE_PATH) -> dict:
+        """Run one job. Its paths are checked again here, on the worker's own file system.
+        A retried job first removes the temporary output its dead worker left (that
+        worker no longer holds the lease, so it cannot be writing there)."""
         options = self.options_from_dict(job.spec)
+        paths.check(options, self.path_fields, self.name)
         if job.attempts > 1:
             for stale in remove_stale_temps(options.output_dir):
                 log.info("job %s: removed %s left by an earlier attempt", job.id, stale)
         return self.produce(options, progress=ctx.progress, check=ctx.checkpoint)
 
-    def worker(self, store: JobStore, **worker_args) -> Worker:
-        return Worker(store, self.kind, self.handle, **worker_args)
+    def worker(self, store: JobStore, paths: PathPolicy = ANY_ABSOLUTE_PATH, **worker_args) -> Worker:
+        return Worker(store, self.kind, functools.partial(self.handle, paths=paths), **worker_args)
 
 
 def run_worker(stage: JobStage, database_url: str | None, lease_seconds: float = 30.0,
-               poll_seconds: float = 1.0) -> int:
+               poll_seconds: float = 1.0, paths: PathPolicy = ANY_ABSOLUTE_PATH) -> int:
     """`dbrx worker STAGE`: run jobs until SIGINT/SIGTERM (the job in hand is finished first)."""
     with JobStore.open(database_url) as store:
-        worker = stage.worker(store, lease_seconds=lease_seconds, poll_seconds=poll_seconds)
+        worker = stage.worker(store, paths, lease_seconds=lease_seconds, poll_seconds=poll_seconds)
         stop_on_signals(worker)
         print(f"{stage.name} worker {worker.config.owner} on {store.config.backend}", flush=True)
         worker.run_forever()
@@ -104,7 +108,7 @@ async def serve(stage: JobStage, args: argparse.Namespace) -> None:
     if not paths.allowed_roots:
         log.warning("no --allowed_root: clients may name any absolute path the %s workers can reach", stage.name)
     with JobStore.open(args.database_url) as store:
-        workers = [stage.worker(store) for _ in range(args.local_workers)]
+        workers = [stage.worker(store, paths) for _ in range(args.local_workers)]
         threads = [start_worker_thread(w, f"{stage.name}-worker-{i}") for i, w in enumerate(workers)]
         server, port = build_server(stage, store, config, paths)
 

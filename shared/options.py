@@ -22,8 +22,13 @@ def options_from_dict(cls, values: dict[str, Any], what: str):
 class PathPolicy:
     """Which paths a remote request may name: absolute ones (they are the worker's
     paths; a relative one would depend on its directory), and with `allowed_roots`
-    only those under one of them (`dbrx serve STAGE --allowed_root DIR`), after
-    resolving `..` and symbolic links. No roots: any absolute path."""
+    only those under one of them, after resolving `..` and symbolic links. No
+    roots: any absolute path. The server checks a request when it comes
+    (`dbrx serve STAGE --allowed_root DIR`), a worker again on its own file
+    system when it runs the job (`dbrx worker STAGE --allowed_root DIR`).
+
+    It confines what requests name, not what is on disk: whoever can write under
+    a root (symbolic links, a checkpoint's manifest naming its model dir) is trusted."""
     allowed_roots: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -36,11 +41,13 @@ class PathPolicy:
             value = getattr(request, name)
             if not value:
                 continue
+            if "\0" in value:
+                raise InvalidInput(f"{name} {value!r} contains a NUL character")
             if not PurePath(value).is_absolute():
                 raise InvalidInput(f"{name} {value!r} must be an absolute path (as the {stage} worker sees it)")
             if self.allowed_roots and not self.allows(value):
-                raise InvalidInput(f"{name} {value!r} is outside the directories this {stage} server "
-                                   f"accepts: {', '.join(self.allowed_roots)}")
+                raise InvalidInput(f"{name} {value!r} is outside the directories the {stage} service accepts "
+                                   f"(--allowed_root {' '.join(self.allowed_roots)})")
 
     def allows(self, path: str) -> bool:
         real = os.path.realpath(path)

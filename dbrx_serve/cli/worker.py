@@ -18,11 +18,15 @@ def add_parser(subparsers):
     p.add_argument("--database_url", default=None, help="default: $DBRX_DATABASE_URL or the embedded SQLite file")
     p.add_argument("--lease_seconds", type=float, default=30.0, help="a job whose worker is silent this long is retried")
     p.add_argument("--poll_seconds", type=float, default=1.0, help="wait between looks for a queued job")
+    p.add_argument("--allowed_root", action="append", default=[], metavar="DIR",
+                   help="run only jobs whose paths lie under DIR (repeatable; default: any absolute path)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args) -> int:
     from dbrx_serve.shared.job_stage import run_worker
+    from dbrx_serve.shared.options import PathPolicy
 
-    return run_worker(job_stage(args.stage), args.database_url, args.lease_seconds, args.poll_seconds)
+    return run_worker(job_stage(args.stage), args.database_url, args.lease_seconds, args.poll_seconds,
+                      PathPolicy(tuple(args.allowed_root)))

@@ -6,7 +6,9 @@ from dbrx_serve.shared.job_stage import JobStage
 from dbrx_serve.shared.jobstore import CONVERT
 
 from .convert import convert
+from .convert_pb import PATHS
 from .options import ConvertOptions
 from .servicer import converter_servicer
 
-CONVERTER = JobStage("converter", CONVERT, 50052, ConvertOptions.from_dict, convert, converter_servicer)
+CONVERTER = JobStage("converter", CONVERT, 50052, ConvertOptions.from_dict, convert, converter_servicer,
+                     path_fields=PATHS)

@@ -4,7 +4,6 @@ detokenization and the facts a sampler needs (stop ids, unassigned ids).
 No gRPC and no torch here: the inference engine uses it in-process, and the
 service is a thin adapter over it."""
 
-import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -71,11 +70,7 @@ class Tokenizer:
         self.tables = {False: bytes_table(ranks, model_vocab_size, True),
                        True: bytes_table(ranks, model_vocab_size, False)}  # keyed by skip_special_tokens
         self.num_threads = num_threads or os.cpu_count() or 1
-
-    @functools.cached_property
-    def pool(self) -> ThreadPoolExecutor:
-        """Made on the first batch: a tokenizer that only streams (the engine's) starts no threads."""
-        return ThreadPoolExecutor(self.num_threads, thread_name_prefix="tokenizer")
+        self.pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="tokenizer")
 
     vocab_size = NUM_ID_SLOTS
     eos_id, bos_id, pad_id = EOS_ID, BOS_ID, PAD_ID

@@ -31,9 +31,17 @@ def test_allowed_roots_confine_every_path(tmp_path):
     policy.check(request(output_dir=str(root)), NAMES, "converter")
     refused = {"a sibling sharing the prefix": other / "out", "a climb out": root / ".." / "out",
                "a symbolic link out": root / "escape" / "out", "the parent": tmp_path}
-    for what, path in refused.items():
-        with pytest.raises(InvalidInput, match=f"output_dir '{path}' is outside the directories"):
-            policy.check(request(model_dir=str(root / "model"), output_dir=str(path)), NAMES, "converter")
+    for name in NAMES:  # every named path is checked, inputs as well as outputs
+        for what, path in refused.items():
+            inside = {other: str(root / other) for other in NAMES if other != name}
+            with pytest.raises(InvalidInput, match=f"{name} '{path}' is outside the directories"):
+                policy.check(request(**inside, **{name: str(path)}), NAMES, "converter")
+
+
+def test_a_nul_character_is_refused_as_bad_input(tmp_path):
+    for policy in (ANY_ABSOLUTE_PATH, PathPolicy((str(tmp_path),))):
+        with pytest.raises(InvalidInput, match="contains a NUL character"):
+            policy.check(request(output_dir=f"{tmp_path}/out\0x"), NAMES, "converter")
 
 
 def test_a_root_that_is_a_symbolic_link_is_resolved_too(tmp_path):

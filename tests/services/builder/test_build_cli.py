@@ -61,14 +61,24 @@ def test_bad_limits_exit_2_before_any_job(tmp_path):
 
 def test_build_through_a_server_and_a_worker_process(checkpoints, tmp_path):
     database = f"sqlite:///{tmp_path / 'jobs.db'}"
-    with background("serve", "builder", "--port", 0, "--database_url", database) as server, \
-            background("worker", "builder", "--database_url", database, "--poll_seconds", 0.2):
+    root = tmp_path.parent  # this session's temporary directories: the checkpoints' and this test's
+    with background("serve", "builder", "--port", 0, "--database_url", database, "--allowed_root", root) as server, \
+            background("worker", "builder", "--database_url", database, "--poll_seconds", 0.2,
+                       "--allowed_root", root):
         line = server.stdout.readline()
         assert line.startswith("listening on "), server.stderr.read() if server.poll() is not None else line
         address = line.split()[-1]
         result = dbrx("build", "--server", address, "--checkpoint_dir", checkpoints(tp_size=2),
                       "--output_dir", tmp_path / "engine", "--workers", 2)
         refused = dbrx("build", "--server", address, "--checkpoint_dir", tmp_path, "--max_beam_width", 2)
+        outside = dbrx("build", "--server", address, "--checkpoint_dir", checkpoints(), "--output_dir", "/etc/engine")
     assert result.returncode == 0, result.stderr
     verify_manifest(tmp_path / "engine")
     assert refused.returncode == 2 and "max_beam_width 2 is not supported" in refused.stderr
+    assert outside.returncode == 2
+    assert "output_dir '/etc/engine' is outside the directories the builder service accepts" in outside.stderr
+
+
+def test_a_relative_allowed_root_is_refused_at_start(tmp_path):
+    result = dbrx("worker", "builder", "--database_url", f"sqlite:///{tmp_path / 'jobs.db'}", "--allowed_root", "data")
+    assert result.returncode == 2 and "--allowed_root 'data' must be an absolute path" in result.stderr

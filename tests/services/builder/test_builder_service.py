@@ -18,6 +18,7 @@ from dbrx_serve.shared.artifacts import verify_manifest
 from dbrx_serve.shared.generated.dbrx.serve.v1 import builder_pb2 as pb, builder_pb2_grpc as pb_grpc
 from dbrx_serve.shared.generated.dbrx.serve.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
 from dbrx_serve.shared.jobstore import BUILD, JobState, JobStore, StoreConfig
+from dbrx_serve.shared.options import ANY_ABSOLUTE_PATH, PathPolicy
 from tests.shared.jobstore.conftest import POSTGRES_URL, postgres_schema
 
 from .conftest import leftovers
@@ -48,9 +49,9 @@ def worker(store):
     thread.join()
 
 
-def call(store, body):
+def call(store, body, paths: PathPolicy = ANY_ABSOLUTE_PATH):
     async def main():
-        server, port = build_server(BUILDER, store, rpc.ServerConfig())
+        server, port = build_server(BUILDER, store, rpc.ServerConfig(), paths)
         await rpc.start(server)
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -108,6 +109,20 @@ def test_bad_requests_get_invalid_argument(request_fields, match, store):
         return error.value
     error = call(store, body)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and match in error.details()
+    assert store.list_jobs() == []
+
+
+@pytest.mark.parametrize("field", ["checkpoint_dir", "output_dir", "tokenizer_dir"])
+def test_a_server_with_allowed_roots_refuses_paths_outside_them(field, store):
+    inside = {"checkpoint_dir": "/models/ckpt", "output_dir": "/models/engine", "tokenizer_dir": "/models/tok"}
+
+    async def body(builder, jobs):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await builder.SubmitBuild(pb.BuildRequest(**{**inside, field: "/etc/dbrx"}))
+        return error.value
+    error = call(store, body, PathPolicy(("/models",)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{field} '/etc/dbrx' is outside the directories the builder service accepts (--allowed_root /models)" in error.details()
     assert store.list_jobs() == []
 
 

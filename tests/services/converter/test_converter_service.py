@@ -101,11 +101,23 @@ def test_a_server_with_allowed_roots_refuses_paths_outside_them(shard_model, sto
         with pytest.raises(grpc.RpcError) as error:
             stub.SubmitConvert(request(allowed / "model", allowed / ".." / "elsewhere"))
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "is outside the directories this converter server accepts" in error.value.details()
+        assert "is outside the directories the converter service accepts" in error.value.details()
         assert store.list_jobs() == []
         shutil.copytree(shard_model[0], allowed / "model")
         job = stub.SubmitConvert(request(allowed / "model", allowed / "out"))
     assert store.get(job.id).spec["output_dir"] == str(allowed / "out")
+
+
+def test_a_worker_with_allowed_roots_refuses_a_job_outside_them(shard_model, store, tmp_path):
+    """A job that reached the store some other way (or a server on another file system):
+    the worker checks the paths again and fails the job at once, writing nothing."""
+    allowed = tmp_path / "allowed"
+    job = store.submit(CONVERT, ConvertOptions(str(shard_model[0]), str(allowed / "out")).to_dict(),
+                       output_dir=str(allowed / "out"))
+    done = CONVERTER.worker(store, PathPolicy((str(allowed),)), lease_seconds=10).run_once()
+    assert done.id == job.id and done.state is JobState.FAILED and done.attempts == 1
+    assert f"model_dir '{shard_model[0]}' is outside the directories the converter service accepts" in done.message
+    assert not allowed.exists()
 
 
 def test_bad_model_fails_the_job_once_with_its_message(shard_model, store, tmp_path):
