@@ -41,6 +41,8 @@ class PathPolicy:
             value = getattr(request, name)
             if not value:
                 continue
+            if not isinstance(value, str):
+                raise InvalidInput(f"{name} must be a path, got {value!r}")
             if "\0" in value:
                 raise InvalidInput(f"{name} {value!r} contains a NUL character")
             if not PurePath(value).is_absolute():

@@ -89,7 +89,8 @@ class AsyncEngine:
         with self.lock:
             self.closed = True
         self.inbox.put(None)
-        self.thread.join()
+        if threading.current_thread() is not self.thread:
+            self.thread.join()
 
     # --- any thread ---
 
@@ -118,10 +119,11 @@ class AsyncEngine:
 
     def _abort(self, request_id: str) -> bool:
         listener = self.listeners.pop(request_id, None)
-        aborted = self.engine.abort(request_id)
-        if listener is not None:
-            listener.send(StepOutput(request_id, (), "", (), FinishReason.CANCELLED))
-        return aborted
+        try:
+            return self.engine.abort(request_id)
+        finally:
+            if listener is not None:
+                listener.send(StepOutput(request_id, (), "", (), FinishReason.CANCELLED))
 
     def _run(self) -> None:
         reason, cause = "the engine was closed while this request ran", None
@@ -147,6 +149,9 @@ class AsyncEngine:
                     future.set_result(fn(*args))
                 except Exception as error:
                     future.set_exception(error)
+                except BaseException as crash:  # the caller hears of it too, then the thread stops
+                    future.set_exception(EngineFailed(f"the engine stopped: {crash!r}"))
+                    raise
 
     def _take_calls(self, wait: bool):
         try:

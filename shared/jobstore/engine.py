@@ -7,6 +7,7 @@ the busy timeout for it, and reads run in WAL snapshots beside the writer.
 Read-only sessions ask for a plain deferred `BEGIN` via an execution option.
 """
 
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from .config import StoreConfig
 
+log = logging.getLogger("dbrx_serve.jobstore")
 BEGIN_OPTION = "jobstore_begin"  # execution option: the SQLite BEGIN statement to emit
 
 
@@ -46,27 +48,24 @@ def _sqlite_engine(config: StoreConfig) -> Engine:
 def _enter_wal_mode(dbapi_connection, timeout_seconds: float) -> None:
     """Switch the file to WAL (persistent, so usually already done).
 
-    The switch needs an exclusive lock, and SQLite may answer "database is
-    locked" at once, or leave the mode unchanged, instead of calling the busy
-    handler; that happens when several processes open a new store together.
-    Retry until the busy timeout.
+    The switch needs the file to itself, and SQLite answers "database is
+    locked" at once, without calling the busy handler, while another
+    connection is mid-write; that happens when several processes open a new
+    store together. Retry until the busy timeout. A file system without WAL
+    support leaves the old mode, which still works, one writer at a time.
     """
     deadline = time.monotonic() + timeout_seconds
     while True:
         try:
-            mode = dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode != "wal":
+            if dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 mode = dbapi_connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error):
-                raise
-            mode = None
-        if mode == "wal":
+                if mode != "wal":
+                    log.warning("the job store stays in %r journal mode: its file system lacks WAL", mode)
             return
-        if time.monotonic() > deadline:
-            raise sqlite3.OperationalError(f"could not switch the job store to WAL mode within "
-                                           f"{timeout_seconds:g} s: another process holds it locked")
-        time.sleep(0.02)
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _postgresql_engine(config: StoreConfig) -> Engine:

@@ -12,9 +12,10 @@ from contextlib import contextmanager
 from dbrx_serve.shared.artifacts import verify_manifest
 
 
-def dbrx(*args, **kwargs) -> subprocess.CompletedProcess:
+def dbrx(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """A `dbrx ...` run to its end; one that hangs fails the test after `timeout`."""
     return subprocess.run([sys.executable, "-m", "dbrx_serve", *map(str, args)], capture_output=True, text=True,
-                          **kwargs)
+                          timeout=timeout)
 
 
 @contextmanager
@@ -80,5 +81,6 @@ def test_build_through_a_server_and_a_worker_process(checkpoints, tmp_path):
 
 
 def test_a_relative_allowed_root_is_refused_at_start(tmp_path):
-    result = dbrx("worker", "builder", "--database_url", f"sqlite:///{tmp_path / 'jobs.db'}", "--allowed_root", "data")
+    result = dbrx("worker", "builder", "--database_url", f"sqlite:///{tmp_path / 'jobs.db'}", "--allowed_root", "data",
+                  timeout=60)
     assert result.returncode == 2 and "--allowed_root 'data' must be an absolute path" in result.stderr

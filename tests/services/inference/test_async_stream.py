@@ -73,9 +73,10 @@ def test_leaving_a_stream_early_aborts_and_frees_its_blocks(fp32_engine):
 
 def test_a_stream_cancelled_while_its_request_is_being_added_is_aborted(fp32_engine, monkeypatch):
     """Steps make no progress here, so only an abort can make the engine idle again."""
-    real_add = fp32_engine.add_request
+    real_add, adding = fp32_engine.add_request, threading.Event()
 
     def slow_add(*args, **kwargs):
+        adding.set()
         time.sleep(0.3)
         return real_add(*args, **kwargs)
     monkeypatch.setattr(fp32_engine, "add_request", slow_add)
@@ -84,8 +85,11 @@ def test_a_stream_cancelled_while_its_request_is_being_added_is_aborted(fp32_eng
     async def main():
         async with running(fp32_engine) as engine:
             stream = engine.stream(list(range(1, 40)), LONG)
-            with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(anext(stream), 0.1)  # the caller gives up mid-add
+            first = asyncio.ensure_future(anext(stream))
+            assert await asyncio.to_thread(adding.wait, 20)
+            first.cancel()  # the caller gives up mid-add
+            with pytest.raises(asyncio.CancelledError):
+                await first
             return await until_idle(engine)
     after = run(main())
     assert after.kv_blocks_used == 0
@@ -141,12 +145,15 @@ def test_the_event_loop_runs_while_a_step_is_in_progress(fp32_engine, monkeypatc
 
 def test_a_failed_step_ends_every_open_stream_and_the_engine_goes_on(fp32_engine, monkeypatch):
     real_step = fp32_engine.step
-    failures = iter([RuntimeError("CUDA out of memory (simulated)")])
+    failed = []
 
     def failing_once():
-        if (error := next(failures, None)) is not None:
-            raise error
-        return real_step()
+        if failed:
+            return real_step()
+        if len(fp32_engine.sequences) < 2:
+            return []  # nothing done: the stepping thread goes back to its inbox for the second add
+        failed.append(True)
+        raise RuntimeError("CUDA out of memory (simulated)")
     monkeypatch.setattr(fp32_engine, "step", failing_once)
 
     async def main():
@@ -184,6 +191,21 @@ def test_a_dead_stepping_thread_leaves_no_caller_waiting(fp32_engine, monkeypatc
     assert fp32_engine.stats().kv_blocks_used == 0 and not fp32_engine.has_unfinished
 
 
+def test_a_call_that_kills_the_stepping_thread_still_answers_its_caller(fp32_engine, monkeypatch):
+    def crash():
+        raise Crash("stats bug (simulated)")
+    monkeypatch.setattr(fp32_engine, "stats", crash)
+
+    async def main():
+        engine = AsyncEngine(fp32_engine)
+        with pytest.raises(EngineFailed, match="the engine stopped: Crash"):
+            await engine.stats()
+        with pytest.raises(EngineFailed, match="closed|the engine stopped"):  # refused, or queued then refused
+            await collect(engine, [10, 20, 30])
+        await asyncio.to_thread(engine.close)
+    run(main())
+
+
 def test_closing_ends_open_streams_instead_of_leaving_them_waiting(fp32_engine):
     async def main():
         engine = AsyncEngine(fp32_engine)
@@ -218,7 +240,8 @@ def test_a_call_queued_behind_a_step_when_the_engine_closes_is_refused(fp32_engi
         stats = asyncio.ensure_future(engine.stats())  # queued behind the step in progress
         await asyncio.sleep(0.05)
         closing = asyncio.ensure_future(asyncio.to_thread(engine.close))
-        await asyncio.sleep(0.05)
+        while not engine.closed:
+            await asyncio.sleep(0.005)
         released.set()
         await closing
         with pytest.raises(EngineFailed, match="closed"):
@@ -229,9 +252,15 @@ def test_a_call_queued_behind_a_step_when_the_engine_closes_is_refused(fp32_engi
     assert not fp32_engine.has_unfinished
 
 
-def test_a_request_whose_event_loop_closed_is_aborted(fp32_engine):
+def test_a_request_whose_event_loop_closed_is_aborted(fp32_engine, monkeypatch):
     """A caller's loop that closes without finishing its streams: nobody can listen, so the
     engine aborts the request at its next output instead of running it to the end."""
+    real_step, steps = fp32_engine.step, []
+
+    def counted_step():
+        steps.append(1)
+        return real_step()
+    monkeypatch.setattr(fp32_engine, "step", counted_step)
     engine = AsyncEngine(fp32_engine)
     try:
         loop = asyncio.new_event_loop()
@@ -241,3 +270,4 @@ def test_a_request_whose_event_loop_closed_is_aborted(fp32_engine):
         assert run(until_idle(engine)).kv_blocks_used == 0
     finally:
         engine.close()
+    assert len(steps) <= 3  # aborted at its next output, not run on to 200 tokens
