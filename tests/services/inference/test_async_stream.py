@@ -173,37 +173,26 @@ class Crash(BaseException):
     """Escapes the step's own error handling, as a bug in the stepping loop would."""
 
 
-def test_a_dead_stepping_thread_leaves_no_caller_waiting(fp32_engine, monkeypatch):
+@pytest.mark.parametrize("method", ["step", "stats"])
+def test_a_dead_stepping_thread_leaves_no_caller_waiting(method, fp32_engine, monkeypatch):
+    """A crash in a step, or in a call the thread runs for a caller: the caller that
+    tripped it, and every caller after, get EngineFailed."""
     def crash():
-        raise Crash("stepping loop bug (simulated)")
-    monkeypatch.setattr(fp32_engine, "step", crash)
+        raise Crash(f"{method} bug (simulated)")
+    monkeypatch.setattr(fp32_engine, method, crash)
 
     async def main():
         engine = AsyncEngine(fp32_engine)
-        with pytest.raises(EngineFailed, match="the engine stopped"):
-            await collect(engine, [10, 20, 30])
-        with pytest.raises(EngineFailed, match="closed"):
-            await engine.stats()
-        with pytest.raises(EngineFailed, match="closed"):
-            await collect(engine, [10, 20, 30])
-        await asyncio.to_thread(engine.close)
-    run(main())
-    assert fp32_engine.stats().kv_blocks_used == 0 and not fp32_engine.has_unfinished
-
-
-def test_a_call_that_kills_the_stepping_thread_still_answers_its_caller(fp32_engine, monkeypatch):
-    def crash():
-        raise Crash("stats bug (simulated)")
-    monkeypatch.setattr(fp32_engine, "stats", crash)
-
-    async def main():
-        engine = AsyncEngine(fp32_engine)
+        trip = collect(engine, [10, 20, 30]) if method == "step" else engine.stats()
         with pytest.raises(EngineFailed, match="the engine stopped: Crash"):
-            await engine.stats()
+            await trip
         with pytest.raises(EngineFailed, match="closed|the engine stopped"):  # refused, or queued then refused
+            await engine.stats()
+        with pytest.raises(EngineFailed, match="closed|the engine stopped"):
             await collect(engine, [10, 20, 30])
         await asyncio.to_thread(engine.close)
     run(main())
+    assert fp32_engine.blocks.stats().used == 0 and not fp32_engine.has_unfinished
 
 
 def test_closing_ends_open_streams_instead_of_leaving_them_waiting(fp32_engine):
