@@ -23,7 +23,8 @@ from .limits import EngineLimits
 from .model_runner import ModelRunner
 from .outputs import EngineStats, Result, StepOutput
 from .params import SamplingParams
-from .sampler import Sampler
+from .plan import StepPlan
+from .sampler import Sampler, SamplingRows
 from .scheduler import Scheduler
 from .sequence import Sequence
 from .stop import FinishReason, StopChecker
@@ -35,9 +36,12 @@ def load_tokenizer_of(engine: EngineDir):
 
 
 class Engine:
-    def __init__(self, engine: EngineDir, limits: EngineLimits, device: str | torch.device = "cpu"):
+    def __init__(self, engine: EngineDir, limits: EngineLimits, device: str | torch.device = "cpu",
+                 backend: str | None = None, model=None):
+        """`backend`: backends.py's name (None: the device's default); `model`: weights already on the
+        device (benchmarks), else the engine's rank file."""
         self.engine_dir, self.limits = engine, limits
-        self.runner = ModelRunner(engine, limits, device)
+        self.runner = ModelRunner(engine, limits, device, backend, model)
         self.blocks = BlockManager(self.runner.num_blocks, limits.tokens_per_block)
         self.scheduler = Scheduler(limits, self.blocks)
         self.tokenizer = load_tokenizer_of(engine)
@@ -48,10 +52,10 @@ class Engine:
 
     @classmethod
     def from_dir(cls, engine_dir: str | Path, device: str | torch.device = "cpu", verify: bool = True,
-                 **runtime_limits) -> "Engine":
-        """Load an engine directory; `runtime_limits`: max_queue_size, num_kv_blocks."""
+                 backend: str | None = None, **runtime_limits) -> "Engine":
+        """Load an engine directory; `runtime_limits`: limits.py's RUNTIME_LIMITS."""
         engine = load_engine_dir(engine_dir, verify)
-        return cls(engine, EngineLimits.from_build_config(engine.build, **runtime_limits), device)
+        return cls(engine, EngineLimits.from_build_config(engine.build, **runtime_limits), device, backend)
 
     # --- requests ---
 
@@ -61,7 +65,7 @@ class Engine:
         if request_id in self.sequences:
             raise InvalidInput(f"request id {request_id!r} is already in use")
         seq = Sequence(request_id, self.prompt_ids(prompt), params, self.stop_checker(params),
-                       self.generator(params))
+                       seed_of(params))
         self.scheduler.add(seq)
         self.sequences[request_id] = seq
         return request_id
@@ -86,12 +90,6 @@ class Engine:
         detok = self.tokenizer.detokenizer(params.skip_special_tokens) if self.tokenizer else None
         return StopChecker(tuple(end_ids), params.max_new_tokens, params.stop, detok)
 
-    def generator(self, params: SamplingParams) -> torch.Generator | None:
-        if params.greedy:
-            return None
-        seed = params.seed if params.seed is not None else secrets.randbits(63)
-        return torch.Generator(device=self.runner.device).manual_seed(seed)
-
     def abort(self, request_id: str) -> bool:
         """Cancel a request; its KV blocks go back to the pool at once. False if unknown or done."""
         seq = self.sequences.pop(request_id, None)
@@ -111,11 +109,12 @@ class Engine:
         chunks = self.scheduler.schedule()
         if not chunks:
             return []
-        logits = self.runner.run(chunks)
+        logits = self.runner.run(StepPlan.of(chunks, self.limits.tokens_per_block))  # [S,V], rows that sample
         self.scheduler.advance(chunks)
-        rows = [i for i, c in enumerate(chunks) if c.samples]
-        seqs = [chunks[i].seq for i in rows]
-        tokens, logprobs = self.sampler.sample(logits[rows], [s.params for s in seqs], [s.generator for s in seqs])
+        seqs = [c.seq for c in chunks if c.samples]
+        rows = SamplingRows(tuple(s.params for s in seqs), tuple(s.seed for s in seqs),
+                            tuple(len(s.output_ids) for s in seqs))
+        tokens, logprobs = self.sampler.sample(logits, rows)
         return [self.append(seq, t, lp) for seq, t, lp in zip(seqs, tokens, logprobs)]
 
     def append(self, seq: Sequence, token: int, logprob: float | None) -> StepOutput:
@@ -161,6 +160,11 @@ class Engine:
         blocks = self.blocks.stats()
         return EngineStats(running=len(self.scheduler.running), waiting=len(self.scheduler.waiting),
                            kv_blocks_used=blocks.used, kv_blocks_free=blocks.free, kv_blocks_total=blocks.total)
+
+
+def seed_of(params: SamplingParams) -> int:
+    """The request's seed, or a fresh one: sampled tokens depend on it alone (sampler.py)."""
+    return params.seed if params.seed is not None else secrets.randbits(63)
 
 
 def result_of(seq: Sequence) -> Result:

@@ -4,8 +4,9 @@ sequences. The model never learns about pages: it calls `attend(layer, q, k, v,
 positions)` as it would the dense cache's.
 
 A step's tokens are flattened into one row ([1, N], no padding); `prepare`
-says which spans of that row belong to which sequence, where their new K/V
-go (slots) and which slots hold their context. With per-layer K and V scales
+reads the step's plan (plan.py): which spans of that row belong to which
+sequence, where their new K/V go (slots) and which slots hold their context.
+This is the plain path (the CPU's); kernels/attention.py is the CUDA one. With per-layer K and V scales
 (kv_cache_scales.json) the cache stores int8: round(x / scale) clamped to
 [-127, 127], dequantized on read.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .scheduler import Chunk
+from .plan import StepPlan
 
 
 @dataclass(frozen=True)
@@ -49,21 +50,24 @@ class PagedKVCache:
                         element_size: int) -> int:
         return 2 * num_layers * tokens_per_block * n_kv_heads * head_dim * element_size
 
-    def slots(self, block_table: list[int], start: int, stop: int) -> torch.Tensor:
-        positions = torch.arange(start, stop)
-        blocks = torch.tensor(block_table, dtype=torch.long)[positions // self.tokens_per_block]
+    def slots(self, block_table: torch.Tensor, length: int) -> torch.Tensor:
+        """The slots of positions 0..length-1 of a sequence with this block table."""
+        positions = torch.arange(length)
+        blocks = block_table[positions // self.tokens_per_block].long()
         return (blocks * self.tokens_per_block + positions % self.tokens_per_block).to(self.k.device)
 
-    def prepare(self, chunks: list[Chunk]) -> None:
+    decode_block_q = 1  # what the step tensors' program table is cut by (unused here)
+
+    def prepare(self, plan: StepPlan, num_programs: int = 0, block_q: int = 1) -> None:
         """Describe the step before the forward pass: spans, and where new K/V go."""
-        spans, offset = [], 0
-        for c in chunks:
-            context = self.slots(c.seq.block_table, 0, c.start + c.num_tokens)
-            positions = torch.arange(c.start, c.start + c.num_tokens, device=self.k.device)
-            spans.append(Span(offset, c.num_tokens, context, positions))
-            offset += c.num_tokens
+        tables, spans = torch.from_numpy(plan.block_tables), []
+        for b in range(plan.num_seqs):
+            start, stop, seq_len = int(plan.query_start[b]), int(plan.query_start[b + 1]), int(plan.seq_lens[b])
+            length = stop - start
+            positions = torch.arange(seq_len - length, seq_len, device=self.k.device)
+            spans.append(Span(start, length, self.slots(tables[b], seq_len), positions))
         self.spans = spans
-        self.write_slots = torch.cat([s.context_slots[-s.length:] for s in spans])  # [N]
+        self.write_slots = torch.from_numpy(plan.slots).long().to(self.k.device)  # [N]
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k[layer][self.write_slots] = self.quantize(k, self.scales.k[layer] if self.scales else None)

@@ -7,7 +7,7 @@ from dbrx_serve.shared.errors import InvalidInput
 
 BUILD_LIMITS = ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "tokens_per_block")
 LOWERABLE = ("max_batch_size", "max_num_tokens")
-RUNTIME_LIMITS = LOWERABLE + ("max_queue_size", "num_kv_blocks")
+RUNTIME_LIMITS = LOWERABLE + ("max_queue_size", "num_kv_blocks", "max_graph_batch_size")
 
 
 @dataclass(frozen=True)
@@ -19,14 +19,16 @@ class EngineLimits:
     tokens_per_block: int = 32
     max_queue_size: int = 4096  # waiting requests beyond this: CapacityExhausted
     num_kv_blocks: int | None = None  # None: sized by the model runner
+    max_graph_batch_size: int = 256  # decode steps up to this batch replay CUDA graphs (0: none)
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None and f.name == "num_kv_blocks":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidInput(f"engine limit {f.name} must be a positive integer, got {value!r}")
+            low = 0 if f.name == "max_graph_batch_size" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidInput(f"engine limit {f.name} must be an integer >= {low}, got {value!r}")
         if self.max_input_len > self.max_seq_len:
             raise InvalidInput(f"max_input_len {self.max_input_len} exceeds max_seq_len {self.max_seq_len}")
 

@@ -1,32 +1,92 @@
-"""Next tokens from logits, per request: greedy, or temperature, top-k and
-top-p sampling drawn from the request's own torch.Generator (same seed, same
-tokens, whatever else is in the batch). Unassigned vocabulary ids are set to
--inf before anything else (docs/tokenizer.md section 1), so they are never
-chosen. A logprob is log_softmax of those masked logits (before temperature,
-top-k and top-p) at the chosen token."""
+"""Next tokens for a whole batch at once, on the logits' device: greedy, or
+temperature, top-k and top-p sampling, with one host transfer per step.
+
+Unassigned vocabulary ids are set to -inf before anything else
+(docs/tokenizer.md section 1), so they are never chosen. A logprob is
+log_softmax of those masked logits (before temperature, top-k and top-p) at the
+chosen token.
+
+Sampling is the Gumbel-max trick: argmax(logits / T + g) over the ids top-k and
+top-p keep, g = -log(-log(u)), which draws exactly from softmax(logits / T) on
+those ids. The uniforms u come from a counter-based hash of (request seed, the
+request's output position, vocabulary id), not from a generator's state, so a
+request's tokens depend on its seed alone: not on the batch around it, the
+device, or how many ranks share the model.
+"""
+
+from dataclasses import dataclass
 
 import torch
 
 from .params import SamplingParams
 
 NEG_INF = float("-inf")
+MASK32 = 0xFFFFFFFF
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    kth = torch.topk(logits, k).values[-1]
-    return logits.masked_fill(logits < kth, NEG_INF)
+    """One row: keep the k largest logits (k <= 0 keeps all)."""
+    return keep_top_k(logits[None], torch.tensor([k], device=logits.device))[0]
 
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probability reaches p (at least one)."""
-    if p >= 1.0:
-        return logits
-    sorted_logits, order = torch.sort(logits, descending=True)
+    """One row: keep the smallest set of most likely tokens whose probability reaches p (at least one)."""
+    return keep_top_p(logits[None], torch.tensor([p], device=logits.device))[0]
+
+
+def keep_top_k(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """logits [B,V], k [B] (0: all) -> logits with all but each row's k largest at -inf."""
+    sorted_logits = logits.sort(dim=-1, descending=True).values
+    k = torch.where((k <= 0) | (k > logits.shape[-1]), logits.shape[-1], k)
+    kth = sorted_logits.gather(-1, (k - 1).long()[:, None])  # [B,1]
+    return logits.masked_fill(logits < kth, NEG_INF)
+
+
+def keep_top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """logits [B,V], p [B] in (0, 1] -> logits with the tail beyond each row's nucleus at -inf."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
     probs = torch.softmax(sorted_logits, dim=-1)
-    drop = probs.cumsum(-1) - probs >= p  # mass before this token already reaches p
-    return logits.masked_fill(drop.scatter(0, order, drop), NEG_INF)
+    drop = (probs.cumsum(-1) - probs >= p[:, None]) & (p[:, None] < 1)  # mass before a token already reaches p
+    return logits.masked_fill(drop.scatter(-1, order, drop), NEG_INF)
+
+
+def fmix32(h: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's finalizer on int64 tensors holding 32-bit values (the same bits on any device)."""
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B) & MASK32
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35) & MASK32
+    return h ^ (h >> 16)
+
+
+def uniforms(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
+    """seeds, steps [B] int64 -> [B,V] float32 uniforms in (0, 1), a function of (seed, step, id) alone."""
+    row = fmix32((seeds & MASK32) ^ fmix32((seeds >> 32) ^ fmix32(steps & MASK32)))  # [B]
+    ids = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
+    bits = fmix32(row[:, None] ^ fmix32(ids)[None, :]) >> 8  # [B,V], 24 random bits
+    return (bits.float() + 0.5) / float(1 << 24)
+
+
+@dataclass(frozen=True)
+class SamplingRows:
+    """The sampling parameters of a step's rows, as the sampler needs them."""
+
+    params: tuple[SamplingParams, ...]
+    seeds: tuple[int, ...]  # per request, fixed when it was added
+    steps: tuple[int, ...]  # tokens the request has produced so far
+
+    @property
+    def all_greedy(self) -> bool:
+        return all(p.greedy for p in self.params)
+
+    def tensors(self, device) -> tuple[torch.Tensor, ...]:
+        """temperature, top_k, top_p, greedy, seeds, steps as [B] tensors on `device`."""
+        floats = torch.tensor([[p.temperature if not p.greedy else 1.0 for p in self.params],
+                               [p.top_k for p in self.params], [p.top_p for p in self.params],
+                               [float(p.greedy) for p in self.params]], dtype=torch.float32)
+        ints = torch.tensor([self.seeds, self.steps], dtype=torch.int64)
+        floats, ints = floats.to(device, non_blocking=True), ints.to(device, non_blocking=True)
+        return floats[0], floats[1].long(), floats[2], floats[3].bool(), ints[0], ints[1]
 
 
 class Sampler:
@@ -39,22 +99,25 @@ class Sampler:
             return logits
         return logits.masked_fill(self.banned[:logits.shape[-1]].to(logits.device), NEG_INF)
 
-    def sample(self, logits: torch.Tensor, params: list[SamplingParams],
-               generators: list[torch.Generator | None]) -> tuple[list[int], list[float | None]]:
-        """logits [B,V] -> B tokens and, where asked, their logprobs."""
+    def sample(self, logits: torch.Tensor, rows: SamplingRows) -> tuple[list[int], list[float | None]]:
+        """logits [B,V] -> B tokens and, where asked, their logprobs (one device-to-host copy)."""
         logits = self.mask(logits.float())
-        tokens = [self.choose(row, p, g) for row, p, g in zip(logits, params, generators)]
-        logprobs = [self.logprob(row, t) if p.return_logprobs else None for row, p, t in zip(logits, params, tokens)]
-        return tokens, logprobs
+        tokens = logits.argmax(-1) if rows.all_greedy else self.draw(logits, rows)
+        if not any(p.return_logprobs for p in rows.params):
+            return [int(t) for t in tokens.cpu()], [None] * len(rows.params)
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0]
+        host = torch.stack([tokens.float(), logprobs]).cpu()  # ids < 2^24 are exact in float32
+        return ([int(t) for t in host[0]],
+                [float(lp) if p.return_logprobs else None for lp, p in zip(host[1], rows.params)])
 
     @staticmethod
-    def choose(row: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-        if params.greedy:
-            return int(row.argmax())
-        row = top_p_filter(top_k_filter(row / params.temperature, params.top_k), params.top_p)
-        probs = torch.softmax(row, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=generator))
-
-    @staticmethod
-    def logprob(row: torch.Tensor, token: int) -> float:
-        return float(torch.log_softmax(row, dim=-1)[token])
+    def draw(logits: torch.Tensor, rows: SamplingRows) -> torch.Tensor:
+        """Greedy rows take the argmax; the others a Gumbel-max draw over what top-k and top-p keep."""
+        temperature, top_k, top_p, greedy, seeds, steps = rows.tensors(logits.device)
+        scaled = logits / temperature[:, None]
+        if any(p.top_k > 0 for p in rows.params):
+            scaled = keep_top_k(scaled, top_k)
+        if any(p.top_p < 1 for p in rows.params):
+            scaled = keep_top_p(scaled, top_p)
+        gumbel = -torch.log(-torch.log(uniforms(seeds, steps, logits.shape[-1])))
+        return torch.where(greedy, logits.argmax(-1), (scaled + gumbel).argmax(-1))

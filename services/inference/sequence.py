@@ -4,8 +4,6 @@ block table, output so far and why it finished."""
 from dataclasses import dataclass, field
 from enum import Enum
 
-import torch
-
 from .params import SamplingParams
 from .stop import FinishReason, StopChecker
 
@@ -22,7 +20,7 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     stop: StopChecker
-    generator: torch.Generator | None = None  # per request: same seed, same tokens, whatever the batch
+    seed: int = 0  # per request: same seed, same tokens, whatever the batch (sampler.py)
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     block_table: list[int] = field(default_factory=list)

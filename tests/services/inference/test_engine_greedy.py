@@ -63,9 +63,9 @@ def capture_logits(engine: Engine) -> list[torch.Tensor]:
     """Record the sampled rows' raw logits of every step."""
     seen, sample = [], engine.sampler.sample
 
-    def recording(logits, params, generators):
+    def recording(logits, rows):
         seen.extend(logits.clone())
-        return sample(logits, params, generators)
+        return sample(logits, rows)
     engine.sampler.sample = recording
     return seen
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 import torch
 
 from dbrx_serve.services.inference.params import SamplingParams
-from dbrx_serve.services.inference.sampler import Sampler, top_k_filter, top_p_filter
+from dbrx_serve.services.inference.sampler import Sampler, SamplingRows, top_k_filter, top_p_filter, uniforms
 
 PROMPT = [10, 20, 30, 40]
 
@@ -40,11 +40,12 @@ def test_the_mask_applies_before_anything_else():
     logits = torch.tensor([[0.0, 9.0, 1.0, 2.0]])
     sampler = Sampler(torch.tensor([False, True, False, False]))
     greedy = SamplingParams(temperature=0, return_logprobs=True)
-    tokens, logprobs = sampler.sample(logits, [greedy], [None])
+    tokens, logprobs = sampler.sample(logits, SamplingRows((greedy,), (0,), (0,)))
     assert tokens == [3]
     assert math.isclose(logprobs[0], float(torch.log_softmax(torch.tensor([0.0, 1.0, 2.0]), 0)[2]), rel_tol=1e-6)
-    top1 = SamplingParams(temperature=1.0, top_k=1)
-    assert sampler.sample(logits, [top1], [torch.Generator().manual_seed(0)])[0] == [3]
+    for seed in range(8):  # a hot temperature with top_k 2 draws 3 or 2, never the banned 1
+        hot = SamplingParams(temperature=100.0, top_k=2)
+        assert sampler.sample(logits, SamplingRows((hot,), (seed,), (0,)))[0][0] in (2, 3)
 
 
 def test_top_k_and_top_p_keep_the_right_tokens():
@@ -69,3 +70,21 @@ def test_logprobs_are_returned_per_token(fp32_engine):
     assert len(result.logprobs) == 6 and all(lp <= 0 for lp in result.logprobs)
     plain = fp32_engine.generate([PROMPT], SamplingParams(max_new_tokens=6, temperature=0))[0]
     assert plain.logprobs == () and plain.output_ids == result.output_ids
+
+
+def test_draws_follow_the_distribution_and_depend_on_seed_and_step_alone():
+    """Gumbel-max over the hashed uniforms: frequencies match softmax(logits / T); a row's draw is the
+    same alone or in a batch, and changes with the seed or the step."""
+    logits = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    params = SamplingParams(temperature=1.0)
+    sampler = Sampler()
+    n = 4000
+    rows = SamplingRows((params,) * n, tuple(range(n)), (5,) * n)
+    tokens = torch.tensor(sampler.sample(logits.expand(n, 4), rows)[0])
+    freq = torch.bincount(tokens, minlength=4).float() / n
+    assert (freq - torch.tensor([0.1, 0.2, 0.3, 0.4])).abs().max() < 0.03
+    alone = [sampler.sample(logits[None], SamplingRows((params,), (s,), (5,)))[0][0] for s in range(20)]
+    assert alone == tokens[:20].tolist()
+    u = uniforms(torch.tensor([7, 7, 8]), torch.tensor([0, 1, 0]), 1000)
+    assert 0 < u.min() and u.max() < 1 and not torch.equal(u[0], u[1]) and not torch.equal(u[0], u[2])
+    assert torch.equal(u[0], uniforms(torch.tensor([7]), torch.tensor([0]), 1000)[0])

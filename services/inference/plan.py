@@ -1,0 +1,75 @@
+"""A step as one plain value: what the model runner, the attention backends,
+CUDA graphs (and, later, the other ranks of an MPI world) read, never the
+scheduler's `Sequence` objects.
+
+A step's new tokens are flattened into one row of N tokens: each scheduled
+chunk (a prefill chunk, or a decode row of one token) is a run of that row.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .scheduler import Chunk
+
+
+@dataclass(frozen=True, eq=False)
+class StepPlan:
+    token_ids: np.ndarray  # [N] int32
+    positions: np.ndarray  # [N] int32, each token's position in its sequence
+    slots: np.ndarray  # [N] int32, the cache slot its K/V go to (block * tokens_per_block + offset)
+    query_start: np.ndarray  # [B+1] int32, where each sequence's run of new tokens starts in the row
+    seq_lens: np.ndarray  # [B] int32, tokens in the cache once this step's are written
+    block_tables: np.ndarray  # [B, W] int32, each sequence's blocks, padded with 0
+    sample_rows: np.ndarray  # [S] int32, the rows (last token of a chunk that reaches its end) to sample
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens)
+
+    @property
+    def is_decode(self) -> bool:
+        """One new token per sequence (what CUDA graphs capture)."""
+        return self.num_tokens == self.num_seqs
+
+    @classmethod
+    def of(cls, chunks: list[Chunk], tokens_per_block: int) -> "StepPlan":
+        lengths = np.array([c.num_tokens for c in chunks], dtype=np.int32)
+        starts = np.array([c.start for c in chunks], dtype=np.int32)
+        query_start = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        positions = np.concatenate([np.arange(s, s + n, dtype=np.int32) for s, n in zip(starts, lengths)])
+        tables = padded([c.seq.block_table for c in chunks])
+        owner = np.repeat(np.arange(len(chunks)), lengths)
+        slots = tables[owner, positions // tokens_per_block] * tokens_per_block + positions % tokens_per_block
+        return cls(np.array([t for c in chunks for t in c.token_ids], dtype=np.int32), positions,
+                   slots.astype(np.int32), query_start, starts + lengths, tables,
+                   (query_start[1:] - 1)[[c.samples for c in chunks]].astype(np.int32))
+
+
+def padded(tables: list[list[int]]) -> np.ndarray:
+    """Block tables as one [B, W] array, W the longest, padded with 0."""
+    out = np.zeros((len(tables), max(map(len, tables))), dtype=np.int32)
+    for row, table in zip(out, tables):
+        row[:len(table)] = table
+    return out
+
+
+def padded_decode(plan: StepPlan, batch_size: int) -> StepPlan:
+    """A decode plan grown to `batch_size` rows (a CUDA graph's size): the extra rows have nothing
+    cached (seq_len 0), no slot (-1: nothing written) and are sampled, then ignored."""
+    extra = batch_size - plan.num_seqs
+    rows = np.arange(batch_size + 1, dtype=np.int32)  # one token per row
+    return StepPlan(np.pad(plan.token_ids, (0, extra)), np.pad(plan.positions, (0, extra)),
+                    np.pad(plan.slots, (0, extra), constant_values=-1), rows, np.pad(plan.seq_lens, (0, extra)),
+                    np.pad(plan.block_tables, ((0, extra), (0, 0))), rows[:-1])
+
+
+def empty_decode(batch_size: int) -> StepPlan:
+    """A decode step of rows with nothing cached and nothing written: what graphs capture on."""
+    nothing = np.zeros(0, dtype=np.int32)
+    return padded_decode(StepPlan(nothing, nothing, nothing, np.zeros(1, dtype=np.int32), nothing,
+                                  np.zeros((0, 1), dtype=np.int32), nothing), batch_size)
