@@ -7,6 +7,7 @@ from dbrx_serve import __version__
 from .plan import BuildPlan
 
 BACKEND = "dbrx-serve-torch"
+WEIGHT_LAYOUT = "plain"  # int8 [in, out], int4 [in, out/2] two columns a byte (docs/trtllm-checkpoint.md)
 
 
 def engine_config(plan: BuildPlan) -> dict:
@@ -22,6 +23,7 @@ def engine_config(plan: BuildPlan) -> dict:
         "kv_cache_dtype": plan.kv_cache_dtype,
         "plugin_config": options.plugin_config(),  # TensorRT's kernel choices: recorded, not used by our backend
         "backend": BACKEND,
+        "weight_layout": WEIGHT_LAYOUT,  # what services/inference/kernels/gemm.py reads as stored
         "kernel_tuning": {},
         "build_options": options.to_dict(),
     }

@@ -14,6 +14,7 @@ from .kv_cache import KVScales
 
 BACKEND = "dbrx-serve-torch"
 KV_CACHE_DTYPES = ("model", "int8")
+WEIGHT_LAYOUTS = ("plain",)  # what the kernels read as stored (docs/trtllm-checkpoint.md)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,10 @@ def check_build(build: dict, path: Path) -> None:
     backend = build.get("backend", BACKEND)
     if backend != BACKEND:
         raise InvalidInput(f"{path} was built for backend {backend!r}; this runtime runs {BACKEND!r}")
+    layout = build.get("weight_layout", "plain")
+    if layout not in WEIGHT_LAYOUTS:
+        raise InvalidInput(f"{path}: weight_layout {layout!r} is not one this runtime reads "
+                           f"({', '.join(WEIGHT_LAYOUTS)}): build the engine again with this version")
     kv = build.get("kv_cache_dtype", "model")
     if kv not in KV_CACHE_DTYPES:
         raise InvalidInput(f"{path}: kv_cache_dtype {kv!r} is not one of {', '.join(KV_CACHE_DTYPES)}")

@@ -1,0 +1,301 @@
+"""One Triton GEMM for every linear layer of the engine on CUDA: the attention
+projections and the experts, in bf16/fp16/fp32 or weight-only int8/int4.
+
+    out[m, n] = sum_k x[row(m), k] * W[e(m), k, n]  (* scale[e, n])  (* router weight)
+
+Weights are read as the engine stores them (docs/trtllm-checkpoint.md, "Engine
+directory"): float [E, N, K] (nn.Linear's [out, in]); int8 [E, K, N]; int4
+[E, K, N/2], two columns a byte (column 2j in the low nibble, 2j+1 in the high
+one, two's complement); a per-channel scale [E, N] is applied once, after the
+K loop. Small batches are bandwidth-bound, so how int weights become floats is
+a choice (`GemmConfig.dequant`, measured by bench/gemm_tune.py).
+
+For the experts (`moe=True`) rows come sorted by expert and padded to blocks of
+BLOCK_M (moe.py's `align`): `sorted_ids[i]` is a (token, slot) pair index, P
+(the number of pairs) marks padding, and `block_experts[b]` is the expert of
+block b. The grid covers the most blocks any routing can need and blocks past
+`num_sorted` return at once, so the launch never depends on the routing (no host
+sync, CUDA-graph safe). `gated` fuses DBRX's SwiGLU: the weight holds [up; gate]
+along N and the kernel writes up * silu(gate). `split_k` > 1 writes float32
+partial sums [split_k, M, N] that the caller adds up.
+"""
+
+from dataclasses import dataclass, replace
+
+import torch
+import triton
+import triton.language as tl
+
+from dbrx_serve.shared.weight_only import WeightOnlyLinear
+
+FLOAT, INT8, INT4 = 0, 1, 2
+SHARED_MEMORY_BYTES = 160 * 1024  # what the pipeline stages of one program may take (the H200 has 227 KB)
+FORMATS = {"int8": INT8, "int4": INT4}
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """A launch configuration: tile sizes, K split, warps, pipeline stages."""
+
+    block_m: int = 16
+    block_n: int = 64
+    block_k: int = 128
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 4
+    dequant: int = 1  # gemm_kernel's DEQ: 0 cast, 1 float-mantissa bits, 2 (int4) bits in two planes
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@triton.jit
+def _to_float(u, BIAS: tl.constexpr, DTYPE: tl.constexpr):
+    """Unsigned ints u < 2^23 (int32) -> u - BIAS in DTYPE, by placing u in a float32's mantissa
+    (bits 0x4B000000 | u is 2^23 + u): bit operations and one subtraction, no int-to-float conversion."""
+    return ((u | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + BIAS)).to(DTYPE)
+
+
+@triton.jit
+def _nibbles(packed, DEQ: tl.constexpr, DTYPE: tl.constexpr):
+    """int4 bytes -> (low nibbles, high nibbles) as DTYPE values in [-8, 7]."""
+    if DEQ == 0:
+        low = ((packed << 4).to(tl.int8) >> 4).to(DTYPE)  # sign-extended low nibble
+        high = (packed >> 4).to(DTYPE)  # arithmetic shift
+    else:
+        u = (packed.to(tl.int32) & 0xFF) ^ 0x88  # two's complement nibbles -> offset binary
+        low, high = _to_float(u & 0xF, 8, DTYPE), _to_float(u >> 4, 8, DTYPE)
+    return low, high
+
+
+@triton.jit
+def _load_weight_tile(w_ptrs, mask, FMT: tl.constexpr, DEQ: tl.constexpr, DTYPE: tl.constexpr):
+    """A [BLOCK_K, BLOCK_N] tile of W in DTYPE. int4 pointers address bytes [BLOCK_K, BLOCK_N/2]."""
+    raw = tl.load(w_ptrs, mask=mask, other=0)
+    if FMT == 2:
+        low, high = _nibbles(raw, DEQ, DTYPE)
+        tile = tl.interleave(low, high)  # columns 2j, 2j+1
+    elif FMT == 1 and DEQ != 0:
+        tile = _to_float((raw.to(tl.int32) & 0xFF) ^ 0x80, 128, DTYPE)
+    else:
+        tile = raw.to(DTYPE)
+    return tile
+
+
+@triton.jit
+def _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset, topk_weights_ptr,
+            out_ptrs, stride_on, N, FMT: tl.constexpr, GATED: tl.constexpr, WEIGHTED: tl.constexpr):
+    """Scales (once per tile), SwiGLU, the router weight; store the columns `cols`."""
+    n_ok = cols < N
+    if FMT != 0:
+        s_ptrs = scale_ptr + expert * stride_se + cols * stride_sn
+        acc *= tl.load(s_ptrs, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        if GATED:
+            gate *= tl.load(s_ptrs + gate_offset * stride_sn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if GATED:  # DBRX's SwiGLU: up * silu(gate)
+        acc = acc * (gate / (1.0 + tl.exp(-gate)))
+    if WEIGHTED:
+        acc *= tl.load(topk_weights_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+    tl.store(out_ptrs + cols[None, :] * stride_on, acc.to(out_ptrs.dtype.element_ty),
+             mask=row_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def gemm_kernel(
+    x_ptr, w_ptr, scale_ptr, out_ptr,
+    sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, topk_weights_ptr,
+    M, N, K, num_pairs,
+    stride_xm, stride_xk,
+    stride_we, stride_wk, stride_wn,
+    stride_se, stride_sn,
+    stride_os, stride_om, stride_on,
+    gate_offset,
+    MOE: tl.constexpr, X_ROW_DIV: tl.constexpr, WEIGHTED: tl.constexpr, GATED: tl.constexpr,
+    FMT: tl.constexpr, DEQ: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    """DEQ: how int weights become floats: 0 casts, 1 places bits in a float's mantissa, 2 (int4) also
+    keeps low and high nibbles apart (even and odd columns in two accumulators: no interleave)."""
+    pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    if MOE:
+        rows = tl.load(sorted_ids_ptr + offs_m)  # pair indices, num_pairs on padding
+        row_ok = rows < num_pairs
+        expert = tl.load(block_experts_ptr + pid_m).to(tl.int64)
+        if pid_m * BLOCK_M >= tl.load(num_sorted_ptr):  # a block past the routing: no K loop, no store
+            k_end = k_start
+            row_ok = rows < 0
+            expert = expert * 0  # block_experts holds nothing meaningful here
+    else:
+        rows = offs_m
+        row_ok = rows < M
+        expert = 0
+    x_rows = rows // X_ROW_DIV
+    DTYPE = x_ptr.dtype.element_ty
+    PLANES: tl.constexpr = FMT == 2 and DEQ == 2
+    W_COLS: tl.constexpr = BLOCK_N // 2 if FMT == 2 else BLOCK_N  # int4: bytes of column pairs
+    ACC_N: tl.constexpr = BLOCK_N // 2 if PLANES else BLOCK_N
+    w_cols = pid_n * W_COLS + tl.arange(0, W_COLS)
+    w_col_ok = w_cols < (N // 2 if FMT == 2 else N)
+    offs_k = k_start + tl.arange(0, BLOCK_K)
+
+    x_ptrs = x_ptr + x_rows[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_ptrs = w_ptr + expert * stride_we + offs_k[:, None] * stride_wk + w_cols[None, :] * stride_wn
+    g_ptrs = w_ptrs + (gate_offset // 2 if FMT == 2 else gate_offset) * stride_wn
+    acc = tl.zeros((BLOCK_M, ACC_N), dtype=tl.float32)
+    acc_odd = tl.zeros((BLOCK_M, ACC_N), dtype=tl.float32)  # PLANES: the odd columns
+    gate = tl.zeros((BLOCK_M, ACC_N), dtype=tl.float32)
+    gate_odd = tl.zeros((BLOCK_M, ACC_N), dtype=tl.float32)
+    for k in range(k_start, k_end, BLOCK_K):
+        k_ok = offs_k < K - (k - k_start)
+        x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w_mask = k_ok[:, None] & w_col_ok[None, :]
+        if PLANES:
+            low, high = _nibbles(tl.load(w_ptrs, mask=w_mask, other=0), DEQ, DTYPE)
+            acc = tl.dot(x, low, acc, input_precision=PRECISION)
+            acc_odd = tl.dot(x, high, acc_odd, input_precision=PRECISION)
+            if GATED:
+                low, high = _nibbles(tl.load(g_ptrs, mask=w_mask, other=0), DEQ, DTYPE)
+                gate = tl.dot(x, low, gate, input_precision=PRECISION)
+                gate_odd = tl.dot(x, high, gate_odd, input_precision=PRECISION)
+        else:
+            acc = tl.dot(x, _load_weight_tile(w_ptrs, w_mask, FMT, DEQ, DTYPE), acc, input_precision=PRECISION)
+            if GATED:
+                gate = tl.dot(x, _load_weight_tile(g_ptrs, w_mask, FMT, DEQ, DTYPE), gate,
+                              input_precision=PRECISION)
+        g_ptrs += BLOCK_K * stride_wk
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+
+    out_ptrs = out_ptr + pid_k * stride_os + rows[:, None] * stride_om
+    cols = pid_n * BLOCK_N + tl.arange(0, ACC_N) * (2 if PLANES else 1)
+    _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset, topk_weights_ptr,
+            out_ptrs, stride_on, N, FMT, GATED, WEIGHTED)
+    if PLANES:
+        _finish(acc_odd, gate_odd, cols + 1, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset,
+                topk_weights_ptr, out_ptrs, stride_on, N, FMT, GATED, WEIGHTED)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A layer's weight as the kernel reads it: the tensor, its format and, when quantized, its scales.
+    Strides are given as (expert, k, n) for the element (or int4 byte) at W[e, k, n]."""
+
+    tensor: torch.Tensor
+    fmt: int
+    n: int  # output columns
+    k: int  # input columns
+    scale: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, scale: torch.Tensor | None = None, precision: str | None = None) -> "Weights":
+        """float [E?, N, K] (nn.Linear); int8 [E?, K, N] or int4 [E?, K, N/2] with scale [E?, N]."""
+        w = weight if weight.dim() == 3 else weight[None]
+        if precision is None:
+            return cls(w, FLOAT, w.shape[1], w.shape[2])
+        s = scale if scale.dim() == 2 else scale[None]
+        return cls(w, FORMATS[precision], s.shape[-1], w.shape[1], s)
+
+    def strides(self) -> tuple[int, int, int]:
+        e, a, b = self.tensor.stride()
+        return (e, b, a) if self.fmt == FLOAT else (e, a, b)  # float is [E, N, K]: k is the last dim
+
+
+def precision_of(dtype: torch.dtype) -> str | None:
+    """float32 activations multiply in true float32 (the plain path's numbers), not tf32."""
+    return "ieee" if dtype == torch.float32 else None
+
+
+def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, moe=None,
+         x_row_div: int = 1, topk_weights: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
+    """Launch the kernel: x [rows, K] -> out [M, N] (or [split_k, M, N] float32 partials).
+    `moe` = (sorted_ids, block_experts, num_sorted, num_pairs) for the experts."""
+    n_out = w.n // 2 if gated else w.n
+    if moe is None:
+        m, sorted_ids, block_experts, num_sorted, num_pairs = x.shape[0], x, x, x, 0
+        grid_m = triton.cdiv(m, config.block_m)
+    else:
+        sorted_ids, block_experts, num_sorted, num_pairs = moe
+        m, grid_m = out.shape[-2], sorted_ids.shape[0] // config.block_m
+    scale = w.scale if w.scale is not None else x
+    out3 = out if out.dim() == 3 else out[None]
+    gate_offset = n_out if gated else 0  # in columns; the kernel halves it for int4 bytes
+    grid = (grid_m, triton.cdiv(n_out, config.block_n), config.split_k)
+    stage = (config.block_m + config.block_n * (2 if gated else 1)) * config.block_k * x.element_size()
+    stages = max(1, min(config.num_stages, SHARED_MEMORY_BYTES // stage))  # float32 tiles need fewer
+    gemm_kernel[grid](
+        x, w.tensor, scale, out3, sorted_ids, block_experts, num_sorted,
+        topk_weights if topk_weights is not None else x,
+        m, n_out, w.k, num_pairs,
+        x.stride(0), x.stride(1), *w.strides(),
+        scale.stride(0) if w.scale is not None else 0, scale.stride(-1) if w.scale is not None else 0,
+        out3.stride(0), out3.stride(1), out3.stride(2), gate_offset,
+        MOE=moe is not None, X_ROW_DIV=x_row_div, WEIGHTED=topk_weights is not None, GATED=gated,
+        FMT=w.fmt, DEQ=config.dequant if w.fmt != FLOAT else 0, PRECISION=precision_of(x.dtype),
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=config.split_k,
+        num_warps=config.num_warps, num_stages=stages,
+    )
+    return out
+
+
+def num_sms(device: torch.device) -> int:
+    """Multiprocessors to fill; on the CPU (Triton's interpreter) a few, so tests stay quick."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def block_m_for(rows: int) -> int:
+    return 16 if rows <= 16 else 32 if rows <= 32 else 64 if rows <= 128 else 128
+
+
+def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int) -> GemmConfig:
+    """Split K while the grid has fewer than ~4 programs per multiprocessor (small batches)."""
+    split = 1
+    while tiles * split * 2 <= 4 * sms and k // (split * 2) >= 2 * config.block_k and split < 8:
+        split *= 2
+    return replace(config, split_k=split)
+
+
+# Tiles per weight format at small batch, from bench/gemm_tune.py on an H200 (decode, DBRX's shapes):
+# float experts read at ~4.1 TB/s with BLOCK_K 256; int8 is fastest cast directly (1.7-2.1 TB/s);
+# int4 fastest with the mantissa-bits conversion in two planes (~1.05 TB/s, against 0.55 cast + interleave).
+SMALL_TILES = {FLOAT: dict(block_n=64, block_k=256, num_stages=3, dequant=0),
+               INT8: dict(block_n=128, block_k=128, num_stages=4, dequant=0),
+               INT4: dict(block_n=64, block_k=256, num_stages=3, dequant=2)}
+
+
+def tile_config(rows: int, fmt: int) -> GemmConfig:
+    bm = block_m_for(rows)
+    dequant = 2 if fmt == INT4 else 0
+    if bm == 16:
+        return GemmConfig(block_m=bm, **SMALL_TILES[fmt])
+    if bm <= 64:  # a taller x tile: BLOCK_K 256 spills registers (int4 at 128 tokens: 10x slower, measured)
+        return GemmConfig(block_m=bm, block_n=64, block_k=128, num_stages=4, dequant=dequant)
+    return GemmConfig(block_m=bm, block_n=128, block_k=64, num_warps=8, num_stages=3, dequant=dequant)
+
+
+def linear_config(m: int, w: Weights) -> GemmConfig:
+    config = tile_config(m, w.fmt)
+    tiles = triton.cdiv(m, config.block_m) * triton.cdiv(w.n, config.block_n)
+    return with_split_k(config, tiles, w.k, num_sms(w.tensor.device))
+
+
+def moe_config(num_pairs: int, w: Weights, num_experts: int) -> GemmConfig:
+    """Tiles by the pairs an expert gets on average (the same block_m for both expert GEMMs, which
+    share the sorted pairs); no K split: all active experts fill the grid."""
+    return tile_config(max(1, num_pairs // num_experts), w.fmt)
+class TritonWeightOnlyLinear(WeightOnlyLinear):
+    """WeightOnlyLinear, same buffers; `forward` runs the kernel on the int8/int4 weight as stored."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])  # [M,K]
+        w = Weights.of(self.weight, self.per_channel_scale, self.precision)
+        config = linear_config(rows.shape[0], w)
+        split = config.split_k > 1
+        out = torch.empty(config.split_k, rows.shape[0], w.n, dtype=torch.float32 if split else x.dtype,
+                          device=x.device)
+        gemm(rows, w, out, config)
+        y = out.sum(0).to(x.dtype) if split else out[0]
+        return y.view(*x.shape[:-1], w.n)

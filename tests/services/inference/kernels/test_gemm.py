@@ -1,0 +1,58 @@
+"""The GEMM kernel against the plain path: float, int8 and int4 weights as the
+engine stores them, ragged shapes, split K, the weight-only module swap."""
+
+import pytest
+import torch
+
+from dbrx_serve.services.inference.kernels.gemm import GemmConfig, TritonWeightOnlyLinear, Weights, gemm
+from dbrx_serve.shared.quantization import dequantize_weight, quantize_weight
+from dbrx_serve.shared.weight_only import WeightOnlyLinear
+
+from .conftest import BOUND, DTYPES, relative_error
+
+CONFIGS = [GemmConfig(16, 32, 64, 1, 4, 2, dequant=0), GemmConfig(32, 64, 32, 2, 4, 2, dequant=1),
+           GemmConfig(16, 32, 32, 3, 4, 3, dequant=2)]
+
+
+def weights(n: int, k: int, precision: str | None, dtype, device, seed: int) -> tuple[Weights, torch.Tensor]:
+    """The kernel's view of a random weight, and the float [n, k] weight it stands for."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g).to(dtype)
+    if precision is None:
+        return Weights.of(w.to(device)), w.float()
+    q, scale = quantize_weight(w, precision)
+    return Weights.of(q.to(device), scale.to(device), precision), dequantize_weight(q, scale, precision)
+
+
+@pytest.mark.parametrize("precision", [None, "int8", "int4"])
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"bm{c.block_m}bn{c.block_n}bk{c.block_k}s{c.split_k}d{c.dequant}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gemm_matches_the_float_product(precision, config, dtype, device):
+    n, k, m = 80, 208, 37  # none a multiple of the tiles: every edge is masked
+    w, ref_w = weights(n, k, precision, dtype, device, seed=n + m)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).to(dtype)
+    out = torch.full((config.split_k, m, n), float("nan"), dtype=torch.float32 if config.split_k > 1 else dtype,
+                     device=device)
+    gemm(x.to(device), w, out if config.split_k > 1 else out[0], config)
+    got = out.sum(0) if config.split_k > 1 else out[0]
+    want = x.float() @ ref_w.T
+    assert relative_error(got.cpu(), want) <= BOUND[dtype]
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+@pytest.mark.parametrize("rows", [1, 5, 40])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_weight_only_module_swap_computes_the_same_function(precision, rows, dtype, device):
+    plain = WeightOnlyLinear(192, 96, precision, dtype)
+    q, scale = quantize_weight(torch.randn(96, 192, generator=torch.Generator().manual_seed(rows)).to(dtype),
+                               precision)
+    plain.weight.copy_(q)
+    plain.per_channel_scale.copy_(scale)
+    swapped = WeightOnlyLinear(192, 96, precision, dtype).to(device)
+    swapped.load_state_dict(plain.state_dict())
+    swapped.__class__ = TritonWeightOnlyLinear
+    x = torch.randn(1, rows, 192, generator=torch.Generator().manual_seed(0)).to(dtype)
+    with torch.no_grad():
+        want, got = plain.float()(x.float()), swapped(x.to(device))
+    assert got.shape == want.shape and got.dtype == dtype
+    assert relative_error(got.cpu(), want) <= BOUND[dtype]

@@ -1,0 +1,80 @@
+"""The fused mixture of experts against the model's per-expert loop: routing,
+sorting, SwiGLU and the weighted sum, for float, int8 and int4 experts."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from dbrx_serve.services.inference.kernels import moe as moe_module
+from dbrx_serve.services.inference.kernels.moe import FusedMoE, align, route
+from dbrx_serve.shared.config import DbrxConfig
+from dbrx_serve.shared.model import LocalShape, MoE
+from dbrx_serve.shared.quantization import quantize_weight
+from dbrx_serve.shared.weight_only import WeightOnlyExpertLinear
+
+from .conftest import BOUND, DTYPES, relative_error
+
+CFG = DbrxConfig(vocab_size=64, d_model=96, n_heads=4, n_layers=1, kv_n_heads=2, ffn_hidden_size=80,
+                 moe_num_experts=6, moe_top_k=3, torch_dtype="float32")
+
+
+def plain_moe(precision: str | None, dtype, seed: int) -> MoE:
+    torch.manual_seed(seed)
+    moe = MoE(CFG, LocalShape.of(CFG))
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.normal_(0, 0.2)
+    moe.fc.to(dtype), moe.proj.to(dtype)
+    if precision:
+        for name in ("fc", "proj"):
+            float_weight = getattr(moe, name).weight.data
+            q, scale = quantize_weight(float_weight, precision)
+            e, out, inp = float_weight.shape
+            module = WeightOnlyExpertLinear(e, out, inp, precision, dtype)
+            module.weight.copy_(q), module.per_channel_scale.copy_(scale)
+            setattr(moe, name, module)
+    return moe
+
+
+@pytest.mark.parametrize("precision", [None, "int8", "int4"])
+@pytest.mark.parametrize("tokens", [1, 5, 37])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dequant", [0, 1, 2], ids=lambda d: f"dequant{d}")
+def test_fused_moe_matches_the_per_expert_loop(precision, tokens, dtype, dequant, device, monkeypatch):
+    """Every way the GEMM turns int weights into floats (gemm.py's DEQ), through both expert GEMMs."""
+    if precision is None and dequant:
+        pytest.skip("float experts are not dequantized")
+    config = moe_module.moe_config
+    monkeypatch.setattr(moe_module, "moe_config", lambda *a, **kw: replace(config(*a, **kw), dequant=dequant))
+    plain = plain_moe(precision, dtype, seed=tokens)
+    fused = plain_moe(precision, dtype, seed=tokens).to(device)
+    fused.__class__ = FusedMoE
+    x = torch.randn(tokens, CFG.d_model, generator=torch.Generator().manual_seed(2)).to(dtype)
+    with torch.no_grad():
+        want = plain.float()(x.float()) if precision is None else plain(x)
+        got = fused(x.to(device))
+    assert got.dtype == dtype and relative_error(got.cpu(), want) <= 2 * BOUND[dtype]
+
+
+def test_routing_matches_softmax_top_k_and_the_p_norm(device):
+    moe = plain_moe(None, torch.float32, seed=3)
+    x = torch.randn(50, CFG.d_model, generator=torch.Generator().manual_seed(4))
+    want_w, want_ids = moe.route(x)
+    got_w, got_ids = route(x.to(device), moe.router.weight.to(device), CFG.moe_top_k, 1.0)
+    assert torch.equal(got_ids.cpu().long(), want_ids)
+    assert torch.allclose(got_w.cpu(), want_w, atol=1e-6)
+
+
+@pytest.mark.parametrize("offset, num_local", [(0, 6), (2, 2)])
+def test_align_sorts_pairs_by_expert_in_padded_blocks(offset, num_local, device):
+    ids = torch.randint(0, 6, (23, 3), generator=torch.Generator().manual_seed(5), dtype=torch.int32)
+    sorted_ids, block_experts, num_sorted = (t.cpu() for t in align(ids.to(device), num_local, offset, 4))
+    flat, n = ids.flatten(), int(num_sorted)
+    assert n % 4 == 0 and (sorted_ids[n:] == flat.numel()).all()
+    for e in range(num_local):
+        pairs = torch.nonzero(flat == offset + e).flatten()  # this expert's pairs, in order
+        blocks = torch.nonzero(block_experts[:n // 4] == e).flatten()
+        got = sorted_ids.view(-1, 4)[blocks].flatten()
+        assert got[got < flat.numel()].tolist() == pairs.tolist()
+        assert len(blocks) == -(-len(pairs) // 4)
