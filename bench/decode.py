@@ -1,0 +1,192 @@
+"""Decode and prefill speed of full-width DBRX on one GPU, against the memory-bandwidth floor.
+
+    python bench/decode.py --layers 40 --precision int4 int8 --batch 1 8 32 64 128 --context 512 2048
+    python bench/decode.py --layers 4 --precision bf16 --baselines --plot bench/results/decode.png
+    python bench/decode.py --smoke        # a tiny model on the CPU, in seconds (CI runs this)
+
+The model is DBRX's width (d_model 6144, 48/8 heads, 16 experts top-4, ffn 10752,
+vocab 100352) with `--layers` layers (40 is the whole model) and random weights
+made directly on the GPU (no checkpoint), run through the engine a server runs
+(`Engine.add_request` / `step`: scheduler, step plan, CUDA graphs, batched
+sampler). For a decode measurement the requests' contexts are entered as
+already computed (their KV blocks hold random values) instead of running each
+prefill, so that large batches at long contexts take seconds; every timed step
+is a real engine step.
+
+The floor of a step is the bytes it must read (the weights of every layer --
+the experts the routing actually took, counted on an untimed step -- the LM
+head, the embedding rows and the KV cache) over the device-to-device copy
+bandwidth measured in the same run (bytes read + written). Prints one JSON
+object last; `--plot` draws tokens/s and the fraction of the floor by batch.
+"""
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_model import (FULL, SMOKE, BASE_SEED, ModelSpec, bench_limits, bytes_per_step,  # noqa: E402
+                          copy_bandwidth, make_engine, record_routing)
+
+
+def seed_context(engine, batch: int, context: int, new_tokens: int) -> list[str]:
+    """`batch` requests whose `context`-token prompts count as computed but for the last token: every
+    next step decodes one token per request."""
+    from dbrx_serve.services.inference.params import SamplingParams
+
+    generator = torch.Generator().manual_seed(BASE_SEED + batch)
+    ids = []
+    for _ in range(batch):
+        prompt = torch.randint(0, 500, (context,), generator=generator).tolist()
+        ids.append(engine.add_request(prompt, SamplingParams(max_new_tokens=new_tokens, temperature=0)))
+    while engine.scheduler.waiting:
+        seq = engine.scheduler.admit()
+        engine.blocks.ensure(seq, context)
+        seq.num_computed = context - 1
+    return ids
+
+
+def time_steps(engine, steps: int, warmup: int, device) -> list[float]:
+    for _ in range(warmup):
+        engine.step()
+    times = []
+    for _ in range(steps):
+        torch.cuda.synchronize(device) if device.type == "cuda" else None
+        start = time.perf_counter()
+        engine.step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def decode_run(engine, spec: ModelSpec, batch: int, context: int, args, bandwidth: float) -> dict:
+    device = engine.runner.device
+    ids = seed_context(engine, batch, context, args.warmup + args.steps + 2)
+    times = time_steps(engine, args.steps, args.warmup, device)
+    active = record_routing(engine)
+    for request_id in ids:
+        engine.abort(request_id)
+    ms = statistics.median(times)
+    moved = bytes_per_step(engine, spec, batch, context, active)
+    floor_ms = moved / bandwidth * 1e3
+    return {"precision": spec.precision, "layers": spec.layers, "batch": batch, "context": context,
+            "ms_per_step": round(ms, 3), "ms_min": round(min(times), 3), "tokens_per_s": round(batch / ms * 1e3, 1),
+            "bytes_per_step": moved, "achieved_gbs": round(moved / ms / 1e6, 1), "floor_ms": round(floor_ms, 3),
+            "fraction_of_floor": round(floor_ms / ms, 3), "active_experts_per_layer": active}
+
+
+def prefill_run(engine, spec: ModelSpec, length: int) -> dict:
+    """Time to first token of one `length`-token prompt (after one untimed prompt of that length)."""
+    from dbrx_serve.services.inference.params import SamplingParams
+
+    device, times = engine.runner.device, []
+    for seed in range(2):
+        prompt = torch.randint(0, 500, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+        torch.cuda.synchronize(device) if device.type == "cuda" else None
+        start = time.perf_counter()
+        engine.add_request(prompt, SamplingParams(max_new_tokens=1, temperature=0))
+        while not engine.step():
+            pass
+        times.append(time.perf_counter() - start)
+    return {"precision": spec.precision, "layers": spec.layers, "prompt_tokens": length,
+            "seconds": round(times[-1], 4), "tokens_per_s": round(length / times[-1], 1)}
+
+
+def profile_step(engine, batch: int, context: int) -> list[dict]:
+    """Per-kernel GPU time of one eager decode step (no CUDA graph), the largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ids = seed_context(engine, batch, context, 8)
+    graphs, engine.runner.graphs = engine.runner.graphs, None
+    engine.step()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        engine.step()
+        torch.cuda.synchronize()
+    engine.runner.graphs = graphs
+    for request_id in ids:
+        engine.abort(request_id)
+    rows = [{"kernel": e.key[:90], "calls": e.count, "us_total": round(e.device_time_total, 1)}
+            for e in prof.key_averages() if e.device_time_total > 0]
+    return sorted(rows, key=lambda r: -r["us_total"])[:25]
+
+
+def planned_runs(spec: ModelSpec, args) -> list[tuple[int, int]]:
+    """(batch, context) pairs to time; the int8 model leaves little room for KV blocks."""
+    return [(b, c) for c in args.context for b in args.batch
+            if spec.precision != "int8" or b * c <= args.int8_max_tokens]
+
+
+def run_precision(spec: ModelSpec, args, bandwidth: float, device, backend=None, graphs=True) -> dict:
+    started = time.perf_counter()
+    runs = planned_runs(spec, args)
+    limits = bench_limits(runs, args.warmup + args.steps + 16, max(args.prefill or [0]), graphs)
+    engine = make_engine(spec, device, backend or args.backend, limits)
+    out = {"build_seconds": round(time.perf_counter() - started, 1), "decode": [], "prefill": []}
+    for batch, context in runs:
+        out["decode"].append(decode_run(engine, spec, batch, context, args, bandwidth))
+        print(json.dumps(out["decode"][-1]), file=sys.stderr, flush=True)
+    for length in args.prefill:
+        out["prefill"].append(prefill_run(engine, spec, length))
+        print(json.dumps(out["prefill"][-1]), file=sys.stderr, flush=True)
+    if args.profile:
+        out["profile"] = {f"batch{b}": profile_step(engine, b, args.context[0]) for b in args.profile}
+    del engine
+    gc.collect()  # the runner and its CUDA graphs refer to each other
+    torch.cuda.empty_cache() if device.type == "cuda" else None
+    return out
+
+
+def baselines(args, device, bandwidth: float) -> dict:
+    """At batch 1 and 64, 512 tokens of context, bf16: transformers, and our plain-torch path."""
+    from decode_baselines import transformers_baseline
+
+    plain = argparse.Namespace(**{**vars(args), "batch": [1, 64], "context": [512], "prefill": [], "profile": []})
+    torch_path = run_precision(ModelSpec(FULL, args.layers, "bf16"), plain, bandwidth, device, "torch", False)
+    return {"plain torch path": torch_path["decode"],
+            "transformers": transformers_baseline(args.layers, [1, 64], 512, args.steps, device)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--precision", nargs="+", default=["bf16", "int8", "int4"], choices=["bf16", "int8", "int4"])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32, 64, 128])
+    parser.add_argument("--context", type=int, nargs="+", default=[512, 2048])
+    parser.add_argument("--prefill", type=int, nargs="*", default=[2048])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--backend", default=None, help="engine backend (default: the device's)")
+    parser.add_argument("--int8_max_tokens", type=int, default=64 * 2048, help="skip int8 runs with more context")
+    parser.add_argument("--profile", type=int, nargs="*", default=[], help="batch sizes to profile per kernel")
+    parser.add_argument("--baselines", action="store_true", help="transformers and the plain-torch path (bf16)")
+    parser.add_argument("--plot", default=None, help="draw tokens/s and fraction of the floor to this PNG")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (seconds)")
+    args = parser.parse_args()
+    if args.smoke:
+        args.batch, args.context, args.prefill, args.steps, args.warmup = [1, 4], [32], [48], 3, 1
+    device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    bandwidth = copy_bandwidth(device)
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "copy_bandwidth_gbs": round(bandwidth / 1e9, 1), "runs": {}}
+    for precision in args.precision:
+        spec = ModelSpec(SMOKE if args.smoke else FULL, args.layers if not args.smoke else 2, precision)
+        result["runs"][f"{precision}-{spec.layers}L"] = run_precision(spec, args, bandwidth, device)
+    if args.baselines and device.type == "cuda":
+        result["baselines"] = baselines(args, device, bandwidth)
+    text = json.dumps(result)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    if args.plot:
+        from decode_plot import plot
+        plot(result, args.plot)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
