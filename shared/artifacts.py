@@ -21,11 +21,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import InvalidInput
+from .errors import InvalidInput, shown
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 CHUNK = 1 << 20
+NAME_MAX = 255  # bytes in one file name (Linux file systems)
+UNIQUE_HEX = 32  # len(uuid4().hex): the tail of a temporary sibling's name
 
 
 def file_sha256(path: Path) -> str:
@@ -37,27 +39,80 @@ def file_sha256(path: Path) -> str:
 
 
 def check_output_dir(path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
-    """Refuse, before any work, an output path that is a file or a non-empty directory (unless
-    overwrite), under a file, or overlapping an input (replacing it would delete the input).
-    Missing parent directories are fine: artifact_dir makes them."""
+    """Refuse, before any work, an output path whose name leaves no room for its temporary
+    sibling, that overlaps an input (replacing it would delete the input), that is a symbolic
+    link (publishing replaces the link, never its target), a file, a non-empty directory
+    (unless overwrite), or under a file. Missing parent directories are fine: artifact_dir
+    makes them. A file-system error other than a missing path (a loop of links, a name too
+    long) is raised here, before any work, not taken for a missing path."""
     path = Path(path).absolute()
+    check_output_name(path)
     check_apart(path, inputs)
+    check_not_link(path)
     if path.exists() and not path.is_dir():
-        raise InvalidInput(f"output path {path} exists and is not a directory: choose another --output_dir")
+        raise InvalidInput(f"output path {shown(path)} exists and is not a directory: choose another --output_dir")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise InvalidInput(f"output directory {path} exists and is not empty: pass --overwrite to replace it")
-    ancestor = next(p for p in path.parents if p.exists())
+        raise InvalidInput(f"output directory {shown(path)} exists and is not empty: pass --overwrite to replace it")
+    ancestor = existing_ancestor(path)
     if not ancestor.is_dir():
-        raise InvalidInput(f"output directory {path} cannot be made: {ancestor} is a file")
+        raise InvalidInput(f"output directory {shown(path)} cannot be made: {shown(ancestor)} is a file")
     return path
 
 
-def check_apart(path: Path, inputs: Iterable[str | Path]) -> None:
+def check_output_name(path: str | Path) -> None:
+    """The output is written to a sibling `.NAME.tmp-<32 hex>` first: NAME has that much less room."""
+    path = Path(path)
+    size, longest = len(os.fsencode(path.name)), NAME_MAX - len(temp_prefix(Path(""))) - UNIQUE_HEX
+    if size > longest:
+        raise InvalidInput(f"output directory {shown(path)} has a name of {size} bytes, over the {longest} "
+                           f"bytes an output's name may have: its temporary sibling .NAME.tmp-<32 hex> must fit "
+                           f"in {NAME_MAX}; choose a shorter name")
+
+
+def check_apart(path: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse an output that is, holds or lies inside an input, compared as the file system
+    will see them (`..` collapsed, symbolic links followed): the one place that decides,
+    at submit (shared/options.py) and in the worker (here, through check_output_dir)."""
+    real_path = os.path.realpath(path)
     for source in inputs:
-        source = Path(source).absolute()
-        if path == source or source in path.parents or path in source.parents:
-            raise InvalidInput(f"output directory {path} overlaps the input {source}: writing it would "
-                               "replace the input; choose a directory of its own")
+        real_source = os.path.realpath(source)
+        if contains(real_source, real_path) or contains(real_path, real_source):
+            raise InvalidInput(f"output directory {shown(Path(path))} overlaps the input {shown(Path(source))}"
+                               f"{_resolved(path, source, real_path, real_source)}: writing it would replace "
+                               "the input; choose a directory of its own")
+
+
+def _resolved(path, source, real_path: str, real_source: str) -> str:
+    """How the two paths read resolved, when that differs from how they were given."""
+    if (str(Path(path).absolute()), str(Path(source).absolute())) == (real_path, real_source):
+        return ""
+    return f" (resolved: {shown(Path(real_path))} and {shown(Path(real_source))})"
+
+
+def contains(root: str, path: str) -> bool:
+    """Whether `path` is `root` or lies under it (both absolute and resolved)."""
+    return os.path.commonpath([path, root]) == root
+
+
+def check_not_link(path: Path) -> None:
+    if not path.is_symlink():
+        return
+    missing = "" if path.exists() else ", which does not exist"
+    raise InvalidInput(f"output directory {shown(path)} is a symbolic link to {shown(Path(os.readlink(path)))}"
+                       f"{missing}: name the directory itself (publishing an output replaces its path, "
+                       "never a link's target)")
+
+
+def existing_ancestor(path: Path) -> Path:
+    """The nearest ancestor that exists. An error other than a missing one (a loop of links,
+    a name too long, no permission) is raised, where Path.exists would call it missing."""
+    for parent in path.parents:
+        try:
+            os.stat(parent)
+            return parent
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    raise AssertionError(f"{path} has no existing ancestor, not even /")
 
 
 def rank_file(root: str | Path, rank: int) -> Path:

@@ -1,5 +1,13 @@
 """Typed domain errors. Each server maps them to a gRPC status in one place
-(`shared.rpc`); anything else becomes INTERNAL and is logged."""
+(`shared.rpc`); anything else becomes INTERNAL and is logged.
+
+A message that repeats a value from a request shows it with `shown`, cut to
+MAX_SHOWN characters: a status message travels in a header, and a client
+refuses headers over 8 KiB (RESOURCE_EXHAUSTED instead of the message)."""
+
+from pathlib import PurePath
+
+MAX_SHOWN = 200  # characters of one value a message repeats
 
 
 class DbrxServeError(Exception):
@@ -24,3 +32,15 @@ class CapacityExhausted(DbrxServeError):
 
 class Cancelled(DbrxServeError):
     """The work was cancelled: CANCELLED."""
+
+
+def cut(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters and a marker saying how many were cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}[... {len(text) - limit} more characters]"
+
+
+def shown(value: object) -> str:
+    """A value as a message repeats it: a path as is, anything else as its repr; cut to MAX_SHOWN."""
+    return cut(str(value) if isinstance(value, PurePath) else repr(value), MAX_SHOWN)

@@ -42,9 +42,10 @@ class JobStage:
     path_fields: tuple[str, ...]  # the options that name files or directories
 
     def handle(self, job: Job, ctx: JobContext, paths: PathPolicy = ANY_ABSOLUTE_PATH) -> dict:
-        """Run one job. Its paths are checked again here, on the worker's own file system.
-        A retried job first removes the temporary output its dead worker left (that
-        worker no longer holds the lease, so it cannot be writing there)."""
+        """Run one job. Its paths are checked again here, on the worker's own file system
+        (bounds, roots, the output apart from the inputs), before any work. A retried job
+        first removes the temporary output its dead worker left (that worker no longer
+        holds the lease, so it cannot be writing there)."""
         options = self.options_from_dict(job.spec)
         paths.check(options, self.path_fields, self.name)
         if job.attempts > 1:

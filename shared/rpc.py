@@ -3,8 +3,9 @@ error mapping, optional bearer-token auth and TLS) apart from serve (start,
 wait, drain on SIGINT/SIGTERM).
 
 Servicers raise the typed errors of `shared.errors`; `ErrorMapping` turns them
-into status codes with their message. Anything else is INTERNAL, logged with
-the method name.
+into status codes with their message (cut to MAX_DETAILS characters: it travels
+in a header, which clients refuse over 8 KiB). Anything else is INTERNAL,
+logged with the method name.
 """
 
 import asyncio
@@ -20,7 +21,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .errors import BadState, CapacityExhausted, Cancelled, InvalidInput, NotFound
+from .errors import BadState, CapacityExhausted, Cancelled, InvalidInput, NotFound, cut
 
 log = logging.getLogger("dbrx_serve.rpc")
 
@@ -32,6 +33,7 @@ STATUS_OF_ERROR = {
     Cancelled: grpc.StatusCode.CANCELLED,
 }
 OPEN_SERVICES = (health.SERVICE_NAME, reflection.SERVICE_NAME)  # reachable without a token
+MAX_DETAILS = 1000  # characters of a status message; values in it are already cut (errors.shown)
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,11 @@ def status_of(error: BaseException) -> grpc.StatusCode | None:
 
 
 async def _abort_for(error: Exception, context, method: str):
-    code = status_of(error)
+    code, message = status_of(error), str(error)
     if code is None:
         log.exception("%s failed", method)
-        await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error: {type(error).__name__}: {error}")
-    await context.abort(code, str(error))
+        code, message = grpc.StatusCode.INTERNAL, f"{method}: internal error: {type(error).__name__}: {error}"
+    await context.abort(code, cut(message, MAX_DETAILS))
 
 
 class Unparsable(NamedTuple):

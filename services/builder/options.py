@@ -7,7 +7,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dbrx_serve.shared.errors import InvalidInput
+from dbrx_serve.shared.errors import InvalidInput, shown
 from dbrx_serve.shared.options import options_from_dict
 
 log = logging.getLogger("dbrx_serve.builder")
@@ -110,11 +110,11 @@ class BuildOptions:
 
 def _check_positive(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InvalidInput(f"--{name} must be a positive integer, got {value!r}")
+        raise InvalidInput(f"--{name} must be a positive integer, got {shown(value)}")
 
 
 def _check_choice(name: str, value, choices: tuple, why: str = "", allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if value not in choices:
-        raise InvalidInput(f"unknown --{name} {value!r}: choose one of {', '.join(choices)}{why}")
+        raise InvalidInput(f"unknown --{name} {shown(value)}: choose one of {', '.join(choices)}{why}")

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dbrx_serve.shared.config import DTYPES
-from dbrx_serve.shared.errors import InvalidInput
+from dbrx_serve.shared.errors import InvalidInput, shown
 from dbrx_serve.shared.mapping import Mapping
 from dbrx_serve.shared.options import options_from_dict
 
@@ -50,9 +50,9 @@ class ConvertOptions:
         if not self.int8_kv_cache and (self.calib_dataset or self.calib_size is not None):
             raise InvalidInput("--calib_dataset and --calib_size only apply with --int8_kv_cache")
         if self.calib_size is not None and (not isinstance(self.calib_size, int) or self.calib_size < 1):
-            raise InvalidInput(f"calib_size must be a positive integer, got {self.calib_size!r}")
+            raise InvalidInput(f"calib_size must be a positive integer, got {shown(self.calib_size)}")
         if not isinstance(self.workers, int) or self.workers < 1:
-            raise InvalidInput(f"workers must be a positive integer, got {self.workers!r}")
+            raise InvalidInput(f"workers must be a positive integer, got {shown(self.workers)}")
 
     @property
     def mapping(self) -> Mapping:
@@ -80,4 +80,4 @@ def _check_choice(name: str, value, choices: tuple, allow_none: bool = False) ->
     if value is None and allow_none:
         return
     if value not in choices:
-        raise InvalidInput(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+        raise InvalidInput(f"unknown {name} {shown(value)}: choose one of {', '.join(choices)}")

@@ -1,6 +1,7 @@
 """ConverterService: submit a conversion as a job in the store; `dbrx worker
-converter` runs it. Thin: validate and convert the request, one store call (in a
-thread: the store blocks), convert the job back."""
+converter` runs it. Thin: validate and convert the request, one store call,
+convert the job back; both in a thread (checking paths resolves them on the
+file system, the store blocks), so that no request holds the event loop."""
 
 import asyncio
 
@@ -20,7 +21,7 @@ class ConverterServicer(pb_grpc.ConverterServiceServicer):
         self.store, self.paths = store, paths
 
     async def SubmitConvert(self, request: pb.ConvertRequest, context) -> jobs_pb2.Job:
-        options = options_from_pb(request, self.paths)
+        options = await asyncio.to_thread(options_from_pb, request, self.paths)  # resolves paths: file-system work
         job = await asyncio.to_thread(self.store.submit, CONVERT, options.to_dict(), output_dir=options.output_dir,
                                       idempotency_key=request.idempotency_key or None)
         return job_to_pb(job)

@@ -8,7 +8,7 @@ as in the rendered string."""
 from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple
 
-from dbrx_serve.shared.errors import InvalidInput
+from dbrx_serve.shared.errors import InvalidInput, shown
 
 PROMPT_A = (
     "You are DBRX, a Databricks creation, and you were last updated in December 2023. You answer questions based on "
@@ -59,7 +59,7 @@ def as_message(message: Any) -> ChatMessage:
     else:
         role, content = getattr(message, "role", None), getattr(message, "content", None)
     if not isinstance(role, str) or not isinstance(content, str):
-        raise InvalidInput(f"a chat message needs a string role and a string content, got {message!r}")
+        raise InvalidInput(f"a chat message needs a string role and a string content, got {shown(message)}")
     return ChatMessage(role, content)
 
 

@@ -1,12 +1,14 @@
 """Protobuf <-> library values for TokenizerService, in one place.
 
-Request checks that are about the wire (batch limits) live here too, so the
-servicer stays a straight line."""
+Request checks that are about the wire (the bounds on a request's size) live
+here too, so the servicer stays a straight line. They only count, so they run
+first, on the event loop; what takes longer runs in a thread."""
 
 from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.generated.dbrx.serve.v1 import tokenizer_pb2 as pb
 
 from .chat import ChatMessage
+from .config import TokenizerServiceConfig
 from .tokenizer import Tokenizer
 
 
@@ -18,17 +20,30 @@ def check_batch(count: int, max_batch_size: int, what: str) -> None:
                            "split it into smaller requests")
 
 
-def texts_from_pb(request: pb.EncodeRequest, max_batch_size: int) -> list[str]:
-    check_batch(len(request.texts), max_batch_size, "text")
+def check_length(length: int, max_text_length: int, what: str) -> None:
+    if length > max_text_length:
+        raise InvalidInput(f"{what} has {length} characters, over this server's max_text_length {max_text_length}: "
+                           "split it")
+
+
+def texts_from_pb(request: pb.EncodeRequest, config: TokenizerServiceConfig) -> list[str]:
+    check_batch(len(request.texts), config.max_batch_size, "text")
+    for index, text in enumerate(request.texts):
+        check_length(len(text), config.max_text_length, f"text {index}")
     return list(request.texts)
 
 
-def sequences_from_pb(request: pb.DecodeRequest, max_batch_size: int) -> list[list[int]]:
-    check_batch(len(request.sequences), max_batch_size, "sequence")
+def sequences_from_pb(request: pb.DecodeRequest, config: TokenizerServiceConfig) -> list[list[int]]:
+    check_batch(len(request.sequences), config.max_batch_size, "sequence")
     return [list(sequence.ids) for sequence in request.sequences]
 
 
-def messages_from_pb(request: pb.ApplyChatTemplateRequest) -> list[ChatMessage]:
+def messages_from_pb(request: pb.ApplyChatTemplateRequest, config: TokenizerServiceConfig) -> list[ChatMessage]:
+    if len(request.messages) > config.max_chat_messages:
+        raise InvalidInput(f"the chat has {len(request.messages)} messages, over this server's max_chat_messages "
+                           f"{config.max_chat_messages}: shorten it")
+    for index, message in enumerate(request.messages):
+        check_length(len(message.role) + len(message.content), config.max_text_length, f"chat message {index}")
     return [ChatMessage(m.role, m.content) for m in request.messages]
 
 

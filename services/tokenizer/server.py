@@ -24,7 +24,7 @@ SERVICE_NAME = "dbrx.serve.v1.TokenizerService"
 def build_server(config: TokenizerServiceConfig) -> tuple[grpc.aio.Server, int]:
     """Load the tokenizer, register the service (with health and reflection), bind the port."""
     tokenizer = load_tokenizer(config.tokenizer_dir, config.system_prompt, config.num_threads)
-    servicer = TokenizerServicer(tokenizer, config.max_batch_size)
+    servicer = TokenizerServicer(tokenizer, config)
     return rpc.build_server([rpc.Servicer(pb_grpc.add_TokenizerServiceServicer_to_server, servicer, SERVICE_NAME)],
                             config.server)
 
@@ -33,7 +33,12 @@ def add_serve_args(parser: argparse.ArgumentParser, server_flags: bool = True) -
     """The flags of `dbrx serve tokenizer`; server_flags=False when the caller adds
     --host/--port/--auth_token/--tls_* itself."""
     parser.add_argument("--tokenizer_dir", required=True, help="directory with a *.tiktoken file or tokenizer.json")
-    parser.add_argument("--max_batch_size", type=int, default=1024, help="most texts or sequences per request")
+    parser.add_argument("--max_batch_size", type=int, default=TokenizerServiceConfig.max_batch_size,
+                        help="most texts or sequences per request")
+    parser.add_argument("--max_text_length", type=int, default=TokenizerServiceConfig.max_text_length,
+                        help="most characters in one text or chat message (role and content)")
+    parser.add_argument("--max_chat_messages", type=int, default=TokenizerServiceConfig.max_chat_messages,
+                        help="most messages in one chat")
     parser.add_argument("--system_prompt", default=AUTO,
                         help="chat template default system prompt: auto (from tokenizer_config.json), none, or a text")
     parser.add_argument("--num_threads", type=int, default=0, help="encoding threads (0: one per CPU)")
@@ -54,6 +59,7 @@ def config_from_args(args: argparse.Namespace) -> TokenizerServiceConfig:
                               auth_token=getattr(args, "auth_token", None),
                               tls_cert=getattr(args, "tls_cert", None), tls_key=getattr(args, "tls_key", None))
     return TokenizerServiceConfig(tokenizer_dir=args.tokenizer_dir, max_batch_size=args.max_batch_size,
+                                  max_text_length=args.max_text_length, max_chat_messages=args.max_chat_messages,
                                   system_prompt=args.system_prompt, num_threads=args.num_threads, server=server)
 
 

@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.generated.dbrx.serve.v1 import jobs_pb2 as pb
 
 from .jobs import BUILD, CONVERT, Job, JobEvent, JobState
@@ -16,13 +17,20 @@ PB_OF_STATE = {state: value for value, state in STATE_OF_PB.items()}
 
 
 def kind_from_pb(kind: int) -> str | None:
-    """None for JOB_KIND_UNSPECIFIED (all kinds)."""
-    return KIND_OF_PB.get(kind)
+    """None for JOB_KIND_UNSPECIFIED (all kinds); an unknown number is refused, not read as all."""
+    return _known("kind", kind, KIND_OF_PB, pb.JobKind)
 
 
 def state_from_pb(state: int) -> JobState | None:
-    """None for JOB_STATE_UNSPECIFIED (all states)."""
-    return STATE_OF_PB.get(state)
+    """None for JOB_STATE_UNSPECIFIED (all states); an unknown number is refused, not read as all."""
+    return _known("state", state, STATE_OF_PB, pb.JobState)
+
+
+def _known(what: str, value: int, table: dict, enum):
+    if value != 0 and value not in table:
+        names = ", ".join(f"{enum.Name(number)} ({number})" for number in table)
+        raise InvalidInput(f"unknown job {what} {value}: choose one of {names}, or leave it unset for all")
+    return table.get(value)
 
 
 def job_to_pb(job: Job) -> pb.Job:

@@ -26,7 +26,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import BadState, Cancelled, InvalidInput, NotFound
+from ..errors import BadState, Cancelled, InvalidInput, NotFound, shown
 from .config import StoreConfig
 from .engine import make_engine, reader
 from .jobs import Job, JobEvent, JobState
@@ -34,6 +34,7 @@ from .migrate import upgrade
 from .models import JobEventRow, JobRow
 
 DEFAULT_MAX_ATTEMPTS = 3
+MAX_KEY_LENGTH = 255  # characters of an idempotency key (its column's size)
 QUEUED, RUNNING = JobState.QUEUED.value, JobState.RUNNING.value
 
 
@@ -50,7 +51,7 @@ def parse_job_id(job_id: str) -> str:
     try:
         return str(uuid.UUID(job_id))
     except (ValueError, TypeError, AttributeError):
-        raise InvalidInput(f"job id {job_id!r} is not a UUID like {uuid.uuid4()}") from None
+        raise InvalidInput(f"job id {shown(job_id)} is not a UUID like {uuid.uuid4()}") from None
 
 
 class JobStore:
@@ -80,7 +81,7 @@ class JobStore:
     def submit(self, kind: str, spec: dict[str, Any], *, output_dir: str = "",
                idempotency_key: str | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Job:
         """A new QUEUED job; with an idempotency key already used for this kind, that job instead."""
-        _check_submit(kind, spec, max_attempts)
+        _check_submit(kind, spec, idempotency_key, max_attempts)
         try:
             with self._write() as s:
                 return self._find_by_key(s, kind, idempotency_key, spec) or self._insert(
@@ -227,7 +228,7 @@ class JobStore:
             return None
         row = s.scalars(select(JobRow).where(JobRow.kind == kind, JobRow.idempotency_key == key)).first()
         if row is not None and spec is not None and row.spec != json.loads(json.dumps(spec)):
-            raise BadState(f"idempotency key {key!r} was used for job {row.id} with other options: "
+            raise BadState(f"idempotency key {shown(key)} was used for job {row.id} with other options: "
                            "use a new key for a different request")
         return _job(row) if row else None
 
@@ -322,9 +323,11 @@ def _event(row: JobEventRow) -> JobEvent:
                     message=row.message, time=row.time)
 
 
-def _check_submit(kind: str, spec: dict[str, Any], max_attempts: int) -> None:
+def _check_submit(kind: str, spec: dict[str, Any], key: str | None, max_attempts: int) -> None:
+    if key is not None and len(key) > MAX_KEY_LENGTH:
+        raise InvalidInput(f"an idempotency key of {len(key)} characters is over the {MAX_KEY_LENGTH} allowed")
     if not kind or not isinstance(kind, str):
-        raise InvalidInput(f"job kind must be a non-empty string, got {kind!r}")
+        raise InvalidInput(f"job kind must be a non-empty string, got {shown(kind)}")
     if not isinstance(spec, dict):
         raise InvalidInput(f"job spec must be a dict, got {type(spec).__name__}")
     _check_json("spec", spec)

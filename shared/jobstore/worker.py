@@ -11,11 +11,13 @@
 
 A heartbeat thread keeps the lease alive while the handler works. Outcomes:
 a returned dict -> SUCCEEDED; `Cancelled` -> CANCELLED; a domain error
-(`DbrxServeError`: bad input will not get better) -> FAILED at once with its
-message; any other exception -> this attempt failed, retried until
+(`DbrxServeError`: bad input will not get better) or a hopeless file-system
+error (a name too long, a loop of links: HOPELESS_ERRNOS) -> FAILED at once
+with its message; any other exception -> this attempt failed, retried until
 max_attempts. A worker that lost its lease writes nothing more.
 """
 
+import errno
 import logging
 import os
 import socket
@@ -24,11 +26,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import Cancelled, DbrxServeError, InvalidInput
+from ..errors import Cancelled, DbrxServeError, InvalidInput, shown
 from .jobs import Job
 from .store import JobStore, LeaseLost
 
 log = logging.getLogger("dbrx_serve.jobstore.worker")
+
+# OS errors about the path itself, which another attempt would meet again.
+HOPELESS_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EROFS})
 
 
 def default_owner() -> str:
@@ -164,14 +169,21 @@ class Worker:
             return None
         except Cancelled:
             return lambda: self.store.confirm_cancel(job.id, owner)
-        except DbrxServeError as error:
-            message = str(error)  # `error` is unbound once the except block ends
-            return lambda: self.store.fail(job.id, owner, message, retry=False)
         except Exception as error:
-            log.exception("job %s: attempt %d failed", job.id, job.attempts)
-            message = f"{type(error).__name__}: {error}"
-            return lambda: self.store.fail(job.id, owner, message, retry=True)
+            return self._failed(job, error)
         return lambda: self._complete(job, result)
+
+    def _failed(self, job: Job, error: Exception) -> Callable[[], Job]:
+        """A domain error or a hopeless OS error fails the job now; any other, this attempt."""
+        if isinstance(error, DbrxServeError):
+            message, retry = str(error), False
+        elif isinstance(error, OSError) and error.errno in HOPELESS_ERRNOS:
+            where = f": {shown(error.filename)}" if error.filename else ""
+            message, retry = f"{error.strerror}{where} (not retried: another attempt would fail the same way)", False
+        else:
+            log.exception("job %s: attempt %d failed", job.id, job.attempts)
+            message, retry = f"{type(error).__name__}: {error}", True
+        return lambda: self.store.fail(job.id, self.config.owner, message, retry=retry)
 
     def _complete(self, job: Job, result: dict[str, Any] | None) -> Job:
         try:

@@ -1,5 +1,6 @@
 """Artifact directories: atomic rename, manifest contents, verification, refusals."""
 
+import errno
 import json
 
 import pytest
@@ -92,3 +93,35 @@ def test_remove_stale_temps(tmp_path):
     (tmp_path / ".other.tmp-x").mkdir()
     assert [p.name for p in remove_stale_temps(tmp_path / "out")] == [".out.tmp-dead"]
     assert siblings(tmp_path / "out") == [".other.tmp-x"]
+
+
+def test_an_output_overlapping_an_input_once_resolved_is_refused_and_the_input_kept(tmp_path):
+    """`..` collapsed and links followed: else --overwrite would replace the input with the output."""
+    model = tmp_path / "model"
+    write_artifact(model)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "link").symlink_to(model)
+    for out, source in [(tmp_path / "x" / ".." / "model", model), (model, tmp_path / "link"),
+                        (tmp_path / "link" / "ckpt", model), (tmp_path / "link", model)]:
+        with pytest.raises(InvalidInput, match="overlaps the input"):
+            write_artifact(out, inputs=[source], overwrite=True)
+    verify_manifest(model)
+    assert siblings(model) == ["link", "model", "x"]
+
+
+def test_an_output_that_is_a_symbolic_link_is_refused_before_any_work(tmp_path):
+    """The output replaces its path by a rename, which fails on a link at the very end."""
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(InvalidInput, match="dangling is a symbolic link to .*nowhere, which does not exist"):
+        check_output_dir(tmp_path / "dangling")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(InvalidInput, match="link is a symbolic link to .*real: name the directory itself"):
+        check_output_dir(tmp_path / "link", overwrite=True)
+
+
+def test_a_loop_of_links_above_the_output_is_an_os_error_before_any_work(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(OSError) as error:
+        check_output_dir(tmp_path / "loop" / "out")
+    assert error.value.errno == errno.ELOOP

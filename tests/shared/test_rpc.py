@@ -18,7 +18,8 @@ class Raising(pb_grpc.TokenizerServiceServicer):
     """A servicer whose Encode raises the error named by the first text."""
 
     ERRORS = {"invalid": InvalidInput("bad text"), "missing": NotFound("no such thing"),
-              "full": CapacityExhausted("queue full"), "bug": RuntimeError("boom")}
+              "full": CapacityExhausted("queue full"), "bug": RuntimeError("boom"),
+              "long": InvalidInput("bad text: " + "x" * 20_000)}
 
     async def Encode(self, request, context):
         if request.texts[0] in self.ERRORS:
@@ -87,3 +88,16 @@ def test_bearer_token_is_required_when_configured():
 def test_tls_needs_both_files():
     with pytest.raises(InvalidInput, match="both"):
         rpc.ServerConfig(tls_cert="cert.pem")
+
+
+def test_a_long_message_is_cut_so_that_the_client_still_sees_it():
+    """The message travels in a header: over 8 KiB the client would see RESOURCE_EXHAUSTED instead."""
+    async def body(target):
+        async with grpc.aio.insecure_channel(target) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await pb_grpc.TokenizerServiceStub(ch).Encode(pb.EncodeRequest(texts=["long"]))
+            return err.value
+    error = run(with_server(rpc.ServerConfig(), body))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("bad text: xxx") and "[... 19" in error.details()
+    assert len(error.details()) < 1100

@@ -3,6 +3,7 @@ JobService), a worker thread leasing BUILD jobs, the job store on SQLite (and
 PostgreSQL when DBRX_TEST_POSTGRES_URL is set)."""
 
 import asyncio
+import os
 import shutil
 import threading
 import time
@@ -12,6 +13,8 @@ import pytest
 
 from dbrx_serve.services.builder.options import BuildOptions
 from dbrx_serve.services.builder.stage import BUILDER
+from dbrx_serve.services.converter.convert import convert
+from dbrx_serve.services.converter.options import ConvertOptions
 from dbrx_serve.shared.job_stage import build_server
 from dbrx_serve.shared import rpc
 from dbrx_serve.shared.artifacts import verify_manifest
@@ -124,6 +127,50 @@ def test_a_server_with_allowed_roots_refuses_paths_outside_them(field, store):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"{field} '/etc/dbrx' is outside the directories the builder service accepts (--allowed_root /models)" in error.details()
     assert store.list_jobs() == []
+
+
+def test_an_output_over_an_input_is_refused_at_submit_and_in_the_worker(store, build_model, tmp_path):
+    """Paths are compared resolved, against the checkpoint and the model its manifest names
+    (the tokenizer's source): --overwrite must never replace either with the engine."""
+    model = shutil.copytree(build_model[0], tmp_path / "model")
+    ckpt = tmp_path / "ckpt"
+    convert(ConvertOptions(str(model), str(ckpt), dtype="float32"))
+    (tmp_path / "x").mkdir()
+    (tmp_path / "link").symlink_to(ckpt)
+    at_submit = [(ckpt, tmp_path / "x" / ".." / "ckpt"), (tmp_path / "link", ckpt)]
+
+    async def body(builder, jobs):
+        refusals = []
+        for checkpoint_dir, out in at_submit:
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await builder.SubmitBuild(pb.BuildRequest(checkpoint_dir=str(checkpoint_dir), output_dir=str(out),
+                                                          overwrite=True))
+            refusals.append((error.value.code(), error.value.details()))
+        return refusals
+    for code, details in call(store, body):
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "overlaps the input" in details
+    assert store.list_jobs() == []
+    for checkpoint_dir, out in at_submit + [(ckpt, tmp_path / "x" / ".." / "model")]:
+        job = store.submit(BUILD, BuildOptions(str(checkpoint_dir), str(out), overwrite=True).to_dict(),
+                           output_dir=str(out))
+        done = BUILDER.worker(store, lease_seconds=10).run_once()
+        assert (done.id, done.state, done.attempts) == (job.id, JobState.FAILED, 1)
+        assert "overlaps the input" in done.message
+    verify_manifest(ckpt)
+    assert sorted(os.listdir(model)) == sorted(os.listdir(build_model[0]))
+
+
+def test_a_long_unknown_choice_is_refused_with_its_echo_cut(store):
+    """The refusal repeats the value: whole, it would overflow the client's 8 KiB header limit."""
+    async def body(builder, jobs):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await builder.SubmitBuild(pb.BuildRequest(checkpoint_dir="/c", output_dir="/e",
+                                                      gpt_attention_plugin="x" * 20_000))
+        return error.value
+    error = call(store, body)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("unknown --gpt_attention_plugin 'xxx") and "choose one of auto" in error.details()
+    assert len(error.details()) < 600
 
 
 def test_a_queued_build_can_be_cancelled(store, checkpoints, tmp_path):

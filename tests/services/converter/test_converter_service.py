@@ -3,6 +3,7 @@ real job store (SQLite; PostgreSQL too when DBRX_TEST_POSTGRES_URL is set), and
 `dbrx convert` in-process and against the server."""
 
 import json
+import os
 import shutil
 import threading
 
@@ -118,6 +119,65 @@ def test_a_worker_with_allowed_roots_refuses_a_job_outside_them(shard_model, sto
     assert done.id == job.id and done.state is JobState.FAILED and done.attempts == 1
     assert f"model_dir '{shard_model[0]}' is outside the directories the converter service accepts" in done.message
     assert not allowed.exists()
+
+
+def files_of(directory) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_an_output_over_the_model_is_refused_at_submit_and_in_the_worker(shard_model, store, tmp_path):
+    """Paths are compared resolved: `x/../model`, or the model named through a link, is the
+    model, and --overwrite must never replace it with the checkpoint."""
+    model = tmp_path / "model"
+    shutil.copytree(shard_model[0], model)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "link").symlink_to(model)
+    before = files_of(model)
+    overlapping = [(model, tmp_path / "x" / ".." / "model"), (tmp_path / "link", model)]
+    with served(store) as target, grpc.insecure_channel(target) as channel:
+        stub = converter_pb2_grpc.ConverterServiceStub(channel)
+        for model_dir, out in overlapping:
+            with pytest.raises(grpc.RpcError) as error:
+                stub.SubmitConvert(request(model_dir, out, overwrite=True))
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "overlaps the input" in error.value.details()
+    assert store.list_jobs() == []
+    for model_dir, out in overlapping:  # jobs that reached the store some other way: the worker checks again
+        job = store.submit(CONVERT, ConvertOptions(str(model_dir), str(out), overwrite=True).to_dict(),
+                           output_dir=str(out))
+        done = CONVERTER.worker(store, lease_seconds=10).run_once()
+        assert (done.id, done.state, done.attempts) == (job.id, JobState.FAILED, 1)
+        assert "overlaps the input" in done.message
+    assert files_of(model) == before
+
+
+def dangling_link(root):
+    (root / "out").symlink_to(root / "nowhere")
+    return root / "out"
+
+
+def below_a_loop(root):
+    (root / "loop").symlink_to(root / "loop")
+    return root / "loop" / "out"
+
+
+@pytest.mark.parametrize("output,message", [
+    (lambda root: root / ("n" * 256) / "ckpt", "has a name of 256 bytes, over the 255 bytes"),
+    (lambda root: root / ("n" * 230), "has a name of 230 bytes, over the 217 bytes"),
+    (dangling_link, "is a symbolic link to"),
+    (below_a_loop, "Too many levels of symbolic links"),
+], ids=["name over 255 bytes", "no room for the temporary sibling", "a dangling link", "below a loop of links"])
+def test_a_hopeless_output_path_fails_the_job_at_once_before_any_work(output, message, shard_model, store,
+                                                                      tmp_path):
+    """Retrying cannot fix these: the job fails on its first attempt, naming the path, and
+    before any conversion work (no progress)."""
+    out = output(tmp_path)
+    job = store.submit(CONVERT, ConvertOptions(str(shard_model[0]), str(out)).to_dict(), output_dir=str(out))
+    done = CONVERTER.worker(store, lease_seconds=10).run_once()
+    assert (done.id, done.state, done.attempts) == (job.id, JobState.FAILED, 1)
+    assert message in done.message and str(tmp_path) in done.message
+    assert [e.progress for e in store.events(job.id)] == [0.0, 0.0, 0.0]  # queued, started, failed
+    assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
 
 
 def test_bad_model_fails_the_job_once_with_its_message(shard_model, store, tmp_path):

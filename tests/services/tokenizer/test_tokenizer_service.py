@@ -22,6 +22,10 @@ from dbrx_serve.shared.generated.dbrx.serve.v1 import tokenizer_pb2 as pb
 from dbrx_serve.shared.generated.dbrx.serve.v1 import tokenizer_pb2_grpc as pb_grpc
 
 MAX_BATCH_SIZE = 8
+MAX_TEXT_LENGTH = 100
+MAX_CHAT_MESSAGES = 16
+WAIT = 120  # seconds a hostile call may take before the test calls it a hang
+HEALTH_WAIT = 5  # a server that answers health later than this is stalled
 
 
 class ServerThread:
@@ -49,7 +53,9 @@ class ServerThread:
 
 @pytest.fixture(scope="module")
 def channel(cl100k_dir):
-    server = ServerThread(TokenizerServiceConfig(str(cl100k_dir), max_batch_size=MAX_BATCH_SIZE))
+    server = ServerThread(TokenizerServiceConfig(str(cl100k_dir), max_batch_size=MAX_BATCH_SIZE,
+                                                 max_text_length=MAX_TEXT_LENGTH,
+                                                 max_chat_messages=MAX_CHAT_MESSAGES))
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         yield channel
     server.stop()
@@ -135,6 +141,32 @@ def test_chat_without_turns_is_invalid(stub):
     assert "no turns" in invalid_argument(stub.ApplyChatTemplate, request)
 
 
+def test_texts_and_chat_messages_over_the_length_bound_are_invalid(stub):
+    long = "a" * (MAX_TEXT_LENGTH + 1)
+    details = invalid_argument(stub.Encode, pb.EncodeRequest(texts=["ok", long]))
+    assert details == f"text 1 has {MAX_TEXT_LENGTH + 1} characters, over this server's max_text_length " \
+                      f"{MAX_TEXT_LENGTH}: split it"
+    messages = [pb.ChatMessage(role="user", content="hi"), pb.ChatMessage(role="user", content=long[4:])]
+    details = invalid_argument(stub.ApplyChatTemplate, pb.ApplyChatTemplateRequest(messages=messages))
+    assert details.startswith(f"chat message 1 has {MAX_TEXT_LENGTH + 1} characters, over this server's")
+    stub.Encode(pb.EncodeRequest(texts=["a" * MAX_TEXT_LENGTH]))
+
+
+def test_a_chat_of_millions_of_turns_is_refused_and_never_stalls_the_server(channel):
+    """2 million empty turns (4 MB): refused by the bound on chat messages, not templated for seconds."""
+    body = b"\x0a\x00" * 2_000_000  # messages: 2,000,000 empty ChatMessage
+    call = channel.unary_unary(f"/{SERVICE_NAME}/ApplyChatTemplate").future(body, timeout=WAIT)
+    health = health_pb2_grpc.HealthStub(channel)
+    while True:  # raises DEADLINE_EXCEEDED if the hostile call holds the server's event loop
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_WAIT).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        if call.done():
+            break
+    assert call.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert call.details() == (f"the chat has 2000000 messages, over this server's max_chat_messages "
+                              f"{MAX_CHAT_MESSAGES}: shorten it")
+
+
 def test_health_and_reflection(channel):
     health = health_pb2_grpc.HealthStub(channel)
     status = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME)).status
@@ -150,6 +182,10 @@ def test_config_is_validated(cl100k_dir):
         TokenizerServiceConfig(str(cl100k_dir), max_batch_size=0)
     with pytest.raises(InvalidInput, match="--tokenizer_dir is required"):
         TokenizerServiceConfig("")
+    with pytest.raises(InvalidInput, match="max_text_length must be a positive integer"):
+        TokenizerServiceConfig(str(cl100k_dir), max_text_length=0)
+    with pytest.raises(InvalidInput, match="max_chat_messages must be a positive integer"):
+        TokenizerServiceConfig(str(cl100k_dir), max_chat_messages=-1)
 
 
 def test_serve_command_starts_and_drains(tiny_dir):

@@ -132,3 +132,27 @@ def test_watch_job_resumes_after_a_seq_and_ends_at_once_for_an_ended_job(store):
                 [e.seq async for e in stub.WatchJob(pb.WatchJobRequest(id=job.id, after_seq=2))])
 
     assert call(store, body) == ([1, 2], [2], [])
+
+
+@pytest.mark.parametrize("request_", [pb.ListJobsRequest(kind=99), pb.ListJobsRequest(state=42),
+                                      pb.ListJobsRequest(kind=-1)])
+def test_unknown_kind_or_state_in_list_jobs_is_invalid_not_all(store, request_):
+    store.submit(KIND, {})
+
+    async def body(stub):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stub.ListJobs(request_)
+        return error.value
+    error = call(store, body)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown job " in error.details()
+
+
+def test_a_huge_job_id_is_refused_with_its_echo_cut(store):
+    """The refusal repeats the id: whole, it would overflow the client's 8 KiB header limit."""
+    async def body(stub):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stub.GetJob(pb.GetJobRequest(id="x" * 20_000))
+        return error.value
+    error = call(store, body)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "is not a UUID" in error.details()
+    assert len(error.details()) < 400

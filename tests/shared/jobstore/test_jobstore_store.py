@@ -82,6 +82,10 @@ def test_bad_submissions_are_refused(store):
         store.submit(KIND, {}, max_attempts=0)
     with pytest.raises(InvalidInput, match="kind"):
         store.submit("", {})
+    with pytest.raises(InvalidInput, match="idempotency key of 256 characters is over the 255 allowed"):
+        store.submit(KIND, {}, idempotency_key="k" * 256)
+    assert store.list_jobs() == []
+    store.submit(KIND, {}, idempotency_key="k" * 255)
 
 
 def test_lease_takes_the_oldest_queued_job_of_its_kind(store):

@@ -1,5 +1,6 @@
 """The generic worker on a real store: outcomes, retries, heartbeats, cancel, a lost lease."""
 
+import errno
 import threading
 import time
 
@@ -230,3 +231,19 @@ def test_a_cancel_outranks_the_retry_of_a_failing_attempt(store):
     ended = worker(store, handle).run_once()
     assert (ended.state, ended.attempts) == (JobState.CANCELLED, 1)
     assert "disk full" in ended.message
+
+
+def test_a_hopeless_os_error_fails_the_job_at_once_and_a_transient_one_is_retried(store, tmp_path):
+    """A name over 255 bytes will not get shorter: retrying it only wastes the attempts."""
+    job = store.submit(KIND, {}, max_attempts=3)
+    name = "n" * 300
+    failed = worker(store, lambda job, ctx: (tmp_path / name).mkdir()).run_once()
+    assert (failed.id, failed.state, failed.attempts) == (job.id, JobState.FAILED, 1)
+    assert failed.message.startswith(f"File name too long: '{tmp_path / name[:100]}")
+    assert "not retried" in failed.message
+
+    def io_error(job, ctx):
+        raise OSError(errno.EIO, "Input/output error", str(tmp_path))
+    job = store.submit(KIND, {}, max_attempts=3)
+    retried = worker(store, io_error).run_once()
+    assert (retried.id, retried.state, retried.attempts) == (job.id, JobState.QUEUED, 1)
