@@ -1,8 +1,8 @@
 """Artifact directories (checkpoints, engines): written to a hidden temporary
 sibling and renamed into place, so a reader never sees a half-written one, and
-described by `manifest.json` (DESIGN.md): each file's size and sha256, the
-producer, the inputs (with their own manifests' hashes), the options and the
-format version.
+described by `manifest.json` (docs/trtllm-checkpoint.md, "manifest.json"):
+each file's size and sha256, the producer, the inputs (with their own
+manifests' hashes), the options and the format version.
 
     with artifact_dir(out, producer="converter", inputs=[model_dir], options={...}) as tmp:
         ...write files into tmp...
