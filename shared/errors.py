@@ -24,3 +24,11 @@ class CapacityExhausted(DbrxServeError):
 
 class Cancelled(DbrxServeError):
     """The work was cancelled: CANCELLED."""
+
+
+class Unavailable(DbrxServeError):
+    """The service cannot take work now (loading, draining, stopped): UNAVAILABLE; retry elsewhere or later."""
+
+
+class EngineFailed(Unavailable, RuntimeError):
+    """The engine could not go on with this request: a step failed, or the engine stopped."""

@@ -21,11 +21,12 @@ GPU_FREE_MEMORY_FRACTION = 0.9
 TRTLLM_ONLY_SUFFIXES = (".kv_cache_scaling_factor",)  # TensorRT-LLM's; ours come from kv_cache_scales.json
 
 
-def rank_state(engine: EngineDir, rank: int = 0) -> dict[str, torch.Tensor]:
+def rank_state(engine: EngineDir, rank: int = 0, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A rank file's tensors, read straight onto `device` (no host copy of a GPU's weights)."""
     path = engine.rank_file(rank)
     if not path.is_file():
         raise InvalidInput(f"{path} not found: the engine has no weights for rank {rank}")
-    return {k: v for k, v in load_file(path).items() if not k.endswith(TRTLLM_ONLY_SUFFIXES)}
+    return {k: v for k, v in load_file(path, device=str(device)).items() if not k.endswith(TRTLLM_ONLY_SUFFIXES)}
 
 
 def load_model(engine: EngineDir, device: str | torch.device = "cpu") -> DbrxModel:
@@ -37,7 +38,7 @@ def load_model(engine: EngineDir, device: str | torch.device = "cpu") -> DbrxMod
         model = DbrxModel(engine.config)
         if engine.quant_algo:
             swap_weight_only(model, precision_of(engine.quant_algo), dtype)
-    state = {name: t.to(device) for name, t in rank_state(engine).items()}
+    state = rank_state(engine, 0, device)
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
