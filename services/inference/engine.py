@@ -15,7 +15,7 @@ import time
 import uuid
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 
@@ -84,6 +84,20 @@ class Engine:
         self.scheduler.add(seq)
         self.sequences[request_id] = seq
         return request_id
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return self.tokenizer is not None
+
+    def stream(self, prompt: Prompt, params: SamplingParams = SamplingParams()) -> Iterator[StepOutput]:
+        """One request's outputs as the engine steps (requests added meanwhile share the steps);
+        leaving early aborts it."""
+        request_id = self.add_request(prompt, params)
+        try:
+            while request_id in self.sequences:
+                yield from (output for output in self.step() if output.request_id == request_id)
+        finally:
+            self.abort(request_id)
 
     @cached_property
     def prompts(self) -> PromptEncoder:
