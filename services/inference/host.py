@@ -32,12 +32,13 @@ DRAINING = "the server is shutting down: retry on another replica"
 SHUT_DOWN = "the server shut down before this request finished: retry it on another replica"
 
 
-def load_warm_engine(config: InferenceServiceConfig) -> Engine:
+def load_warm_engine(config: InferenceServiceConfig) -> tuple[Engine, pb.ModelInfo]:
+    """The engine, after one warm-up step, and what GetModelInfo says of it (read here: it hashes the manifest)."""
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     engine = Engine.from_dir(config.engine_dir, device, verify_checksums=config.verify_checksums,
                              tokenizer_dir=config.tokenizer_dir, **config.runtime_limits)
     engine.warm_up()
-    return engine
+    return engine, model_info_to_pb(engine)
 
 
 class EngineHost:
@@ -70,8 +71,8 @@ class EngineHost:
     async def run(self, server: grpc.aio.Server) -> None:
         """Load and warm up the engine off the event loop, serve (health SERVING) until its
         stepping thread stops (health NOT_SERVING)."""
-        engine = await asyncio.to_thread(load_warm_engine, self.config)
-        self.prompts, self.model_info = engine.prompts, model_info_to_pb(engine)
+        engine, self.model_info = await asyncio.to_thread(load_warm_engine, self.config)
+        self.prompts = engine.prompts
         self.engine = AsyncEngine(engine)
         await rpc.set_health(server, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s", self.config.engine_dir, engine.runner.device)

@@ -22,11 +22,13 @@ TRTLLM_ONLY_SUFFIXES = (".kv_cache_scaling_factor",)  # TensorRT-LLM's; ours com
 
 
 def rank_state(engine: EngineDir, rank: int = 0, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """A rank file's tensors, read straight onto `device` (no host copy of a GPU's weights)."""
+    """A rank file's tensors, read straight onto `device`: no host copy of a GPU's weights, and on the
+    CPU memory of the process's own (safetensors maps the file lazily: the first requests would read it)."""
     path = engine.rank_file(rank)
     if not path.is_file():
         raise InvalidInput(f"{path} not found: the engine has no weights for rank {rank}")
-    return {k: v for k, v in load_file(path, device=str(device)).items() if not k.endswith(TRTLLM_ONLY_SUFFIXES)}
+    return {k: v.clone() if v.device.type == "cpu" else v for k, v in load_file(path, device=str(device)).items()
+            if not k.endswith(TRTLLM_ONLY_SUFFIXES)}
 
 
 def load_model(engine: EngineDir, device: str | torch.device = "cpu") -> DbrxModel:
