@@ -31,7 +31,7 @@ def add_parser(subparsers):
     p.add_argument("--hf_model_dir", required=True, help="the HF model: its tokenizer, and the model for --test_hf")
     p.add_argument("--tokenizer_dir", default=None, help="default: --hf_model_dir")
     p.add_argument("--test_hf", action="store_true", help="also run transformers on --hf_model_dir")
-    p.add_argument("--dataset", required=True, help="jsonl with 'article' and 'highlights' (CNN/DailyMail)")
+    p.add_argument("--dataset", default=None, help="jsonl with 'article' and 'highlights' (CNN/DailyMail)")
     p.add_argument("--max_ite", type=int, default=20, help="batches to evaluate")
     p.add_argument("--output_len", type=int, default=100)
     p.add_argument("--max_input_length", type=int, default=923, help="prompt tokens kept, from the end")
@@ -80,6 +80,9 @@ def run(args) -> int:
 
 
 def check_counts(args) -> None:
+    if not args.dataset:
+        raise InvalidInput("give --dataset FILE: a jsonl of CNN/DailyMail records with 'article' and 'highlights' "
+                           "(summarize.py downloads the dataset; this command never touches the network)")
     for name in ("max_ite", "output_len", "max_input_length", "batch_size"):
         if getattr(args, name) < 1:
             raise InvalidInput(f"--{name} must be at least 1, got {getattr(args, name)}")

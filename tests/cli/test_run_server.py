@@ -5,6 +5,7 @@ text, token-id files and a client-side tokenizer."""
 import pytest
 
 from dbrx_serve.cli.main import main
+from dbrx_serve.shared.rpc import ServerConfig
 from tests.services.inference.served import inference_server
 
 TEXTS = ["What is AGI?", "Born in north-east France, Soyer trained as a"]
@@ -42,6 +43,14 @@ def test_server_ids_from_a_csv_equal_in_process_ids(served, tiny_engine, tmp_pat
         lines(capsys, flag, target, "--max_output_len", 12, "--input_file", tmp_path / "in.csv",
               "--output_csv", tmp_path / out)
     assert (tmp_path / "remote.csv").read_text() == (tmp_path / "local.csv").read_text() != ""
+
+
+def test_a_server_that_wants_a_token_gets_it_from_auth_token(tiny_engine, capsys):
+    with inference_server(tiny_engine, server=ServerConfig(auth_token="s3cret")) as served:
+        run = ["run", "--server", served.address, "--max_output_len", "4", "--input_text", "hi"]
+        assert main(run) == 2 and "unauthenticated" in capsys.readouterr().err
+        assert main(run + ["--auth_token", "s3cret"]) == 0
+    assert capsys.readouterr().out.startswith('Input [Text 0]: "hi"')
 
 
 def test_a_bad_request_to_the_server_exits_2_with_the_services_message(served, capsys):

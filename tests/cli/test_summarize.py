@@ -81,6 +81,7 @@ def untimed(out: str) -> list[str]:
 
 @pytest.mark.parametrize("extra,message", [
     (["--max_ite", "0"], "--max_ite must be at least 1"),
+    (["--dataset", ""], "give --dataset FILE: a jsonl of CNN/DailyMail records"),
     (["--dataset", "missing.jsonl"], "--dataset missing.jsonl does not exist"),
 ])
 def test_bad_flags_are_refused_with_a_message(tiny_engine, tiny_model_dir, shared_dir, capsys, extra, message):
