@@ -1,7 +1,7 @@
 """The engine behind an inference server, and the health that follows it.
 
 The server listens first, NOT_SERVING, so probes get an answer while a large
-engine loads; `load` reads the engine in a worker thread, runs one warm-up
+engine loads; `run` reads the engine in a worker thread, runs one warm-up
 step, then turns health SERVING. Health goes NOT_SERVING again while the
 server drains (SIGTERM) and as soon as the engine's stepping thread stops.
 A request that comes while the engine is loading, draining or stopped is
