@@ -79,7 +79,7 @@ class Engine:
         request_id = request_id or uuid.uuid4().hex
         if request_id in self.sequences:
             raise InvalidInput(f"request id {request_id!r} is already in use")
-        seq = Sequence(request_id, self.prompt_ids(prompt), params, self.stop_checker(params),
+        seq = Sequence(request_id, self.prompts.ids(prompt), params, self.stop_checker(params),
                        self.generator(params), deadline=deadline)
         self.scheduler.add(seq)
         self.sequences[request_id] = seq
@@ -90,8 +90,8 @@ class Engine:
         return self.tokenizer is not None
 
     def stream(self, prompt: Prompt, params: SamplingParams = SamplingParams()) -> Iterator[StepOutput]:
-        """One request's outputs as the engine steps (requests added meanwhile share the steps);
-        leaving early aborts it."""
+        """One request's outputs as the engine steps it, for a caller that drives the engine alone
+        (`dbrx run --streaming`; other requests' outputs are not kept); leaving early aborts it."""
         request_id = self.add_request(prompt, params)
         try:
             while request_id in self.sequences:
@@ -102,9 +102,6 @@ class Engine:
     @cached_property
     def prompts(self) -> PromptEncoder:
         return PromptEncoder(self.tokenizer, self.vocab_size, self.limits.max_input_len)
-
-    def prompt_ids(self, prompt: Prompt) -> list[int]:
-        return self.prompts.ids(prompt)
 
     def stop_checker(self, params: SamplingParams) -> StopChecker:
         if params.stop and self.tokenizer is None:

@@ -66,9 +66,9 @@ def test_warm_up_runs_one_step_and_leaves_nothing_behind(engine_dir):
 def test_a_chat_prompt_is_the_templates_ids_with_the_generation_prompt(fp32_engine):
     messages = [("system", "Be brief."), ("user", "What is AGI?")]
     want = fp32_engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    assert fp32_engine.prompt_ids(Chat(messages)) == want
+    assert fp32_engine.prompts.ids(Chat(messages)) == want
     with pytest.raises(InvalidInput, match="the chat has no turns"):
-        fp32_engine.prompt_ids(Chat([("system", "Be brief.")]))
+        fp32_engine.prompts.ids(Chat([("system", "Be brief.")]))
 
 
 def test_a_text_that_cannot_fit_is_refused_before_it_is_encoded(fp32_engine, monkeypatch):
@@ -77,7 +77,7 @@ def test_a_text_that_cannot_fit_is_refused_before_it_is_encoded(fp32_engine, mon
     monkeypatch.setattr(fp32_engine.tokenizer, "encode_text", never)
     limit = 128 * fp32_engine.tokenizer.max_token_bytes
     with pytest.raises(InvalidInput, match=f"the prompt has {limit + 1} characters"):
-        fp32_engine.prompt_ids("x" * (limit + 1))
+        fp32_engine.prompts.ids("x" * (limit + 1))
 
 
 def test_loading_logs_its_time_and_speed(engine_dir, caplog):

@@ -33,10 +33,6 @@ def served(engine_dir):
         yield served
 
 
-def ids_of(engine, prompt) -> list[int]:
-    return engine.prompt_ids(prompt)
-
-
 def test_generate_and_the_concatenated_stream_equal_the_engines_own_output(served, fp32_engine, reference_model,
                                                                            banned):
     wanted = fp32_engine.generate(PROMPTS, GREEDY)
@@ -48,7 +44,7 @@ def test_generate_and_the_concatenated_stream_equal_the_engines_own_output(serve
                                         asyncio.gather(*(streamed(stub(channel), m) for m in messages)))
     unary, streams = run(main())
     for prompt, want, got, stream in zip(PROMPTS, wanted, unary, streams):
-        ids = ids_of(fp32_engine, prompt)
+        ids = fp32_engine.prompts.ids(prompt)
         streamed_ids = [t for message in stream for t in message.token_ids]
         for output in (list(got.output_ids), streamed_ids):
             if assert_same_greedy(output, want.output_ids, ids, reference_model, banned):
