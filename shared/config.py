@@ -5,10 +5,10 @@ Reads both the original dbrx-base/dbrx-instruct files (rope theta in
 `rope_parameters`, preferred when present).
 """
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .artifacts import read_json
 from .errors import InvalidInput
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -92,14 +92,8 @@ class DbrxConfig:
 
     @classmethod
     def from_hf_dir(cls, model_dir: str | Path) -> "DbrxConfig":
-        path = Path(model_dir) / "config.json"
-        if not path.is_file():
-            raise InvalidInput(f"{path} not found: a HF DBRX model directory needs config.json")
-        try:
-            hf = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise InvalidInput(f"{path} is not valid JSON: {err}") from None
-        return cls.from_hf_dict(hf)
+        return cls.from_hf_dict(read_json(Path(model_dir) / "config.json",
+                                          missing="a HF DBRX model directory needs config.json"))
 
     @classmethod
     def from_checkpoint_dict(cls, ckpt: dict) -> "DbrxConfig":

@@ -44,3 +44,11 @@ def cut(text: str, limit: int) -> str:
 def shown(value: object) -> str:
     """A value as a message repeats it: a path as is, anything else as its repr; cut to MAX_SHOWN."""
     return cut(str(value) if isinstance(value, PurePath) else repr(value), MAX_SHOWN)
+
+
+class Unavailable(DbrxServeError):
+    """The service cannot take work now (loading, draining, stopped): UNAVAILABLE; retry elsewhere or later."""
+
+
+class EngineFailed(Unavailable, RuntimeError):
+    """The engine could not go on with this request: a step failed, or the engine stopped."""

@@ -6,13 +6,13 @@ the caller keeps. Missing tensors, wrong shapes and non-finite values are
 reported with the tensor and file names.
 """
 
-import json
 from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
+from .artifacts import read_json
 from .config import DbrxConfig
 from .errors import InvalidInput
 
@@ -63,8 +63,8 @@ class HFCheckpoint:
         index = self.dir / INDEX_FILE
         if index.is_file():
             try:
-                return dict(json.loads(index.read_text())["weight_map"])
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                return dict(read_json(index)["weight_map"])
+            except (KeyError, TypeError, ValueError) as err:
                 raise InvalidInput(f"{index} is not a valid safetensors index ({err})") from None
         files = sorted(self.dir.glob("*.safetensors"))
         if not files:

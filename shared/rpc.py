@@ -10,6 +10,7 @@ logged with the method name.
 
 import asyncio
 import hmac
+import inspect
 import logging
 import signal
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .errors import BadState, CapacityExhausted, Cancelled, InvalidInput, NotFound, cut
+from .errors import BadState, CapacityExhausted, Cancelled, InvalidInput, NotFound, Unavailable, cut
 
 log = logging.getLogger("dbrx_serve.rpc")
 
@@ -31,6 +32,7 @@ STATUS_OF_ERROR = {
     BadState: grpc.StatusCode.FAILED_PRECONDITION,
     CapacityExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Cancelled: grpc.StatusCode.CANCELLED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,  # EngineFailed too: the engine stopped, never INTERNAL
 }
 OPEN_SERVICES = (health.SERVICE_NAME, reflection.SERVICE_NAME)  # reachable without a token
 MAX_DETAILS = 1000  # characters of a status message; values in it are already cut (errors.shown)
@@ -99,7 +101,7 @@ def _refuse_unparsable(request, method: str) -> None:
 
 
 def _wrap(behavior, method: str, streaming_response: bool):
-    if streaming_response:
+    if streaming_response and inspect.isasyncgenfunction(behavior):
         async def stream(request, context):
             try:
                 _refuse_unparsable(request, method)
@@ -111,7 +113,7 @@ def _wrap(behavior, method: str, streaming_response: bool):
                 await _abort_for(error, context, method)
         return stream
 
-    async def unary(request, context):
+    async def unary(request, context):  # also a streaming handler that writes with context.write (health Watch)
         try:
             _refuse_unparsable(request, method)
             return await behavior(request, context)
@@ -192,23 +194,39 @@ def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
     return port
 
 
-async def start(server: grpc.aio.Server) -> None:
-    await server.start()
+async def set_health(server: grpc.aio.Server, status: int) -> None:
+    """The same health status (health_pb2.HealthCheckResponse.SERVING, NOT_SERVING) for every service."""
     for name in ["", *server.service_names]:
-        await server.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await server.health.set(name, status)
+
+
+async def start(server: grpc.aio.Server, serving: bool = True) -> None:
+    """Listen; health SERVING, or NOT_SERVING for a server that gets ready later (inference)."""
+    await set_health(server, health_pb2.HealthCheckResponse.SERVING if serving else
+                     health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+
+
+def stop_signal() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM."""
+    stop, loop = asyncio.Event(), asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def drain(server: grpc.aio.Server, grace_seconds: float) -> None:
+    """Health NOT_SERVING, no new calls, in-flight ones given the grace period, then cancelled."""
+    await server.health.enter_graceful_shutdown()
+    await server.stop(grace_seconds)
 
 
 async def serve(server: grpc.aio.Server, port: int, config: ServerConfig, on_stop=None) -> None:
     """Start, print the address, wait for SIGINT/SIGTERM, then drain in-flight calls."""
     await start(server)
     print(f"listening on {config.host}:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.health.enter_graceful_shutdown()
-    await server.stop(config.grace_seconds)
+    await stop_signal().wait()
+    await drain(server, config.grace_seconds)
     if on_stop is not None:
         await on_stop()
 

@@ -11,19 +11,22 @@ WAIT = 60
 
 
 @contextlib.contextmanager
-def served_in_thread(build):
-    """`build()` -> (server, port), called on the server's loop; yields "127.0.0.1:PORT"."""
+def served_in_thread(build, start=rpc.start, on_stop=None):
+    """`build()` -> (server, port), called on the server's loop, then `start(server)`; yields
+    "127.0.0.1:PORT". At the end the server stops, then `on_stop(server)` is awaited."""
     ready, stop, port = threading.Event(), None, []
 
     async def main():
         nonlocal stop
         stop = asyncio.Event()
         server, bound = build()
-        await rpc.start(server)
+        await start(server)
         port.append(bound)
         ready.set()
         await stop.wait()
         await server.stop(None)
+        if on_stop is not None:
+            await on_stop(server)
 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)

@@ -1,6 +1,8 @@
 """`dbrx run`: TensorRT-LLM's run.py on our stack. `--hf_model_dir` runs the
 reference forward pass straight on a HF checkpoint (greedy), the ground truth
-that engine outputs are compared with; `--engine_dir` runs a built engine."""
+that engine outputs are compared with; `--engine_dir` runs a built engine in
+this process, `--server HOST:PORT` a running inference service
+(run_engine.py)."""
 
 import json
 from pathlib import Path
@@ -18,7 +20,10 @@ def add_parser(subparsers):
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--engine_dir")
     source.add_argument("--hf_model_dir", help="reference forward pass on a HF checkpoint, no engine")
-    p.add_argument("--tokenizer_dir", default=None, help="default: the model or engine directory")
+    source.add_argument("--server", metavar="HOST:PORT", help="a running inference service (dbrx serve inference)")
+    p.add_argument("--tokenizer_dir", default=None,
+                   help="default: the model or engine directory; an engine without tokenizer/ takes its end ids, "
+                        "unassigned-id mask and stop words from here")
     p.add_argument("--max_output_len", type=int, required=True)
     p.add_argument("--max_input_length", type=int, default=923, help="prompts are cut to their first N tokens")
     inputs = p.add_mutually_exclusive_group()
@@ -30,10 +35,12 @@ def add_parser(subparsers):
     p.add_argument("--top_p", type=float, default=0.0)
     p.add_argument("--random_seed", type=int, default=0)
     p.add_argument("--end_id", type=int, nargs="+", default=None, help="stop ids (default: generation_config.json)")
-    p.add_argument("--stop_words", nargs="+", default=None, help="--engine_dir only: stop strings")
+    p.add_argument("--stop_words", nargs="+", default=None, help="--engine_dir/--server only: stop strings")
     p.add_argument("--streaming", action="store_true", help="print tokens as they are generated")
     p.add_argument("--device", default="auto", help="--engine_dir only: cpu, cuda[:N], or auto (cuda if present)")
     p.add_argument("--dtype", default="float32", help="--hf_model_dir only: float32, float16 or bfloat16")
+    p.add_argument("--auth_token", default=None, help="--server only: bearer token")
+    p.add_argument("--tls_ca", default=None, help="--server only: PEM file of the CA that signed its certificate")
     p.set_defaults(func=run)
     return p
 
@@ -48,7 +55,7 @@ def main(argv: list[str]) -> int:
 
 
 def run(args) -> int:
-    if args.engine_dir:
+    if args.engine_dir or args.server:
         from .run_engine import run_engine
         return run_engine(args)
     check_greedy(args)

@@ -1,8 +1,16 @@
-"""`dbrx run --engine_dir`: run.py's flags on a built engine. All prompts run
-together (continuous batching), or one by one with `--streaming`, printing
-run.py's `Input [Text i]:` / `Output [Text i Beam 0]:` lines like the
-reference path (`--hf_model_dir`), whose greedy output it reproduces."""
+"""`dbrx run --engine_dir` (in this process) and `dbrx run --server HOST:PORT`
+(a running inference service): run.py's flags on a built engine. All prompts
+run together (continuous batching), or one by one with `--streaming`,
+printing run.py's `Input [Text i]:` / `Output [Text i Beam 0]:` lines like the
+reference path (`--hf_model_dir`), whose greedy output it reproduces.
 
+`--tokenizer_dir` gives the engine its tokenizer (end ids, the unassigned-id
+mask, stop words, text) when its own tokenizer/ is missing, or replaces it.
+With `--server`, text goes to the service as text unless `--tokenizer_dir`
+is given, in which case it is encoded (and cut to `--max_input_length`) here
+as in-process."""
+
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -11,7 +19,7 @@ from dbrx_serve.services.inference.engine import Engine
 from dbrx_serve.services.inference.params import SamplingParams
 from dbrx_serve.shared.errors import InvalidInput
 
-from .run import load_tokenizer_if_any, read_prompts, show
+from .run import DEFAULT_TEXT, load_tokenizer_if_any, read_prompts, show
 
 
 def sampling_params(args) -> SamplingParams:
@@ -29,50 +37,67 @@ def device_of(name: str) -> str:
     return name
 
 
+@contextmanager
+def opened_engine(args):
+    """The engine the flags name: in this process, or a service (--server)."""
+    if args.server:
+        from .remote_engine import RemoteEngine
+
+        with RemoteEngine(args.server, args.auth_token, args.tls_ca) as remote:
+            yield remote
+    else:
+        yield Engine.from_dir(args.engine_dir, device_of(args.device), tokenizer_dir=args.tokenizer_dir)
+
+
+def local_tokenizer(args, engine):
+    """The tokenizer that reads prompts here: the engine's in-process, --tokenizer_dir's for a service."""
+    if not args.server:
+        return engine.tokenizer
+    return load_tokenizer_if_any(Path(args.tokenizer_dir), needed=True) if args.tokenizer_dir else None
+
+
+def prompts_of(args, tokenizer, engine) -> list:
+    """Token ids (cut to --max_input_length), or, for a service with no tokenizer here, the texts."""
+    if tokenizer is None and args.input_file is None:
+        if not args.server:
+            raise InvalidInput(f"{args.engine_dir} has no tokenizer/: give --tokenizer_dir or --input_file")
+        return list(args.input_text or [DEFAULT_TEXT])
+    return read_prompts(args, tokenizer, engine.vocab_size)
+
+
 def run_engine(args) -> int:
-    engine = Engine.from_dir(args.engine_dir, device_of(args.device))
-    tokenizer = engine.tokenizer
-    if args.tokenizer_dir:
-        tokenizer = load_tokenizer_if_any(Path(args.tokenizer_dir), needed=True)
-    elif tokenizer is None and args.input_file is None:
-        raise InvalidInput(f"{args.engine_dir} has no tokenizer/: give --tokenizer_dir or --input_file")
-    prompts = read_prompts(args, tokenizer, engine.vocab_size)
-    params = sampling_params(args)
-    outputs = streamed(engine, prompts, params, tokenizer) if args.streaming else \
-        batched(engine, prompts, params, tokenizer)
+    with opened_engine(args) as engine:
+        tokenizer = local_tokenizer(args, engine)
+        prompts = prompts_of(args, tokenizer, engine)
+        printing = streamed if args.streaming else batched
+        outputs = printing(engine, prompts, sampling_params(args), tokenizer)
     if args.output_csv:
         Path(args.output_csv).write_text("".join(",".join(map(str, ids)) + "\n" for ids in outputs))
     return 0
 
 
-def batched(engine: Engine, prompts, params: SamplingParams, tokenizer) -> list[list[int]]:
+def shown(prompt, tokenizer) -> str:
+    return prompt if isinstance(prompt, str) else show(tokenizer, prompt)
+
+
+def batched(engine, prompts, params: SamplingParams, tokenizer) -> list[list[int]]:
     results = engine.generate(prompts, params)
     for i, (prompt, result) in enumerate(zip(prompts, results)):
-        print(f'Input [Text {i}]: "{show(tokenizer, prompt)}"')
-        print(f'Output [Text {i} Beam 0]: "{output_text(engine, tokenizer, result)}"', flush=True)
+        print(f'Input [Text {i}]: "{shown(prompt, tokenizer)}"')
+        text = result.text if engine.has_tokenizer else show(tokenizer, list(result.output_ids))
+        print(f'Output [Text {i} Beam 0]: "{text}"', flush=True)
     return [list(r.output_ids) for r in results]
 
 
-def own_text(engine: Engine, tokenizer) -> bool:
-    """Whether to print the engine's text (cut at stop strings) rather than a --tokenizer_dir's decode."""
-    return tokenizer is not None and tokenizer is engine.tokenizer
-
-
-def output_text(engine: Engine, tokenizer, result) -> str:
-    return result.text if own_text(engine, tokenizer) else show(tokenizer, list(result.output_ids))
-
-
-def streamed(engine: Engine, prompts, params: SamplingParams, tokenizer) -> list[list[int]]:
+def streamed(engine, prompts, params: SamplingParams, tokenizer) -> list[list[int]]:
     outputs = []
     for i, prompt in enumerate(prompts):
-        print(f'Input [Text {i}]: "{show(tokenizer, prompt)}"', flush=True)
+        print(f'Input [Text {i}]: "{shown(prompt, tokenizer)}"', flush=True)
         print(f'Output [Text {i} Beam 0]: "', end="", flush=True)
-        engine.add_request(prompt, params)
         ids = []
-        while engine.has_unfinished:
-            for out in engine.step():
-                ids += out.token_ids
-                print(out.text_delta if own_text(engine, tokenizer) else "", end="", flush=True)
-        print(("" if own_text(engine, tokenizer) else show(tokenizer, ids)) + '"', flush=True)
+        for out in engine.stream(prompt, params):
+            ids += out.token_ids
+            print(out.text_delta if engine.has_tokenizer else "", end="", flush=True)
+        print(("" if engine.has_tokenizer else show(tokenizer, ids)) + '"', flush=True)
         outputs.append(ids)
     return outputs

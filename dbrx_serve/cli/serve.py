@@ -7,6 +7,8 @@ import sys
 from .worker import JOB_STAGES, job_stage
 
 ALL_STAGES = ["tokenizer", "converter", "builder", "inference", "all"]
+SERVER_MODULES = {"tokenizer": "dbrx_serve.services.tokenizer.server",  # stages with a main(argv) of their own
+                  "inference": "dbrx_serve.services.inference.server"}
 
 
 def add_parser(subparsers):
@@ -18,11 +20,12 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    if args.stage == "tokenizer":
-        return importlib.import_module("dbrx_serve.services.tokenizer.server").main(args.rest)
+    if args.stage in SERVER_MODULES:
+        return importlib.import_module(SERVER_MODULES[args.stage]).main(args.rest)
     if args.stage in JOB_STAGES:
         from dbrx_serve.shared.job_stage import serve_main
 
         return serve_main(job_stage(args.stage), args.rest)
-    print(f"dbrx serve {args.stage}: not built yet (the inference service is the next issue)", file=sys.stderr)
+    print(f"dbrx serve {args.stage}: not built yet (serve each stage on its own: "
+          f"{', '.join(s for s in ALL_STAGES if s != 'all')})", file=sys.stderr)
     return 3

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from dbrx_serve.shared.progress import Check, Progress, Reporter
 from dbrx_serve.shared.artifacts import MANIFEST, artifact_dir, file_sha256, write_json
+from dbrx_serve.shared.kv_scales import SCALES_FILE
 
 from .engine_config import engine_config
-from .kv_scales import SCALES_FILE
 from .options import BuildOptions
 from dbrx_serve.shared.parallel import run_tasks
 from .plan import BuildPlan, plan_build
@@ -44,6 +44,6 @@ def build(options: BuildOptions, progress: Progress | None = None, check: Check 
 def write_files(plan: BuildPlan, root: Path) -> None:
     write_json(root / "config.json", engine_config(plan))
     if plan.kv_scales is not None:
-        write_json(root / SCALES_FILE, plan.kv_scales)
+        write_json(root / SCALES_FILE, plan.kv_scales.to_json())
     if plan.tokenizer_dir is not None:
         copy_tokenizer(plan.tokenizer_dir, root, plan.checkpoint.model.vocab_size)

@@ -11,20 +11,19 @@
   `--quantize_at_build` form: the builder quantizes them.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from dbrx_serve.shared.artifacts import MANIFEST, rank_file, verify_manifest
+from dbrx_serve.shared.artifacts import MANIFEST, rank_file, read_json, verify_manifest
 from dbrx_serve.shared.config import DTYPES, DbrxConfig
 from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.mapping import Mapping
 from dbrx_serve.shared.reference import torch_dtype
 
 from .layout import Layout, float_layout, kv_scaling_names, weight_only_layout
-from .safetensors_header import TensorInfo, read_header
+from dbrx_serve.shared.safetensors_header import TensorInfo, read_header
 
 PRECISION_OF_ALGO = {"W8A16": "int8", "W4A16": "int4"}
 KV_CACHE_ALGOS = (None, "INT8")
@@ -80,14 +79,7 @@ def read_checkpoint(root: str | Path) -> Checkpoint:
 
 def read_config(root: Path) -> dict:
     path = root / "config.json"
-    if not path.is_file():
-        raise InvalidInput(f"{path} is missing: {root} is not a TensorRT-LLM checkpoint")
-    try:
-        config = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidInput(f"{path} is not valid JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise InvalidInput(f"{path} is not a JSON object")
+    config = read_json(path, missing=f"{root} is not a TensorRT-LLM checkpoint")
     if config.get("dtype") not in DTYPES:
         raise InvalidInput(f"{path}: dtype {config.get('dtype')!r} is not one of {', '.join(DTYPES)}")
     return config

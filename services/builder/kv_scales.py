@@ -6,18 +6,13 @@ RoPE, V after the clamp). A TensorRT-LLM checkpoint has only its one
 valid, looser bound for both K and V, so the builder uses it for both.
 """
 
-import json
-import math
-
 from safetensors import safe_open
 
 from dbrx_serve.shared.errors import InvalidInput
+from dbrx_serve.shared.kv_scales import SCALES_FILE, KVScales
 
 from .checkpoint import Checkpoint
 from .layout import kv_scaling_names
-
-SCALES_FILE = "kv_cache_scales.json"
-
 
 def kv_cache_dtype(ckpt: Checkpoint, asked: str | None) -> str:
     """int8 when the checkpoint was calibrated (and nothing else was asked), else the model dtype."""
@@ -27,32 +22,13 @@ def kv_cache_dtype(ckpt: Checkpoint, asked: str | None) -> str:
     return asked or ("int8" if ckpt.kv_int8 else "model")
 
 
-def kv_scales(ckpt: Checkpoint) -> dict:
-    """The scales file the engine gets: the checkpoint's own, else made from TensorRT-LLM's factors."""
+def kv_scales(ckpt: Checkpoint) -> KVScales:
+    """The scales the engine gets: the checkpoint's own, else made from TensorRT-LLM's factors."""
     path = ckpt.root / SCALES_FILE
-    scales = read_scales(path) if path.is_file() else scales_from_factors(ckpt)
-    check_scales(scales, ckpt.model.n_layers, path)
-    return scales
+    return KVScales.read(path, ckpt.model.n_layers) if path.is_file() else scales_from_factors(ckpt)
 
 
-def read_scales(path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidInput(f"{path} is not valid JSON ({error})") from None
-
-
-def check_scales(scales: dict, num_layers: int, path) -> None:
-    layers = scales.get("layers") if isinstance(scales, dict) else None
-    if not isinstance(layers, list) or len(layers) != num_layers:
-        raise InvalidInput(f"{path}: expected a 'layers' list of {num_layers} {{'k', 'v'}} entries")
-    for i, layer in enumerate(layers):
-        values = [layer.get(key) if isinstance(layer, dict) else None for key in ("k", "v")]
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
-            raise InvalidInput(f"{path}: layer {i} needs positive finite 'k' and 'v' scales, got {layer!r}")
-
-
-def scales_from_factors(ckpt: Checkpoint) -> dict:
+def scales_from_factors(ckpt: Checkpoint) -> KVScales:
     """Per global layer {k, v} = the layer's kv_cache_scaling_factor, read from each pipeline stage."""
     layers = []
     for stage in range(ckpt.mapping.pp_size):
@@ -64,8 +40,8 @@ def scales_from_factors(ckpt: Checkpoint) -> dict:
                                f"{ckpt.rank_path(rank)} lacks {missing[0]}: convert with --int8_kv_cache again")
         with safe_open(ckpt.rank_path(rank), framework="pt") as f:
             layers += [float(f.get_tensor(n).reshape(-1)[0]) for n in names]
-    return {"calibration": {"dataset": "kv_cache_scaling_factor of the checkpoint"},
-            "layers": [{"k": s, "v": s} for s in layers]}
+    factors = tuple(layers)
+    return KVScales(factors, factors, {"dataset": "kv_cache_scaling_factor of the checkpoint"}, factors)
 
 
 def _layer_index(name: str) -> int:

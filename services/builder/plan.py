@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dbrx_serve.shared.artifacts import check_output_dir
+from dbrx_serve.shared.kv_scales import KVScales
 
 from .checkpoint import Checkpoint, read_checkpoint, stored_layout
 from .kv_scales import kv_cache_dtype, kv_scales
@@ -20,7 +21,7 @@ class BuildPlan:
     checkpoint: Checkpoint
     limits: BuildLimits
     kv_cache_dtype: str  # "model" or "int8"
-    kv_scales: dict | None  # for int8
+    kv_scales: KVScales | None  # for int8
     tokenizer_dir: Path | None
     output_dir: Path
 

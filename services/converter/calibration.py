@@ -9,7 +9,6 @@ sequence, no padding), and records per layer:
 Each divided by 127.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,24 +16,12 @@ import torch
 
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.hf_checkpoint import HFCheckpoint
+from dbrx_serve.shared.kv_scales import KVScales
 from dbrx_serve.shared.mapping import Mapping
 from dbrx_serve.shared.model import Block, LocalShape, causal_attention, rotary
 from dbrx_serve.shared.sharding import rank_tensors
 
 from .calibration_text import MAX_TOKENS, CalibrationSet
-
-
-@dataclass(frozen=True)
-class KVScales:
-    """Per global layer: TensorRT-LLM's kv_cache_scaling_factor and our K and V scales."""
-
-    trtllm: tuple[float, ...]
-    k: tuple[float, ...]
-    v: tuple[float, ...]
-
-    def to_json(self, calib: CalibrationSet) -> dict:
-        return {"calibration": {"dataset": calib.dataset, "samples": len(calib.samples), "max_seq_len": MAX_TOKENS},
-                "layers": [{"k": k, "v": v} for k, v in zip(self.k, self.v)]}
 
 
 class KVRecorder:
@@ -53,8 +40,11 @@ class KVRecorder:
         self.v[layer] = max(self.v[layer], v.abs().max().item())
         return causal_attention(layer, q, k, v, positions)
 
-    def scales(self) -> KVScales:
-        return KVScales(*(tuple(m / 127.0 for m in maxima) for maxima in (self.qkv, self.k, self.v)))
+    def scales(self, calib: CalibrationSet) -> KVScales:
+        """Our K and V scales, and TensorRT-LLM's factor per layer."""
+        trtllm, k, v = (tuple(m / 127.0 for m in maxima) for maxima in (self.qkv, self.k, self.v))
+        source = {"dataset": calib.dataset, "samples": len(calib.samples), "max_seq_len": MAX_TOKENS}
+        return KVScales(k, v, source, trtllm)
 
 
 def load_block(cfg: DbrxConfig, layer: int, group: dict[str, torch.Tensor]) -> Block:
@@ -85,7 +75,7 @@ def calibrate(model_dir: str | Path, calib: CalibrationSet,
             del block
             ckpt.close()  # unmap what was read
             on_layer(layer)
-    return recorder.scales()
+    return recorder.scales(calib)
 
 
 def run_block(block: Block, cfg: DbrxConfig, x: torch.Tensor, attend) -> torch.Tensor:

@@ -4,10 +4,10 @@ TensorRT-LLM) or the built-in prompts (default all), each made into
 summarize.py's prompt and tokenized with the model's own tokenizer, first 512
 tokens kept."""
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from dbrx_serve.shared.cnn_dailymail import prompt_of, read_records
 from dbrx_serve.shared.errors import InvalidInput, NotFound
 
 from .prompts import BUILTIN_ARTICLES
@@ -24,36 +24,12 @@ class CalibrationSet:
     samples: tuple[tuple[int, ...], ...]
 
 
-def prompt_of(article: str) -> str:
-    """summarize.py's prompt: article + ' TL;DR: ', stripped, " n't" -> "n't"."""
-    return (article + " TL;DR: ").strip().replace(" n't", "n't")
-
-
 def read_articles(path: str | Path, count: int) -> list[str]:
     """The first `count` articles of a jsonl file (an "article" string per line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInput(f"calibration dataset {path} does not exist")
-    articles = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if len(articles) == count:
-                break
-            if line.strip():
-                articles.append(_article(line, path, number))
+    articles = [r["article"] for r in read_records(path, ("article",), count, "calibration dataset")]
     if len(articles) < count:
         raise InvalidInput(f"calibration dataset {path} has {len(articles)} articles; calib_size asks for {count}")
     return articles
-
-
-def _article(line: str, path: Path, number: int) -> str:
-    try:
-        article = json.loads(line).get("article")
-    except (json.JSONDecodeError, AttributeError):
-        article = None
-    if not isinstance(article, str):
-        raise InvalidInput(f"{path} line {number}: expected a JSON object with an 'article' string")
-    return article
 
 
 def calibration_articles(dataset: str | None, size: int | None) -> tuple[str, list[str]]:

@@ -12,9 +12,10 @@ A failure or a cancel leaves nothing behind.
 from pathlib import Path
 
 from dbrx_serve.shared.artifacts import MANIFEST, artifact_dir, file_sha256, write_json
+from dbrx_serve.shared.kv_scales import SCALES_FILE, KVScales
 from dbrx_serve.shared.parallel import run_tasks
 
-from .calibration import KVScales, calibrate
+from .calibration import calibrate
 from .checkpoint_config import checkpoint_config
 from .options import ConvertOptions
 from .plan import ConvertPlan, plan_conversion
@@ -60,4 +61,4 @@ def write_configs(plan: ConvertPlan, root: Path, scales: KVScales | None) -> Non
                                weight_only.quant_algo if weight_only else None, plan.options.int8_kv_cache)
     write_json(root / "config.json", config)
     if scales is not None:
-        write_json(root / "kv_cache_scales.json", scales.to_json(plan.calibration))
+        write_json(root / SCALES_FILE, scales.to_json())

@@ -6,9 +6,11 @@ the event loop never touches the engine and never waits on a step. Adds,
 aborts and stats reach that thread as calls in its inbox, run in order
 between two steps (which is when a continuous batch can take a new request
 anyway). Leaving a stream early (a cancelled RPC, `break`) aborts its
-request, which frees its KV blocks before the next step. Whatever happens
-to the thread, no caller is left waiting: a failed step, `close()` or a
-crash ends every open stream with `EngineFailed` and refuses later calls.
+request, which frees its KV blocks before the next step; so does a passed
+deadline, checked before every step. Whatever happens to the thread, no
+caller is left waiting: a failed step, `close()` or a crash ends every open
+stream with `EngineFailed` and refuses later calls, and `stopped` resolves
+with the reason (the server's health follows it).
 """
 
 import asyncio
@@ -19,16 +21,16 @@ import threading
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
+from dbrx_serve.shared.errors import Cancelled, DbrxServeError, EngineFailed
+
 from .engine import Engine
 from .outputs import EngineStats, StepOutput
 from .params import SamplingParams
+from .prompt import Prompt
 from .stop import FinishReason
 
 log = logging.getLogger("dbrx_serve.inference")
-
-
-class EngineFailed(RuntimeError):
-    """The engine could not go on with this request: a step failed, or the engine stopped."""
+__all__ = ["AsyncEngine", "EngineFailed"]
 
 
 @dataclass(eq=False)
@@ -38,7 +40,7 @@ class _Listener:
     outputs: asyncio.Queue
     request_id: str | None = None  # set once the engine has taken the request
 
-    def send(self, item: StepOutput | EngineFailed) -> bool:
+    def send(self, item: StepOutput | DbrxServeError) -> bool:
         """False when the caller's loop is closed: nobody listens any more."""
         try:
             self.loop.call_soon_threadsafe(self.outputs.put_nowait, item)
@@ -54,21 +56,23 @@ class AsyncEngine:
         self.listeners: dict[str, _Listener] = {}  # touched only by the stepping thread
         self.lock = threading.Lock()  # "not closed, so post" is atomic with closing
         self.closed = False
+        self.stopped: concurrent.futures.Future = concurrent.futures.Future()  # the reason, once stopped
         self.thread = threading.Thread(target=self._run, name="engine-steps", daemon=True)
         self.thread.start()
 
-    async def stream(self, prompt: str | list[int], params: SamplingParams = SamplingParams(),
-                     request_id: str | None = None) -> AsyncIterator[StepOutput]:
+    async def stream(self, prompt: Prompt, params: SamplingParams = SamplingParams(),
+                     request_id: str | None = None, deadline: float | None = None) -> AsyncIterator[StepOutput]:
         """A request's outputs; the last has a finish_reason. Bad input raises here (InvalidInput,
-        CapacityExhausted) before any output; leaving early aborts the request."""
+        CapacityExhausted) before any output; leaving early aborts the request. `deadline`:
+        time.monotonic() after which the engine ends it (FinishReason.DEADLINE)."""
         listener = _Listener(asyncio.get_running_loop(), asyncio.Queue())
-        added = self._post(self._add, prompt, params, request_id, listener)
+        added = self._post(self._add, prompt, params, request_id, deadline, listener)
         finished = False
         try:
             await asyncio.wrap_future(added)
             while not finished:
                 output = await listener.outputs.get()
-                if isinstance(output, EngineFailed):
+                if isinstance(output, DbrxServeError):  # EngineFailed, or Cancelled by cancel_all
                     raise output
                 finished = output.finish_reason is not None
                 yield output
@@ -79,6 +83,10 @@ class AsyncEngine:
     async def abort(self, request_id: str) -> bool:
         """Cancel a request; its stream ends with a CANCELLED output. False if unknown or done."""
         return await asyncio.wrap_future(self._post(self._abort, request_id))
+
+    async def cancel_all(self, reason: str) -> int:
+        """Abort every request; each open stream raises Cancelled(reason). Returns how many there were."""
+        return await asyncio.wrap_future(self._post(self._cancel_all, reason))
 
     async def stats(self) -> EngineStats:
         return await asyncio.wrap_future(self._post(self.engine.stats))
@@ -106,8 +114,8 @@ class AsyncEngine:
 
     # --- the stepping thread ---
 
-    def _add(self, prompt, params, request_id, listener: _Listener) -> str:
-        listener.request_id = self.engine.add_request(prompt, params, request_id)
+    def _add(self, prompt, params, request_id, deadline, listener: _Listener) -> str:
+        listener.request_id = self.engine.add_request(prompt, params, request_id, deadline)
         self.listeners[listener.request_id] = listener
         return listener.request_id
 
@@ -125,6 +133,13 @@ class AsyncEngine:
             if listener is not None:
                 listener.send(StepOutput(request_id, (), "", (), FinishReason.CANCELLED))
 
+    def _cancel_all(self, reason: str) -> int:
+        listeners, self.listeners = self.listeners, {}
+        for request_id, listener in listeners.items():
+            self.engine.abort(request_id)
+            listener.send(Cancelled(reason))
+        return len(listeners)
+
     def _run(self) -> None:
         reason, cause = "the engine was closed while this request ran", None
         try:
@@ -140,6 +155,7 @@ class AsyncEngine:
                 self.closed = True
             self._refuse_calls(reason)
             self._fail_all(reason, cause)
+            self.stopped.set_result(reason)
 
     def _run_calls(self, wait: bool) -> None:
         """Run every queued call (waiting for the first when there is nothing to step)."""
@@ -170,7 +186,7 @@ class AsyncEngine:
 
     def _step(self) -> None:
         try:
-            outputs = self.engine.step()
+            outputs = self.engine.expire() + self.engine.step()
         except Exception as error:  # every open request ends with it; the engine starts over empty
             log.exception("an engine step failed")
             self._fail_all(f"an engine step failed: {error!r}", error)

@@ -15,9 +15,10 @@ import torch
 
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.errors import InvalidInput
+from dbrx_serve.shared.kv_scales import KVScales
 from dbrx_serve.shared.model import DbrxModel, LocalShape
 
-from .kv_cache import KVScales, PagedKVCache
+from .kv_cache import PagedKVCache
 from .step_tensors import StepTensors
 
 

@@ -4,14 +4,18 @@
     results = engine.generate(["What is AGI?"], SamplingParams(max_new_tokens=32, temperature=0))
 
 or step by step: `add_request` / `abort` / `step()` (continuous batching:
-requests added between steps join the running batch), and `stats()`.
-async_engine.py streams step outputs to asyncio callers.
+requests added between steps join the running batch), `expire()` (requests
+past their deadline), and `stats()`. async_engine.py streams step outputs to
+asyncio callers.
 """
 
+import logging
 import secrets
+import time
 import uuid
+from functools import cached_property
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 
@@ -24,10 +28,16 @@ from .model_runner import ModelRunner
 from .outputs import EngineStats, Result, StepOutput
 from .params import SamplingParams
 from .plan import StepPlan
+from .prompt import Prompt, PromptEncoder
 from .sampler import Sampler, SamplingRows
 from .scheduler import Scheduler
 from .sequence import Sequence
 from .stop import FinishReason, StopChecker
+
+
+log = logging.getLogger("dbrx_serve.inference")
+GB = 1e9
+WARM_UP = SamplingParams(max_new_tokens=1, temperature=0)
 
 
 def load_tokenizer_of(engine: EngineDir):
@@ -52,36 +62,50 @@ class Engine:
 
     @classmethod
     def from_dir(cls, engine_dir: str | Path, device: str | torch.device = "cpu", verify: bool = True,
+                 verify_checksums: bool = False, tokenizer_dir: str | Path | None = None,
                  backend: str | None = None, **runtime_limits) -> "Engine":
-        """Load an engine directory; `runtime_limits`: limits.py's RUNTIME_LIMITS."""
-        engine = load_engine_dir(engine_dir, verify)
-        return cls(engine, EngineLimits.from_build_config(engine.build, **runtime_limits), device, backend)
+        """Load an engine directory, checked quickly against its manifest (every byte hashed with
+        `verify_checksums`); `tokenizer_dir` replaces its tokenizer/; `backend`: backends.py's name
+        (None: the device's default); `runtime_limits`: limits.py's RUNTIME_LIMITS."""
+        started = time.perf_counter()
+        engine = load_engine_dir(engine_dir, verify, verify_checksums, tokenizer_dir)
+        checked = time.perf_counter()
+        loaded = cls(engine, EngineLimits.from_build_config(engine.build, **runtime_limits), device, backend)
+        log_load_time(loaded, checked - started, time.perf_counter() - checked, verify_checksums)
+        return loaded
 
     # --- requests ---
 
-    def add_request(self, prompt: str | list[int], params: SamplingParams = SamplingParams(),
-                    request_id: str | None = None) -> str:
+    def add_request(self, prompt: Prompt, params: SamplingParams = SamplingParams(),
+                    request_id: str | None = None, deadline: float | None = None) -> str:
+        """Queue a request (text, token ids or a `Chat`); `deadline` is a time.monotonic() value
+        after which `expire()` ends it, before its prefill if it is still waiting."""
         request_id = request_id or uuid.uuid4().hex
         if request_id in self.sequences:
             raise InvalidInput(f"request id {request_id!r} is already in use")
-        seq = Sequence(request_id, self.prompt_ids(prompt), params, self.stop_checker(params),
-                       seed_of(params))
+        seq = Sequence(request_id, self.prompts.ids(prompt), params, self.stop_checker(params),
+                       seed_of(params), deadline=deadline)
         self.scheduler.add(seq)
         self.sequences[request_id] = seq
         return request_id
 
-    def prompt_ids(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise InvalidInput("this engine has no tokenizer/: give token ids, not text")
-            prompt = self.tokenizer.encode_text(prompt)
-        ids = list(prompt)
-        if not ids:
-            raise InvalidInput("the prompt is empty: give at least one token")
-        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab_size]
-        if bad:
-            raise InvalidInput(f"prompt id {bad[0]!r} is outside the vocabulary 0..{self.vocab_size - 1}")
-        return ids
+    @property
+    def has_tokenizer(self) -> bool:
+        return self.tokenizer is not None
+
+    def stream(self, prompt: Prompt, params: SamplingParams = SamplingParams()) -> Iterator[StepOutput]:
+        """One request's outputs as the engine steps it, for a caller that drives the engine alone
+        (`dbrx run --streaming`; other requests' outputs are not kept); leaving early aborts it."""
+        request_id = self.add_request(prompt, params)
+        try:
+            while request_id in self.sequences:
+                yield from (output for output in self.step() if output.request_id == request_id)
+        finally:
+            self.abort(request_id)
+
+    @cached_property
+    def prompts(self) -> PromptEncoder:
+        return PromptEncoder(self.tokenizer, self.vocab_size, self.limits.max_input_len)
 
     def stop_checker(self, params: SamplingParams) -> StopChecker:
         if params.stop and self.tokenizer is None:
@@ -92,11 +116,29 @@ class Engine:
 
     def abort(self, request_id: str) -> bool:
         """Cancel a request; its KV blocks go back to the pool at once. False if unknown or done."""
-        seq = self.sequences.pop(request_id, None)
+        seq = self.sequences.get(request_id)
         if seq is None:
             return False
-        self.scheduler.finish(seq, FinishReason.CANCELLED)
+        self.end(seq, FinishReason.CANCELLED)
         return True
+
+    def expire(self, now: float | None = None) -> list[StepOutput]:
+        """End every request whose deadline has passed (a waiting one never reaches its prefill);
+        their blocks go back to the pool at once. Call it before each step."""
+        now = time.monotonic() if now is None else now
+        return [self.end(seq, FinishReason.DEADLINE) for seq in self.scheduler.expired(now)]
+
+    def end(self, seq: Sequence, reason: FinishReason) -> StepOutput:
+        self.scheduler.finish(seq, reason)
+        self.sequences.pop(seq.request_id, None)
+        return StepOutput(seq.request_id, (), "", (), reason)
+
+    def warm_up(self) -> None:
+        """Run one real step (a one-token request, gone afterwards), so that the first client
+        does not pay for the first forward pass's one-off costs."""
+        request_id = self.add_request([0], WARM_UP, f"warm-up-{uuid.uuid4().hex}")
+        while request_id in self.sequences:
+            self.step()
 
     # --- stepping ---
 
@@ -159,7 +201,15 @@ class Engine:
     def stats(self) -> EngineStats:
         blocks = self.blocks.stats()
         return EngineStats(running=len(self.scheduler.running), waiting=len(self.scheduler.waiting),
-                           kv_blocks_used=blocks.used, kv_blocks_free=blocks.free, kv_blocks_total=blocks.total)
+                           kv_blocks_used=blocks.used, kv_blocks_free=blocks.free, kv_blocks_total=blocks.total,
+                           num_admitted=self.scheduler.num_admitted, num_expired=self.scheduler.num_expired)
+
+
+def log_load_time(engine: Engine, check_seconds: float, load_seconds: float, checksums: bool) -> None:
+    size = engine.engine_dir.weight_bytes / GB
+    log.info("engine %s: checked against its manifest (%s) in %.2f s; %.2f GB of weights loaded onto %s "
+             "in %.2f s (%.2f GB/s)", engine.engine_dir.path, "every sha256" if checksums else "sizes and headers",
+             check_seconds, size, engine.runner.device, load_seconds, size / max(load_seconds, 1e-9))
 
 
 def seed_of(params: SamplingParams) -> int:

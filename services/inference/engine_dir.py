@@ -1,20 +1,23 @@
 """An engine directory as the runtime reads it (the builder writes it):
 config.json = {version, pretrained_config, build_config}, rank{r}.safetensors,
-tokenizer/, kv_cache_scales.json (int8 KV) and manifest.json, verified first."""
+tokenizer/, kv_cache_scales.json (int8 KV) and manifest.json, checked first.
 
-import json
+The check is quick by default (sizes, small files' sha256, each rank file's
+safetensors header against its size), so a large engine starts in seconds;
+`verify_checksums` hashes every byte, as a build's input is checked."""
+
 from dataclasses import dataclass
 from pathlib import Path
 
-from dbrx_serve.shared.artifacts import rank_file, verify_manifest
+from dbrx_serve.shared.artifacts import MANIFEST, file_sha256, rank_file, read_json, verify_manifest
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.errors import InvalidInput
-
-from .kv_cache import KVScales
+from dbrx_serve.shared.kv_scales import SCALES_FILE, KVScales
 
 BACKEND = "dbrx-serve-torch"
 KV_CACHE_DTYPES = ("model", "int8")
 WEIGHT_LAYOUTS = ("plain",)  # what the kernels read as stored (docs/trtllm-checkpoint.md)
+TOKENIZER_DIR = "tokenizer"
 
 
 @dataclass(frozen=True)
@@ -24,51 +27,66 @@ class EngineDir:
     pretrained: dict
     build: dict
     kv_scales: KVScales | None
+    tokenizer_override: Path | None = None  # a --tokenizer_dir given in place of the engine's tokenizer/
 
     @property
     def quant_algo(self) -> str | None:
         return (self.pretrained.get("quantization") or {}).get("quant_algo")
 
     @property
+    def kv_cache_quant_algo(self) -> str | None:
+        return (self.pretrained.get("quantization") or {}).get("kv_cache_quant_algo")
+
+    @property
+    def mapping(self) -> dict:
+        return self.pretrained.get("mapping") or {}
+
+    @property
     def world_size(self) -> int:
-        return (self.pretrained.get("mapping") or {}).get("world_size", 1)
+        return self.mapping.get("world_size", 1)
 
     def rank_file(self, rank: int) -> Path:
         return rank_file(self.path, rank)
 
     @property
+    def weight_bytes(self) -> int:
+        return sum(self.rank_file(r).stat().st_size for r in range(self.world_size) if self.rank_file(r).is_file())
+
+    @property
+    def manifest_sha256(self) -> str:
+        return file_sha256(self.path / MANIFEST) if (self.path / MANIFEST).is_file() else ""
+
+    @property
     def tokenizer_dir(self) -> Path | None:
-        path = self.path / "tokenizer"
+        if self.tokenizer_override is not None:
+            return self.tokenizer_override
+        path = self.path / TOKENIZER_DIR
         return path if path.is_dir() else None
 
 
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise InvalidInput(f"{path} not found: is {path.parent} an engine directory (dbrx build)?")
-    try:
-        value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InvalidInput(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{path} should hold a JSON object")
-    return value
-
-
-def load_engine_dir(path: str | Path, verify: bool = True) -> EngineDir:
-    """Read (and, by default, verify against its manifest) an engine directory."""
+def load_engine_dir(path: str | Path, verify: bool = True, verify_checksums: bool = False,
+                    tokenizer_dir: str | Path | None = None) -> EngineDir:
+    """Read (and, by default, check against its manifest) an engine directory; a
+    `tokenizer_dir` replaces the engine's own tokenizer/ (or stands in for a missing one)."""
     path = Path(path)
     if not path.is_dir():
         raise InvalidInput(f"engine directory {path} does not exist")
     if verify:
-        verify_manifest(path)
-    config = read_json(path / "config.json")
+        verify_manifest(path, checksums=verify_checksums)
+    config = read_json(path / "config.json", missing=f"is {path} an engine directory (dbrx build)?")
     pretrained, build = config.get("pretrained_config"), config.get("build_config")
     if not isinstance(pretrained, dict) or not isinstance(build, dict):
         raise InvalidInput(f"{path / 'config.json'} needs pretrained_config and build_config objects")
     check_build(build, path)
-    scales = read_kv_scales(path, DbrxConfig.from_checkpoint_dict(pretrained).n_layers) \
-        if build.get("kv_cache_dtype") == "int8" else None
-    return EngineDir(path, DbrxConfig.from_checkpoint_dict(pretrained), pretrained, build, scales)
+    model = DbrxConfig.from_checkpoint_dict(pretrained)
+    scales = KVScales.read(path / SCALES_FILE, model.n_layers) if build.get("kv_cache_dtype") == "int8" else None
+    return EngineDir(path, model, pretrained, build, scales, checked_tokenizer_dir(tokenizer_dir))
+
+
+def checked_tokenizer_dir(tokenizer_dir: str | Path | None) -> Path | None:
+    if tokenizer_dir is not None and not Path(tokenizer_dir).is_dir():
+        raise InvalidInput(f"--tokenizer_dir {tokenizer_dir} is not a directory")
+    return Path(tokenizer_dir) if tokenizer_dir is not None else None
 
 
 def check_build(build: dict, path: Path) -> None:
@@ -82,17 +100,3 @@ def check_build(build: dict, path: Path) -> None:
     kv = build.get("kv_cache_dtype", "model")
     if kv not in KV_CACHE_DTYPES:
         raise InvalidInput(f"{path}: kv_cache_dtype {kv!r} is not one of {', '.join(KV_CACHE_DTYPES)}")
-
-
-def read_kv_scales(path: Path, num_layers: int) -> KVScales:
-    layers = read_json(path / "kv_cache_scales.json").get("layers")
-    if not isinstance(layers, list) or len(layers) != num_layers:
-        raise InvalidInput(f"{path / 'kv_cache_scales.json'} should list K and V scales for each of "
-                           f"{num_layers} layers")
-    try:
-        k, v = tuple(float(x["k"]) for x in layers), tuple(float(x["v"]) for x in layers)
-    except (KeyError, TypeError, ValueError):
-        raise InvalidInput(f"{path / 'kv_cache_scales.json'}: each layer needs numeric 'k' and 'v'") from None
-    if min(k + v) <= 0:
-        raise InvalidInput(f"{path / 'kv_cache_scales.json'}: KV scales must be positive")
-    return KVScales(k, v)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dbrx_serve.shared.kv_scales import KVScales
+
 from .plan import StepPlan
 
 
@@ -27,12 +29,6 @@ class Span:
     length: int
     context_slots: torch.Tensor  # [S] slots of positions 0..S-1, S = cached + new tokens
     positions: torch.Tensor  # [length] positions of the new tokens
-
-
-@dataclass(frozen=True)
-class KVScales:
-    k: tuple[float, ...]
-    v: tuple[float, ...]
 
 
 class PagedKVCache:

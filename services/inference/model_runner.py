@@ -32,11 +32,14 @@ PREFILL_BLOCK_Q = 16  # query tokens per attention program outside decode steps
 TRTLLM_ONLY_SUFFIXES = (".kv_cache_scaling_factor",)  # TensorRT-LLM's; ours come from kv_cache_scales.json
 
 
-def rank_state(engine: EngineDir, rank: int = 0) -> dict[str, torch.Tensor]:
+def rank_state(engine: EngineDir, rank: int = 0, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A rank file's tensors, read straight onto `device`: no host copy of a GPU's weights, and on the
+    CPU memory of the process's own (safetensors maps the file lazily: the first requests would read it)."""
     path = engine.rank_file(rank)
     if not path.is_file():
         raise InvalidInput(f"{path} not found: the engine has no weights for rank {rank}")
-    return {k: v for k, v in load_file(path).items() if not k.endswith(TRTLLM_ONLY_SUFFIXES)}
+    return {k: v.clone() if v.device.type == "cpu" else v for k, v in load_file(path, device=str(device)).items()
+            if not k.endswith(TRTLLM_ONLY_SUFFIXES)}
 
 
 def empty_model(engine: EngineDir, backend: Backend) -> DbrxModel:
@@ -53,7 +56,7 @@ def empty_model(engine: EngineDir, backend: Backend) -> DbrxModel:
 
 def load_model(engine: EngineDir, device: torch.device, backend: Backend) -> DbrxModel:
     model = empty_model(engine, backend)
-    state = {name: t.to(device) for name, t in rank_state(engine).items()}
+    state = rank_state(engine, 0, device)
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:

@@ -35,3 +35,5 @@ class EngineStats:
     kv_blocks_used: int
     kv_blocks_free: int
     kv_blocks_total: int
+    num_admitted: int = 0  # requests that ever reached their prefill, since the engine started
+    num_expired: int = 0  # requests ended by their deadline, since the engine started

@@ -4,6 +4,7 @@
 `top_p` lies in (0, 1] and 1 turns it off (run.py and the proto use 0 for
 "off": their edges map 0 to 1 before building SamplingParams)."""
 
+import math
 from dataclasses import dataclass
 
 from dbrx_serve.shared.errors import InvalidInput
@@ -13,6 +14,7 @@ MAX_SEED = 2**64 - 1
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
+MAX_END_IDS = 64
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,8 @@ class SamplingParams:
     def __post_init__(self):
         _check_int("max_new_tokens", self.max_new_tokens, 1)
         _check_int("top_k", self.top_k, 0)
-        if not isinstance(self.temperature, (int, float)) or not self.temperature >= 0:
-            raise InvalidInput(f"temperature must be >= 0 (0 is greedy), got {self.temperature!r}")
+        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature < math.inf:
+            raise InvalidInput(f"temperature must be >= 0 and finite (0 is greedy), got {self.temperature!r}")
         if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             raise InvalidInput(f"top_p must lie in (0, 1] (1 turns it off), got {self.top_p!r}")
         if self.seed is not None:
@@ -64,6 +66,8 @@ def _stop_strings(stop) -> tuple[str, ...]:
 
 def _end_ids(end_id) -> tuple[int, ...]:
     ids = (end_id,) if isinstance(end_id, int) else tuple(end_id)
+    if len(ids) > MAX_END_IDS:
+        raise InvalidInput(f"give at most {MAX_END_IDS} end ids, got {len(ids)}")
     for i in ids:
         _check_int("end_id", i, 0)
     return ids

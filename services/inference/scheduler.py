@@ -7,9 +7,12 @@ steps (FCFS), up to `max_batch_size`. A prompt longer than what is left of
 the budget runs in chunks over several steps. A request is admitted only
 when the KV blocks for its whole length (prompt + max_new_tokens) are
 unreserved, so a running sequence never waits for memory and nothing is
-preempted. Requests that can never run are refused when added.
+preempted. Requests that can never run are refused when added. Requests
+with a deadline sit in a heap too, so finding the expired ones costs no scan.
 """
 
+import heapq
+import itertools
 from collections import deque
 from dataclasses import dataclass
 
@@ -45,6 +48,9 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_reserved = 0  # blocks promised to running sequences
+        self.deadlines: list[tuple[float, int, Sequence]] = []  # a heap; the int breaks ties
+        self.order = itertools.count()
+        self.num_admitted = self.num_expired = 0
 
     def add(self, seq: Sequence) -> None:
         self.check_fits(seq)
@@ -52,6 +58,17 @@ class Scheduler:
             raise CapacityExhausted(f"the waiting queue is full ({self.limits.max_queue_size} requests): "
                                     "retry later")
         self.waiting.append(seq)
+        if seq.deadline is not None:
+            heapq.heappush(self.deadlines, (seq.deadline, next(self.order), seq))
+
+    def expired(self, now: float) -> list[Sequence]:
+        """Unfinished sequences whose deadline is not after `now` (the caller ends them)."""
+        found = []
+        while self.deadlines and self.deadlines[0][0] <= now:
+            seq = heapq.heappop(self.deadlines)[2]
+            found += [] if seq.is_finished else [seq]
+        self.num_expired += len(found)
+        return found
 
     def check_fits(self, seq: Sequence) -> None:
         """Refuse at once what could never run under these limits."""
@@ -95,6 +112,7 @@ class Scheduler:
         seq.state = SequenceState.RUNNING
         self.running.append(seq)
         self.num_reserved += self.blocks_needed(seq)
+        self.num_admitted += 1
         return seq
 
     def advance(self, chunks: list[Chunk]) -> None:
@@ -111,6 +129,9 @@ class Scheduler:
             self.waiting.remove(seq)
         self.blocks.free(seq)
         seq.state, seq.finish_reason = SequenceState.FINISHED, reason
+        if len(self.deadlines) > 2 * (len(self.waiting) + len(self.running)) + 64:  # drop finished entries
+            self.deadlines = [entry for entry in self.deadlines if not entry[2].is_finished]
+            heapq.heapify(self.deadlines)
 
     @property
     def has_unfinished(self) -> bool:

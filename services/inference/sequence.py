@@ -27,6 +27,7 @@ class Sequence:
     num_computed: int = 0  # tokens whose K/V are in the cache
     state: SequenceState = SequenceState.WAITING
     finish_reason: FinishReason | None = None
+    deadline: float | None = None  # time.monotonic(); past it the request is ended (Engine.expire)
 
     @property
     def num_tokens(self) -> int:

@@ -15,6 +15,7 @@ class FinishReason(Enum):
     END_ID = "end_id"
     STOP = "stop"  # a stop string
     CANCELLED = "cancelled"
+    DEADLINE = "deadline"  # its deadline passed (Engine.expire)
 
 def held_back(text: str, stops: tuple[str, ...]) -> int:
     """Length of the longest tail of `text` that is a proper prefix of a stop string."""

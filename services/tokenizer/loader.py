@@ -4,13 +4,13 @@ checkpoint's other tokenizer facts (docs/tokenizer.md sections 2-4).
 Sources are tried in order; the first found wins. Never `tiktoken.get_encoding`:
 it downloads a missing file and replaces one whose hash mismatches."""
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from dbrx_serve.shared.artifacts import read_json
 from dbrx_serve.shared.errors import InvalidInput, NotFound
 
 from .bpe_file import Ranks, check_ranks, load_tiktoken_file, parse_ranks
@@ -88,33 +88,20 @@ def load_ranks(tokenizer_dir: Path) -> tuple[Ranks, str]:
                    f"../shared/data/cl100k_base.tiktoken into {tokenizer_dir}")
 
 
-def read_json(path: Path) -> dict | None:
-    """A checkpoint's optional JSON file, or None when absent."""
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidInput(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
 def check_added_tokens(tokenizer_dir: Path) -> None:
     """tokenizer_config.json's added_tokens_decoder and added_tokens.json must match DBRX's table."""
     path = tokenizer_dir / "tokenizer_config.json"
-    for key, entry in ((read_json(path) or {}).get("added_tokens_decoder") or {}).items():
+    for key, entry in (read_json(path).get("added_tokens_decoder") or {}).items():
         if not key.isdigit() or not isinstance(entry, dict):
             raise InvalidInput(f"{path}: added_tokens_decoder entry {key!r} should map an id to {{\"content\": ...}}")
         check_special_entry(int(key), entry.get("content"), str(path))
-    for text, token_id in (read_json(tokenizer_dir / "added_tokens.json") or {}).items():
+    for text, token_id in read_json(tokenizer_dir / "added_tokens.json").items():
         check_special_entry(token_id, text, f"{tokenizer_dir / 'added_tokens.json'}")
 
 
 def model_vocab_size(tokenizer_dir: Path) -> int:
     """config.json's vocab_size (the logits' width), 100352 when there is no config."""
-    config = read_json(tokenizer_dir / "config.json") or {}
+    config = read_json(tokenizer_dir / "config.json")
     size = config.get("vocab_size", DEFAULT_MODEL_VOCAB_SIZE)
     if not isinstance(size, int) or size < NUM_ID_SLOTS:
         raise InvalidInput(f"{tokenizer_dir / 'config.json'}: vocab_size {size!r} must be an integer of at "
@@ -125,7 +112,7 @@ def model_vocab_size(tokenizer_dir: Path) -> int:
 def stop_ids(tokenizer_dir: Path) -> tuple[int, ...]:
     """generation_config.json's eos_token_id (an int or a list); {100257} when absent."""
     path = tokenizer_dir / "generation_config.json"
-    eos = (read_json(path) or {}).get("eos_token_id")
+    eos = read_json(path).get("eos_token_id")
     if eos is None:
         return DEFAULT_STOP_IDS
     ids = eos if isinstance(eos, list) else [eos]
@@ -135,4 +122,4 @@ def stop_ids(tokenizer_dir: Path) -> tuple[int, ...]:
 
 
 def tokenizer_config(tokenizer_dir: Path) -> dict:
-    return read_json(tokenizer_dir / "tokenizer_config.json") or {}
+    return read_json(tokenizer_dir / "tokenizer_config.json")

@@ -65,6 +65,7 @@ class Tokenizer:
         self.encoding = tiktoken.Encoding("dbrx", pat_str=CL100K_PAT, mergeable_ranks=ranks,
                                           special_tokens=SPECIAL_TOKENS)
         self.num_ranks, self.source = len(ranks), source
+        self.max_token_bytes = max(map(len, ranks), default=1)  # bounds the tokens of a text from below
         self.model_vocab_size, self.stop_ids = model_vocab_size, tuple(stop_ids)
         self.chat = ChatTemplate(system_prompt, SPECIAL_TOKENS[IM_START], SPECIAL_TOKENS[IM_END])
         self.tables = {False: bytes_table(ranks, model_vocab_size, True),

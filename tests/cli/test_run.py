@@ -75,7 +75,7 @@ def test_run_refuses_ids_outside_the_vocabulary(tiny_model_dir, tmp_path):
 
 
 def test_stages_not_built_yet_say_so():
-    result = dbrx("summarize", "--engine_dir", "x", "--hf_model_dir", "y", check=False)
+    result = dbrx("serve", "all", check=False)
     assert result.returncode == 3 and "not built yet" in result.stderr
 
 

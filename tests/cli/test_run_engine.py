@@ -5,25 +5,12 @@ import pytest
 import torch
 
 from dbrx_serve.cli.main import main
-from dbrx_serve.services.builder.build import build
-from dbrx_serve.services.builder.options import BuildOptions
-from dbrx_serve.services.converter.convert import convert
-from dbrx_serve.services.converter.options import ConvertOptions
 from dbrx_serve.services.tokenizer.tokenizer import load_tokenizer
 from dbrx_serve.shared.reference import load_hf_model
 
 from ..services.inference.helpers import assert_same_greedy
 
 from .test_run import dbrx
-
-
-@pytest.fixture(scope="module")
-def tiny_engine(tiny_model_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("run-engine")
-    convert(ConvertOptions(str(tiny_model_dir), str(root / "ckpt"), dtype="float32"))
-    build(BuildOptions(str(root / "ckpt"), str(root / "engine"), max_batch_size=8, max_input_len=64,
-                       max_seq_len=256, max_num_tokens=128))
-    return root / "engine"
 
 
 def lines(*args) -> list[str]:
@@ -86,3 +73,36 @@ def test_sampling_flags_and_stop_words(tiny_engine):
 def test_bad_flags_are_refused_with_a_message(tiny_engine, args, message, capsys):
     assert main(["run", "--engine_dir", str(tiny_engine), "--input_text", "hi", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_engine_without_tokenizer_takes_end_ids_mask_and_stop_words_from_tokenizer_dir(
+        engine_without_tokenizer, tiny_model_dir, tmp_path, capsys):
+    """--tokenizer_dir gives the engine the reference path's end ids, unassigned-id mask and stop words."""
+    run = ["run", "--engine_dir", str(engine_without_tokenizer), "--max_output_len", "12", "--input_text", "What is AGI?"]
+    assert main(run) == 2 and "has no tokenizer/: give --tokenizer_dir" in capsys.readouterr().err
+    with_tokenizer = run + ["--tokenizer_dir", str(tiny_model_dir), "--output_csv", str(tmp_path / "ids.csv")]
+    assert main(with_tokenizer) == 0
+    engine_lines = capsys.readouterr().out.splitlines()
+    assert engine_lines == lines("--hf_model_dir", tiny_model_dir, *run[3:])  # the mask: no unassigned id
+    ids = [int(x) for x in (tmp_path / "ids.csv").read_text().split(",")]
+    assert len(ids) == 12
+    end_here = copy_tokenizer_files(tiny_model_dir, tmp_path / "tok", eos=ids[5])
+    assert main(run + ["--tokenizer_dir", str(end_here), "--output_csv", str(tmp_path / "cut.csv")]) == 0
+    assert [int(x) for x in (tmp_path / "cut.csv").read_text().split(",")] == ids[:ids.index(ids[5])]
+    capsys.readouterr()
+    text = engine_lines[1].removeprefix('Output [Text 0 Beam 0]: "').removesuffix('"')
+    stop = text[3:6]
+    assert main(run + ["--tokenizer_dir", str(tiny_model_dir), "--stop_words", stop]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == f'Output [Text 0 Beam 0]: "{text[:text.find(stop)]}"'
+
+
+def copy_tokenizer_files(model_dir, target, eos: int):
+    """The model's tokenizer files, with generation_config.json naming `eos` as the only end id."""
+    import json
+    import shutil
+
+    target.mkdir()
+    for name in ("tiny_bpe.tiktoken", "tokenizer_config.json", "config.json"):
+        shutil.copy(model_dir / name, target / name)
+    (target / "generation_config.json").write_text(json.dumps({"eos_token_id": [eos]}))
+    return target

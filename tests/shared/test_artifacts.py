@@ -51,7 +51,8 @@ def test_same_inputs_give_the_same_manifest_bytes(tmp_path):
     (lambda d: (d / "sub" / "b.bin").unlink(), "sub/b.bin is listed in .* but missing"),
     (lambda d: (d / "extra.txt").write_text("?"), "extra.txt is not listed"),
     (lambda d: (d / MANIFEST).unlink(), "manifest.json is missing"),
-    (lambda d: (d / MANIFEST).write_text("{"), "is not a valid manifest"),
+    (lambda d: (d / MANIFEST).write_text("{"), "manifest.json is not valid JSON"),
+    (lambda d: (d / MANIFEST).write_text("{}"), "is not a valid manifest"),
 ])
 def test_verify_names_the_bad_file(damage, match, tmp_path):
     write_artifact(tmp_path / "out")
@@ -125,3 +126,43 @@ def test_a_loop_of_links_above_the_output_is_an_os_error_before_any_work(tmp_pat
     with pytest.raises(OSError) as error:
         check_output_dir(tmp_path / "loop" / "out")
     assert error.value.errno == errno.ELOOP
+
+
+@pytest.fixture
+def weights_artifact(tmp_path, monkeypatch):
+    """An artifact with a rank file over the quick check's hashing threshold (lowered for the test)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from dbrx_serve.shared import artifacts
+
+    monkeypatch.setattr(artifacts, "ALWAYS_HASHED_BYTES", 1024)
+    with artifact_dir(tmp_path / "engine", "test-producer") as tmp:
+        save_file({"w": torch.arange(4096, dtype=torch.float32)}, tmp / "rank0.safetensors")
+        (tmp / "config.json").write_text('{"max_seq_len": 256}')
+    return tmp_path / "engine"
+
+
+def overwrite(path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def test_the_quick_check_reads_sizes_headers_and_small_files_only(weights_artifact):
+    rank = weights_artifact / "rank0.safetensors"
+    overwrite(rank, rank.stat().st_size - 4, b"\xff\xff\xff\xff")  # a flipped weight, same size
+    verify_manifest(weights_artifact, checksums=False)
+    with pytest.raises(InvalidInput, match="rank0.safetensors does not match the sha256"):
+        verify_manifest(weights_artifact)
+
+
+@pytest.mark.parametrize("name,offset,data,match", [
+    ("rank0.safetensors", 0, b"\xff" * 8, "rank0.safetensors is truncated or not a safetensors file"),
+    ("config.json", 16, b"512", "config.json does not match the sha256"),
+])
+def test_the_quick_check_still_catches_a_broken_header_or_a_changed_config(weights_artifact, name, offset, data,
+                                                                           match):
+    overwrite(weights_artifact / name, offset, data)
+    with pytest.raises(InvalidInput, match=match):
+        verify_manifest(weights_artifact, checksums=False)

@@ -56,7 +56,7 @@ def test_refuses_bad_configs_with_a_message(change, message):
 
 
 def test_missing_or_broken_config_json(tmp_path):
-    with pytest.raises(InvalidInput, match="config.json not found"):
+    with pytest.raises(InvalidInput, match="config.json is missing"):
         DbrxConfig.from_hf_dir(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(InvalidInput, match="not valid JSON"):

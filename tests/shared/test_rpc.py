@@ -69,6 +69,17 @@ def test_health_and_reflection_are_served():
     assert NAME in services and "grpc.health.v1.Health" in services
 
 
+def test_health_watch_streams_through_the_error_mapping():
+    """grpc's Watch writes with context.write instead of yielding: the mapping must pass it through."""
+    async def body(target):
+        async with grpc.aio.insecure_channel(target) as ch:
+            watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=NAME))
+            first = (await watch.read()).status
+            watch.cancel()
+            return first
+    assert run(with_server(rpc.ServerConfig(), body)) == health_pb2.HealthCheckResponse.SERVING
+
+
 def test_bearer_token_is_required_when_configured():
     async def body(target):
         request = pb.EncodeRequest(texts=["abc"])

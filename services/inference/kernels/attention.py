@@ -21,7 +21,7 @@ import triton.language as tl
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.model import Attention, LocalShape
 
-from ..kv_cache import KVScales
+from dbrx_serve.shared.kv_scales import KVScales
 from ..step_tensors import StepTensors
 from .gemm import num_sms
 

@@ -79,7 +79,7 @@ def test_config_missing_or_not_dbrx(shard_model, tmp_path):
     model_dir = copy_model(shard_model, tmp_path)
     config = json.loads((model_dir / "config.json").read_text())
     (model_dir / "config.json").unlink()
-    refused(model_dir, tmp_path / "out", "config.json not found")
+    refused(model_dir, tmp_path / "out", "config.json is missing")
     (model_dir / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
     refused(model_dir, tmp_path / "out", "not a DBRX config: model_type is 'llama'")
 

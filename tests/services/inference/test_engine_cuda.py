@@ -8,6 +8,7 @@ import torch
 from dbrx_serve.services.inference.engine import Engine
 from dbrx_serve.services.inference.params import SamplingParams
 
+from .conftest import LIMITS
 from .helpers import assert_same_greedy
 from .test_engine_greedy import PROMPTS
 
@@ -35,6 +36,7 @@ def test_seeded_sampling_on_cuda_is_reproducible(engine_dir):
 def test_int8_kv_and_weight_only_engines_run_on_cuda(engine_dir):
     for name in ("int8kv", "int4"):
         engine = Engine.from_dir(engine_dir(name), device="cuda")
-        assert engine.stats().kv_blocks_total == 16 * 32  # max_batch_size x blocks of max_seq_len: memory allows
+        blocks_per_seq = LIMITS["max_seq_len"] // LIMITS["tokens_per_block"]
+        assert engine.stats().kv_blocks_total == LIMITS["max_batch_size"] * blocks_per_seq  # memory allows
         result = engine.generate([PROMPTS[2]], GREEDY)[0]
         assert len(result.output_ids) == 32 and engine.stats().kv_blocks_used == 0

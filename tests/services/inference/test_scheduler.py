@@ -66,16 +66,20 @@ def test_max_batch_size_holds_the_rest_waiting():
 
 def test_admission_waits_for_blocks_and_never_preempts():
     s = scheduler(num_blocks=4)  # 16 slots; each request reserves 2 blocks (prompt 5 + 3 new - 1)
-    for name in "abc":
-        s.add(seq(name, 5, max_new=4))
+    a, b, c = (seq(name, 5, max_new=4) for name in "abc")
+    for x in (a, b, c):
+        s.add(x)
     assert {r[0] for r in run_step(s)} == {"a", "b"}
-    while s.running:
+    while not (a.is_finished and b.is_finished):
+        assert c.state is SequenceState.WAITING and s.running == [a, b]  # c waits; nobody is preempted
         run_step(s)
         assert s.blocks.stats().used <= 4
-    assert s.blocks.stats().used == 0 or s.running  # c is now running
+    assert s.blocks.stats().used == 0 and list(s.waiting) == [c]  # a's and b's blocks are back
+    assert run_step(s) == [("c", 0, 5)] and s.running == [c]  # c is now running, on those blocks
+    assert s.blocks.stats().used == 2
     while s.has_unfinished:
         run_step(s)
-    assert s.blocks.stats().used == 0
+    assert s.blocks.stats().used == 0 and c.is_finished
 
 
 def test_the_waiting_queue_is_bounded():
@@ -125,3 +129,27 @@ def test_block_manager_grows_tables_and_takes_blocks_back():
         blocks.ensure(a, 13)
     blocks.free(a)
     assert a.block_table == [] and blocks.stats().used == 0
+
+
+def test_expired_finds_passed_deadlines_only_and_counts_them():
+    s = scheduler()
+    early, late, none = seq("early", 3), seq("late", 3), seq("none", 3)
+    early.deadline, late.deadline = 10.0, 20.0
+    for x in (late, none, early):
+        s.add(x)
+    assert s.expired(now=5.0) == []
+    assert s.expired(now=10.0) == [early]
+    s.finish(early, FinishReason.DEADLINE)
+    s.finish(late, FinishReason.CANCELLED)  # ended otherwise before its deadline: not reported again
+    assert s.expired(now=100.0) == [] and s.num_expired == 1
+    assert [x.request_id for x in s.waiting] == ["none"]
+
+
+def test_num_admitted_counts_prefills_begun():
+    s = scheduler(max_batch_size=1)
+    for name in "ab":
+        s.add(seq(name, 2, max_new=1))
+    run_step(s)
+    assert s.num_admitted == 1
+    run_step(s)
+    assert s.num_admitted == 2

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from dbrx_serve.services.inference.kernels.attention import TritonAttention, TritonPagedCache
-from dbrx_serve.services.inference.kv_cache import KVScales, PagedKVCache
+from dbrx_serve.services.inference.kv_cache import PagedKVCache
+from dbrx_serve.shared.kv_scales import KVScales
 from dbrx_serve.services.inference.params import SamplingParams
 from dbrx_serve.services.inference.plan import StepPlan, empty_decode
 from dbrx_serve.services.inference.scheduler import Chunk

@@ -24,31 +24,32 @@ _sym_db = _symbol_database.Default()
 
 
 from . import common_pb2 as dbrx_dot_serve_dot_v1_dot_common__pb2
+from . import tokenizer_pb2 as dbrx_dot_serve_dot_v1_dot_tokenizer__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64\x62rx/serve/v1/inference.proto\x12\rdbrx.serve.v1\x1a\x1a\x64\x62rx/serve/v1/common.proto\"\xae\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x0e\n\x06\x65nd_id\x18\x07 \x03(\r\x12\x17\n\x0freturn_logprobs\x18\x08 \x01(\x08\x42\x07\n\x05_seed\"\x94\x01\n\x0fGenerateRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tinput_ids\x18\x02 \x03(\r\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.dbrx.serve.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x1b\n\x13skip_special_tokens\x18\x05 \x01(\x08\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xb3\x01\n\x10GenerateResponse\x12\x12\n\noutput_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x32\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1b.dbrx.serve.v1.FinishReason\x12#\n\x05usage\x18\x04 \x01(\x0b\x32\x14.dbrx.serve.v1.Usage\x12\x10\n\x08logprobs\x18\x05 \x03(\x02\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xaa\x01\n\x16GenerateStreamResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x12\n\ntext_delta\x18\x02 \x01(\t\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\x12\x32\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1b.dbrx.serve.v1.FinishReason\x12#\n\x05usage\x18\x05 \x01(\x0b\x32\x14.dbrx.serve.v1.Usage\"\x15\n\x13GetModelInfoRequest\"\xe8\x02\n\tModelInfo\x12\x12\n\nengine_dir\x18\x01 \x01(\t\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.dbrx.serve.v1.DType\x12\x12\n\nquant_algo\x18\x03 \x01(\t\x12\x1b\n\x13kv_cache_quant_algo\x18\x04 \x01(\t\x12/\n\x07mapping\x18\x05 \x01(\x0b\x32\x1e.dbrx.serve.v1.ParallelMapping\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12\x15\n\rmax_input_len\x18\x07 \x01(\r\x12\x13\n\x0bmax_seq_len\x18\x08 \x01(\r\x12\x16\n\x0emax_num_tokens\x18\t \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12\x12\n\nvocab_size\x18\x0c \x01(\r\x12\x15\n\rnum_kv_blocks\x18\r \x01(\r\x12\x18\n\x10tokens_per_block\x18\x0e \x01(\r*\x96\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x18\n\x14\x46INISH_REASON_END_ID\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x32\x88\x02\n\x10InferenceService\x12K\n\x08Generate\x12\x1e.dbrx.serve.v1.GenerateRequest\x1a\x1f.dbrx.serve.v1.GenerateResponse\x12Y\n\x0eGenerateStream\x12\x1e.dbrx.serve.v1.GenerateRequest\x1a%.dbrx.serve.v1.GenerateStreamResponse0\x01\x12L\n\x0cGetModelInfo\x12\".dbrx.serve.v1.GetModelInfoRequest\x1a\x18.dbrx.serve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64\x62rx/serve/v1/inference.proto\x12\rdbrx.serve.v1\x1a\x1a\x64\x62rx/serve/v1/common.proto\x1a\x1d\x64\x62rx/serve/v1/tokenizer.proto\"\xae\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x0e\n\x06\x65nd_id\x18\x07 \x03(\r\x12\x17\n\x0freturn_logprobs\x18\x08 \x01(\x08\x42\x07\n\x05_seed\"\xc2\x01\n\x0fGenerateRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tinput_ids\x18\x02 \x03(\r\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.dbrx.serve.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x1b\n\x13skip_special_tokens\x18\x05 \x01(\x08\x12,\n\x08messages\x18\x06 \x03(\x0b\x32\x1a.dbrx.serve.v1.ChatMessage\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xb3\x01\n\x10GenerateResponse\x12\x12\n\noutput_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x32\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1b.dbrx.serve.v1.FinishReason\x12#\n\x05usage\x18\x04 \x01(\x0b\x32\x14.dbrx.serve.v1.Usage\x12\x10\n\x08logprobs\x18\x05 \x03(\x02\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xaa\x01\n\x16GenerateStreamResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x12\n\ntext_delta\x18\x02 \x01(\t\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\x12\x32\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1b.dbrx.serve.v1.FinishReason\x12#\n\x05usage\x18\x05 \x01(\x0b\x32\x14.dbrx.serve.v1.Usage\"\x15\n\x13GetModelInfoRequest\"\xb0\x03\n\tModelInfo\x12\x12\n\nengine_dir\x18\x01 \x01(\t\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.dbrx.serve.v1.DType\x12\x12\n\nquant_algo\x18\x03 \x01(\t\x12\x1b\n\x13kv_cache_quant_algo\x18\x04 \x01(\t\x12/\n\x07mapping\x18\x05 \x01(\x0b\x32\x1e.dbrx.serve.v1.ParallelMapping\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12\x15\n\rmax_input_len\x18\x07 \x01(\r\x12\x13\n\x0bmax_seq_len\x18\x08 \x01(\r\x12\x16\n\x0emax_num_tokens\x18\t \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12\x12\n\nvocab_size\x18\x0c \x01(\r\x12\x15\n\rnum_kv_blocks\x18\r \x01(\r\x12\x18\n\x10tokens_per_block\x18\x0e \x01(\r\x12\x17\n\x0fmanifest_sha256\x18\x0f \x01(\t\x12\x15\n\rhas_tokenizer\x18\x10 \x01(\x08\x12\x16\n\x0emax_queue_size\x18\x11 \x01(\r*\xb2\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x18\n\x14\x46INISH_REASON_END_ID\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x1a\n\x16\x46INISH_REASON_DEADLINE\x10\x05\x32\x88\x02\n\x10InferenceService\x12K\n\x08Generate\x12\x1e.dbrx.serve.v1.GenerateRequest\x1a\x1f.dbrx.serve.v1.GenerateResponse\x12Y\n\x0eGenerateStream\x12\x1e.dbrx.serve.v1.GenerateRequest\x1a%.dbrx.serve.v1.GenerateStreamResponse0\x01\x12L\n\x0cGetModelInfo\x12\".dbrx.serve.v1.GetModelInfoRequest\x1a\x18.dbrx.serve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dbrx.serve.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1205
-  _globals['_FINISHREASON']._serialized_end=1355
-  _globals['_SAMPLINGPARAMS']._serialized_start=77
-  _globals['_SAMPLINGPARAMS']._serialized_end=251
-  _globals['_GENERATEREQUEST']._serialized_start=254
-  _globals['_GENERATEREQUEST']._serialized_end=402
-  _globals['_USAGE']._serialized_start=404
-  _globals['_USAGE']._serialized_end=461
-  _globals['_GENERATERESPONSE']._serialized_start=464
-  _globals['_GENERATERESPONSE']._serialized_end=643
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=646
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=816
-  _globals['_GETMODELINFOREQUEST']._serialized_start=818
-  _globals['_GETMODELINFOREQUEST']._serialized_end=839
-  _globals['_MODELINFO']._serialized_start=842
-  _globals['_MODELINFO']._serialized_end=1202
-  _globals['_INFERENCESERVICE']._serialized_start=1358
-  _globals['_INFERENCESERVICE']._serialized_end=1622
+  _globals['_FINISHREASON']._serialized_start=1354
+  _globals['_FINISHREASON']._serialized_end=1532
+  _globals['_SAMPLINGPARAMS']._serialized_start=108
+  _globals['_SAMPLINGPARAMS']._serialized_end=282
+  _globals['_GENERATEREQUEST']._serialized_start=285
+  _globals['_GENERATEREQUEST']._serialized_end=479
+  _globals['_USAGE']._serialized_start=481
+  _globals['_USAGE']._serialized_end=538
+  _globals['_GENERATERESPONSE']._serialized_start=541
+  _globals['_GENERATERESPONSE']._serialized_end=720
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=723
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=893
+  _globals['_GETMODELINFOREQUEST']._serialized_start=895
+  _globals['_GETMODELINFOREQUEST']._serialized_end=916
+  _globals['_MODELINFO']._serialized_start=919
+  _globals['_MODELINFO']._serialized_end=1351
+  _globals['_INFERENCESERVICE']._serialized_start=1535
+  _globals['_INFERENCESERVICE']._serialized_end=1799
 # @@protoc_insertion_point(module_scope)

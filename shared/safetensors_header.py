@@ -1,6 +1,7 @@
 """A rank file's table of contents, from its safetensors header alone (no
 tensor is read): names, dtypes and shapes, with the file's size checked
-against the header, so a truncated file is named before any work."""
+against the header, so a truncated file is named before any work. The
+builder reads checkpoints with it; the runtime's quick engine check too."""
 
 import json
 import struct
@@ -12,6 +13,7 @@ import torch
 from dbrx_serve.shared.errors import InvalidInput
 
 MAX_HEADER_BYTES = 100 << 20
+REWRITE = "write it again (dbrx convert or dbrx build)"
 DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
           "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
           "F64": torch.float64}
@@ -34,17 +36,17 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     data_end = max((end for _, end in (header[n]["data_offsets"] for n in entries)), default=0)
     if 8 + length + data_end != size:
         raise InvalidInput(f"{path} has {size} bytes but its header describes {8 + length + data_end}: "
-                           "the file is truncated or corrupt; convert the checkpoint again")
+                           "the file is truncated or corrupt; " + REWRITE)
     return entries
 
 
 def _header_length(path: Path, prefix: bytes, size: int) -> int:
     if len(prefix) < 8:
-        raise InvalidInput(f"{path} is not a safetensors file ({size} bytes): convert the checkpoint again")
+        raise InvalidInput(f"{path} is not a safetensors file ({size} bytes): " + REWRITE)
     (length,) = struct.unpack("<Q", prefix)
     if length > min(MAX_HEADER_BYTES, size - 8):
         raise InvalidInput(f"{path} is truncated or not a safetensors file (header length {length}, "
-                           f"file size {size}): convert the checkpoint again")
+                           f"file size {size}): " + REWRITE)
     return length
 
 

@@ -1,0 +1,111 @@
+"""The inference server: `build_server(config)` apart from `serve_config(config)`.
+
+    dbrx serve inference --engine_dir E --port N [--device cuda|cpu] [--max_queue_size N]
+                         [--verify_checksums] [--auth_token T] [--tls_cert C --tls_key K]
+
+It listens at once with health NOT_SERVING, loads and warms up the engine,
+then serves (SERVING). On SIGINT/SIGTERM: NOT_SERVING, no new calls, the
+requests in flight get the grace period to finish, then end CANCELLED; then
+the engine stops."""
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import grpc
+
+from dbrx_serve.shared import rpc
+from dbrx_serve.shared.errors import DbrxServeError
+from dbrx_serve.shared.generated.dbrx.serve.v1 import inference_pb2_grpc as pb_grpc
+
+from .config import InferenceServiceConfig
+from .host import EngineHost
+from .servicer import InferenceServicer
+
+SERVICE_NAME = "dbrx.serve.v1.InferenceService"
+CALLS_END_SECONDS = 1.0  # after the grace period, for cancelled calls to end CANCELLED before gRPC cuts them
+
+
+def build_server(config: InferenceServiceConfig) -> tuple[grpc.aio.Server, int]:
+    """Register the service (with health and reflection) and bind the port; the engine is
+    loaded by `start` (server.host)."""
+    host = EngineHost(config)
+    servicer = rpc.Servicer(pb_grpc.add_InferenceServiceServicer_to_server, InferenceServicer(host), SERVICE_NAME)
+    server, port = rpc.build_server([servicer], config.server)
+    server.host = host
+    return server, port
+
+
+async def start(server: grpc.aio.Server) -> asyncio.Task:
+    """Listen (NOT_SERVING), then load the engine in the background; returns that task,
+    which ends only when the engine stops (or fails to load)."""
+    await rpc.start(server, serving=False)
+    return server.host.start(server)
+
+
+async def serve_config(config: InferenceServiceConfig) -> None:
+    server, port = build_server(config)
+    running = await start(server)
+    print(f"listening on {config.server.host}:{port}", flush=True)
+    stop = asyncio.ensure_future(rpc.stop_signal().wait())
+    done, _ = await asyncio.wait([running, stop], return_when=asyncio.FIRST_COMPLETED)
+    if stop not in done and running.exception() is None:
+        await stop  # the engine stopped: health says NOT_SERVING until we are told to exit
+    await stop_serving(server, config.server.grace_seconds)
+    await server.host.close()
+    if not running.cancelled() and running.exception() is not None:
+        raise running.exception()  # the engine did not load: say why
+
+
+async def stop_serving(server: grpc.aio.Server, grace_seconds: float) -> None:
+    """Refuse new calls (NOT_SERVING); requests in flight finish within the grace period or end
+    CANCELLED; other calls (health watches) are cut a moment later."""
+    server.host.drain()
+    await asyncio.gather(rpc.drain(server, grace_seconds + CALLS_END_SECONDS), server.host.wind_down(grace_seconds))
+
+
+def add_serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine_dir", required=True, help="a directory written by dbrx build")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when present)")
+    parser.add_argument("--max_queue_size", type=int, default=None, help="waiting requests beyond this: "
+                        "RESOURCE_EXHAUSTED (default 4096)")
+    parser.add_argument("--max_batch_size", type=int, default=None, help="lower the engine's built batch size")
+    parser.add_argument("--verify_checksums", action="store_true",
+                        help="hash every byte of the engine at start (default: sizes and headers only)")
+    parser.add_argument("--tokenizer_dir", default=None, help="in place of the engine's tokenizer/")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50054, help="0 picks a free port")
+    parser.add_argument("--grace_seconds", type=float, default=10.0,
+                        help="on SIGTERM, how long streams in flight may go on before they are cancelled")
+    parser.add_argument("--auth_token", default=None, help="require 'authorization: Bearer <token>'")
+    parser.add_argument("--tls_cert", default=None)
+    parser.add_argument("--tls_key", default=None)
+
+
+def config_from_args(args: argparse.Namespace) -> InferenceServiceConfig:
+    server = rpc.ServerConfig(host=args.host, port=args.port, auth_token=args.auth_token, tls_cert=args.tls_cert,
+                              tls_key=args.tls_key, grace_seconds=args.grace_seconds)
+    return InferenceServiceConfig(engine_dir=args.engine_dir, device=args.device, max_queue_size=args.max_queue_size,
+                                  max_batch_size=args.max_batch_size, verify_checksums=args.verify_checksums,
+                                  tokenizer_dir=args.tokenizer_dir, server=server)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`dbrx serve inference ...`: runs until SIGINT/SIGTERM; 2 on a bad setting or engine."""
+    parser = argparse.ArgumentParser(prog="dbrx serve inference", description="DBRX inference gRPC server")
+    add_serve_args(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    package = logging.getLogger("dbrx_serve")
+    package.setLevel(min(package.getEffectiveLevel(), logging.INFO))  # the load time is worth a line
+    try:
+        asyncio.run(serve_config(config_from_args(args)))
+    except DbrxServeError as error:
+        print(f"dbrx serve inference: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
