@@ -27,6 +27,8 @@ def read_records(path: str | Path, keys: tuple[str, ...], count: int | None, wha
                 break
             if line.strip():
                 records.append(_record(line, keys, path, number))
+    if not records:
+        raise InvalidInput(f"{what} {path} holds no records: give a jsonl file of JSON objects, one a line")
     return records
 
 

@@ -60,8 +60,9 @@ def fmix32(h: torch.Tensor) -> torch.Tensor:
 
 
 def uniforms(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
-    """seeds, steps [B] int64 -> [B,V] float32 uniforms in (0, 1), a function of (seed, step, id) alone."""
-    row = fmix32((seeds & MASK32) ^ fmix32((seeds >> 32) ^ fmix32(steps & MASK32)))  # [B]
+    """seeds (a uint64's bits), steps [B] int64 -> [B,V] float32 uniforms in (0, 1), a function of
+    (seed, step, id) alone."""
+    row = fmix32((seeds & MASK32) ^ fmix32(((seeds >> 32) & MASK32) ^ fmix32(steps & MASK32)))  # [B]
     ids = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
     bits = fmix32(row[:, None] ^ fmix32(ids)[None, :]) >> 8  # [B,V], 24 random bits
     return (bits.float() + 0.5) / float(1 << 24)
@@ -84,7 +85,8 @@ class SamplingRows:
         floats = torch.tensor([[p.temperature if not p.greedy else 1.0 for p in self.params],
                                [p.top_k for p in self.params], [p.top_p for p in self.params],
                                [float(p.greedy) for p in self.params]], dtype=torch.float32)
-        ints = torch.tensor([self.seeds, self.steps], dtype=torch.int64)
+        seeds = [s - (1 << 64) if s >= 1 << 63 else s for s in self.seeds]  # a uint64's bits in an int64
+        ints = torch.tensor([seeds, self.steps], dtype=torch.int64)
         floats, ints = floats.to(device, non_blocking=True), ints.to(device, non_blocking=True)
         return floats[0], floats[1].long(), floats[2], floats[3].bool(), ints[0], ints[1]
 

@@ -83,8 +83,12 @@ def untimed(out: str) -> list[str]:
     (["--max_ite", "0"], "--max_ite must be at least 1"),
     (["--dataset", ""], "give --dataset FILE: a jsonl of CNN/DailyMail records"),
     (["--dataset", "missing.jsonl"], "--dataset missing.jsonl does not exist"),
+    (["--dataset", "{empty}"], "holds no records"),
 ])
-def test_bad_flags_are_refused_with_a_message(tiny_engine, tiny_model_dir, shared_dir, capsys, extra, message):
+def test_bad_flags_are_refused_with_a_message(tiny_engine, tiny_model_dir, shared_dir, capsys, extra, message,
+                                              tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    extra = [arg.format(empty=tmp_path / "empty.jsonl") for arg in extra]
     argv = ["summarize", "--engine_dir", str(tiny_engine), "--hf_model_dir", str(tiny_model_dir),
             *flags(shared_dir), *extra]
     assert main(argv) == 2 and message in capsys.readouterr().err

@@ -88,3 +88,15 @@ def test_draws_follow_the_distribution_and_depend_on_seed_and_step_alone():
     u = uniforms(torch.tensor([7, 7, 8]), torch.tensor([0, 1, 0]), 1000)
     assert 0 < u.min() and u.max() < 1 and not torch.equal(u[0], u[1]) and not torch.equal(u[0], u[2])
     assert torch.equal(u[0], uniforms(torch.tensor([7]), torch.tensor([0]), 1000)[0])
+
+
+def test_seeds_up_to_the_largest_uint64_draw_and_differ():
+    """The proto's seed is a uint64: seeds from 2^63 up must draw (not overflow the step, which would
+    fail every request in it) and differ from the seeds sharing their low 63 bits."""
+    sampler, params = Sampler(), SamplingParams(temperature=1.0)
+    logits = torch.zeros(2, 50)
+    for seed in (2**63, 2**64 - 1):
+        drawn = sampler.sample(logits, SamplingRows((params, params), (seed, seed - 2**63), (0, 0)))[0]
+        assert all(0 <= t < 50 for t in drawn)
+    u = uniforms(torch.tensor([-1, 2**63 - 1]), torch.tensor([0, 0]), 1000)  # 2^64-1 and 2^63-1 as int64
+    assert not torch.equal(u[0], u[1]) and 0 < u.min() and u.max() < 1
