@@ -29,7 +29,7 @@ def candidates(default: GemmConfig, precision: str, gated: bool) -> list[GemmCon
     """Tiles, K splits and (for int weights) the ways to dequantize, around the default."""
     tiles = [(64, 128, 4), (128, 128, 4), (64, 256, 3)]
     splits = {default.split_k} if gated else {default.split_k, 2 * default.split_k}
-    dequant = {"bf16": [0], "int8": [0, 1], "int4": [0, 1, 2]}[precision]
+    dequant = {"bf16": [0], "int8": [0, 1], "int4": [1, 2, 3]}[precision]
     return [replace(default, block_n=n, block_k=k, num_stages=st, split_k=s, dequant=d)
             for n, k, st in tiles for s in sorted(splits) for d in dequant]
 

@@ -43,7 +43,7 @@ class GemmConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 4
-    dequant: int = 1  # gemm_kernel's DEQ: 0 cast, 1 float-mantissa bits, 2 (int4) bits in two planes
+    dequant: int = 1  # gemm_kernel's DEQ: 0 cast, 1 float-mantissa bits, 2 (int4) two planes, 3 packed asm
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -56,12 +56,33 @@ def _to_float(u, BIAS: tl.constexpr, DTYPE: tl.constexpr):
     return ((u | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + BIAS)).to(DTYPE)
 
 
+# DEQ 3 (bfloat16 only, CUDA only): four bytes (eight nibbles) in one register become eight bfloat16
+# values with 14 instructions, two values per instruction: the nibbles to offset binary (xor 8), each
+# pair of bytes spread into the 16-bit lanes (prmt), a nibble or'ed under 0x4300 (bf16 128 + u, lop3
+# (a & b) | c = 0xEA), then 128 + u - 136 = u - 8 by one fma.bf16x2. Outputs: low nibbles $0,$1 and high
+# nibbles $2,$3 of the input's bytes $4, in byte order.
+NIBBLES_TO_BF16 = tl.constexpr("""{
+.reg .b32 x, s, t, z, m, o, one, bias;
+mov.b32 z, 0; mov.b32 m, 0x000F000F; mov.b32 o, 0x43004300;
+mov.b32 one, 0x3F803F80; mov.b32 bias, 0xC308C308;
+xor.b32 x, $4, 0x88888888;
+shr.u32 s, x, 4;
+prmt.b32 t, x, z, 0x4140; lop3.b32 t, t, m, o, 0xEA; fma.rn.bf16x2 $0, t, one, bias;
+prmt.b32 t, x, z, 0x4342; lop3.b32 t, t, m, o, 0xEA; fma.rn.bf16x2 $1, t, one, bias;
+prmt.b32 t, s, z, 0x4140; lop3.b32 t, t, m, o, 0xEA; fma.rn.bf16x2 $2, t, one, bias;
+prmt.b32 t, s, z, 0x4342; lop3.b32 t, t, m, o, 0xEA; fma.rn.bf16x2 $3, t, one, bias;
+}""")
+
+
 @triton.jit
 def _nibbles(packed, DEQ: tl.constexpr, DTYPE: tl.constexpr):
     """int4 bytes -> (low nibbles, high nibbles) as DTYPE values in [-8, 7]."""
     if DEQ == 0:
         low = ((packed << 4).to(tl.int8) >> 4).to(DTYPE)  # sign-extended low nibble
         high = (packed >> 4).to(DTYPE)  # arithmetic shift
+    elif DEQ == 3:
+        low, high = tl.inline_asm_elementwise(NIBBLES_TO_BF16, "=r,=r,=r,=r,r", [packed],
+                                              dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
     else:
         u = (packed.to(tl.int32) & 0xFF) ^ 0x88  # two's complement nibbles -> offset binary
         low, high = _to_float(u & 0xF, 8, DTYPE), _to_float(u >> 4, 8, DTYPE)
@@ -115,7 +136,10 @@ def gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     """DEQ: how int weights become floats: 0 casts, 1 places bits in a float's mantissa, 2 (int4) also
-    keeps low and high nibbles apart (even and odd columns in two accumulators: no interleave)."""
+    keeps low and high nibbles apart (even and odd columns in two accumulators: no interleave), 3 (int4,
+    bfloat16, CUDA) is 2 with eight nibbles converted per register (NIBBLES_TO_BF16)."""
+    tl.static_assert(DEQ != 3 or (FMT == 2 and x_ptr.dtype.element_ty == tl.bfloat16),
+                     "DEQ 3 converts int4 weights to bfloat16 only")
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
@@ -135,7 +159,7 @@ def gemm_kernel(
         expert = 0
     x_rows = rows // X_ROW_DIV
     DTYPE = x_ptr.dtype.element_ty
-    PLANES: tl.constexpr = FMT == 2 and DEQ == 2
+    PLANES: tl.constexpr = FMT == 2 and DEQ >= 2
     W_COLS: tl.constexpr = BLOCK_N // 2 if FMT == 2 else BLOCK_N  # int4: bytes of column pairs
     ACC_N: tl.constexpr = BLOCK_N // 2 if PLANES else BLOCK_N
     w_cols = pid_n * W_COLS + tl.arange(0, W_COLS)

@@ -8,7 +8,7 @@ from dbrx_serve.services.inference.kernels.gemm import GemmConfig, TritonWeightO
 from dbrx_serve.shared.quantization import dequantize_weight, quantize_weight
 from dbrx_serve.shared.weight_only import WeightOnlyLinear
 
-from .conftest import BOUND, DTYPES, relative_error
+from .conftest import BOUND, DEVICE, DTYPES, relative_error
 
 CONFIGS = [GemmConfig(16, 32, 64, 1, 4, 2, dequant=0), GemmConfig(32, 64, 32, 2, 4, 2, dequant=1),
            GemmConfig(16, 32, 32, 3, 4, 3, dequant=2)]
@@ -37,6 +37,22 @@ def test_gemm_matches_the_float_product(precision, config, dtype, device):
     got = out.sum(0) if config.split_k > 1 else out[0]
     want = x.float() @ ref_w.T
     assert relative_error(got.cpu(), want) <= BOUND[dtype]
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="inline PTX runs on a CUDA GPU only")
+@pytest.mark.parametrize("config", [GemmConfig(16, 64, 128, 1, 4, 3, dequant=3),
+                                    GemmConfig(64, 64, 64, 2, 4, 3, dequant=3)], ids=["bm16", "bm64-split2"])
+def test_packed_int4_conversion_matches_the_float_product(config, device):
+    """DEQ 3: eight nibbles a register by inline PTX (bfloat16 activations)."""
+    n, k, m = 80, 208, 37
+    w, ref_w = weights(n, k, "int4", torch.bfloat16, device, seed=7)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).bfloat16()
+    split = config.split_k > 1
+    out = torch.full((config.split_k, m, n), float("nan"), dtype=torch.float32 if split else torch.bfloat16,
+                     device=device)
+    gemm(x.to(device), w, out if split else out[0], config)
+    got = out.sum(0) if split else out[0]
+    assert relative_error(got.cpu(), x.float() @ ref_w.T) <= BOUND[torch.bfloat16]
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
