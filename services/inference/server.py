@@ -18,6 +18,7 @@ import grpc
 from dbrx_serve.shared import rpc
 from dbrx_serve.shared.errors import DbrxServeError
 from dbrx_serve.shared.generated.dbrx.serve.v1 import inference_pb2_grpc as pb_grpc
+from dbrx_serve.shared.metrics import InferenceMetrics
 
 from .config import InferenceServiceConfig
 from .host import EngineHost
@@ -29,11 +30,12 @@ CALLS_END_SECONDS = 1.0  # after the grace period, for cancelled calls to end CA
 
 def build_server(config: InferenceServiceConfig) -> tuple[grpc.aio.Server, int]:
     """Register the service (with health and reflection) and bind the port; the engine is
-    loaded by `start` (server.host)."""
-    host = EngineHost(config)
-    servicer = rpc.Servicer(pb_grpc.add_InferenceServiceServicer_to_server, InferenceServicer(host), SERVICE_NAME)
+    loaded by `start` (server.host). Request latencies go to server.metrics (not exposed yet)."""
+    host, metrics = EngineHost(config), InferenceMetrics()
+    servicer = rpc.Servicer(pb_grpc.add_InferenceServiceServicer_to_server, InferenceServicer(host, metrics),
+                            SERVICE_NAME)
     server, port = rpc.build_server([servicer], config.server)
-    server.host = host
+    server.host, server.metrics = host, metrics
     return server, port
 
 
