@@ -13,6 +13,7 @@ import hmac
 import inspect
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
@@ -245,6 +246,17 @@ async def serve(server: grpc.aio.Server, port: int, config: ServerConfig, on_sto
     await drain(server, config.grace_seconds)
     if on_stop is not None:
         await on_stop()
+
+
+def run_server(prog: str, serving: Callable[[], Any]) -> int:
+    """A server command's main: run the coroutine `serving()` makes until it returns (after SIGINT
+    or SIGTERM), 0; a DbrxServeError (a bad setting, a port in use) printed as `PROG: message`, 2."""
+    try:
+        asyncio.run(serving())
+    except DbrxServeError as error:
+        print(f"{prog}: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0
 
 
 def channel(target: str, auth_token: str | None = None, tls_ca: str | None = None,

@@ -11,12 +11,10 @@ the engine stops."""
 import argparse
 import asyncio
 import logging
-import sys
 
 import grpc
 
 from dbrx_serve.shared import rpc
-from dbrx_serve.shared.errors import DbrxServeError
 from dbrx_serve.shared.generated.dbrx.serve.v1 import inference_pb2_grpc as pb_grpc
 from dbrx_serve.shared.metrics import InferenceMetrics
 
@@ -101,12 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
     package = logging.getLogger("dbrx_serve")
     package.setLevel(min(package.getEffectiveLevel(), logging.INFO))  # the load time is worth a line
-    try:
-        asyncio.run(serve_config(config_from_args(args)))
-    except DbrxServeError as error:
-        print(f"dbrx serve inference: {error}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+    return rpc.run_server("dbrx serve inference", lambda: serve_config(config_from_args(args)))
 
 
 if __name__ == "__main__":
