@@ -85,24 +85,36 @@ class Streams:
     async def whole(self) -> list[Choice]:
         return list(await asyncio.gather(*(whole(s) for s in self.streams)))
 
-    async def merged(self, firsts: list) -> AsyncIterator[tuple[int, pb.GenerateStreamResponse]]:
+    def merged(self, firsts: list) -> AsyncIterator[tuple[int, pb.GenerateStreamResponse]]:
         """(choice index, message) as they come, starting with the first messages already read."""
-        queue: asyncio.Queue = asyncio.Queue()
-        pumps = [asyncio.create_task(pump(i, stream, first, queue))
-                 for i, (stream, first) in enumerate(zip(self.streams, firsts))]
-        try:
-            for _ in range(len(pumps)):
-                while (item := await queue.get()) is not None:
-                    if isinstance(item, Exception):
-                        raise item
-                    yield item
-        finally:
-            for task in pumps:
-                task.cancel()
+        return one(self.streams[0], firsts[0]) if len(self.streams) == 1 else many(self.streams, firsts)
 
     def close(self) -> None:
         for stream in self.streams:
             stream.close()
+
+
+async def one(stream: ChoiceStream, first) -> AsyncIterator[tuple[int, pb.GenerateStreamResponse]]:
+    message = first
+    while message is not None:
+        yield 0, message
+        message = await stream.read()
+
+
+async def many(streams: list[ChoiceStream], firsts: list) -> AsyncIterator[tuple[int, pb.GenerateStreamResponse]]:
+    """Each stream read by a task of its own into one queue."""
+    queue: asyncio.Queue = asyncio.Queue()
+    pumps = [asyncio.create_task(pump(i, stream, first, queue))
+             for i, (stream, first) in enumerate(zip(streams, firsts))]
+    try:
+        for _ in range(len(pumps)):
+            while (item := await queue.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+    finally:
+        for task in pumps:
+            task.cancel()
 
 
 async def whole(stream: ChoiceStream) -> Choice:

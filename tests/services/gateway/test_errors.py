@@ -50,6 +50,7 @@ BAD = [  # (path, body, status, param)
     (CHAT, {"messages": HI, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
     (CHAT, {"messages": HI, "response_format": {"type": "json_object"}}, 400, "response_format"),
     (COMPLETIONS, {"prompt": "Hi", "stop": [""]}, 400, None),  # refused by the inference service
+    (COMPLETIONS, {"prompt": "x " * 100_000}, 400, None),  # parsed in a thread; too long for the engine
     (COMPLETIONS, {"prompt": "Hi", "model": "gpt-4o"}, 404, None),
     (COMPLETIONS, b'{"prompt": "Hi", ', 400, None),
     (COMPLETIONS, b"\xff\xfe not json", 400, None),
