@@ -123,14 +123,15 @@ class Gateway:
         return protocol.usage(prompt, sum(m.usage.completion_tokens for m in lasts))
 
     async def events(self, g: protocol.Generation, streams: Streams, firsts) -> AsyncIterator[str]:
-        """The SSE body: role chunks (chat), a chunk per message with news, each choice's finish,
-        the usage when asked, then [DONE]; an error after the 200 goes as an error event."""
+        """The SSE body: role chunks (chat), a chunk per message with text (or tokens, with logprobs),
+        each choice's finish, the usage when asked, then [DONE]; an error after the 200 goes as an
+        error event."""
         lasts, offsets = [None] * len(firsts), [0] * len(firsts)
         try:
             for first in filter(None, map(g.api.first_chunk_choice, range(len(firsts)))):
                 yield sse(protocol.chunk(g, [first]))
             async for i, message in streams.merged(firsts):
-                if message.text_delta or message.token_ids or message.finish_reason:
+                if message.text_delta or message.finish_reason or (g.logprobs and message.token_ids):
                     yield sse(protocol.chunk(g, [await self.chunk_choice(g, i, message, offsets[i])]))
                 lasts[i], offsets[i] = message, offsets[i] + len(message.text_delta)
             if g.include_usage:
