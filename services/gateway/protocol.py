@@ -46,8 +46,8 @@ NOT_HONOURED = {
     "min_p": ((None, 0), "the engine has no min-p sampling"),
     "logit_bias": ((None, {}), "the engine cannot bias logits"),
     "min_tokens": ((None, 0), "the engine has no minimum length: an end id stops a request whenever sampled"),
-    "ignore_eos": ((None, False), "InferenceService cannot turn end ids off (an empty end_id means the default "
-                                  "stop ids); give stop_token_ids or a larger max_tokens"),
+    "ignore_eos": ((None, False), "InferenceService cannot turn end ids off (its empty end_id means the "
+                                  "model's default stop ids)"),
     "best_of": ((None, 1), "the engine ranks no candidates; use n"),
     "use_beam_search": ((None, False), "the engine has no beam search"),
     "echo": ((None, False), "the prompt is not returned; call /tokenize and /detokenize"),
@@ -144,7 +144,7 @@ class CompletionRequest(SamplingRequest):
     @field_validator("prompt")
     @classmethod
     def not_empty(cls, prompt):
-        prompts = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else prompt
+        prompts = prompt_list(prompt)
         if not prompts or not all(prompts):
             raise ValueError("give a non-empty prompt: text, token ids, or a list of either")
         return prompt
@@ -152,15 +152,19 @@ class CompletionRequest(SamplingRequest):
     @property
     def prompts(self) -> list[dict]:
         """GenerateRequest's prompt fields, one per prompt."""
-        prompt = self.prompt
-        prompts = [prompt] if isinstance(prompt, str) or isinstance(prompt[0], int) else prompt
-        return [{"text": p} if isinstance(p, str) else {"input_ids": p} for p in prompts]
+        return [{"text": p} if isinstance(p, str) else {"input_ids": p} for p in prompt_list(self.prompt)]
 
     def wants_logprobs(self) -> bool:
         if self.logprobs:
             raise BadParameter(f"logprobs {self.logprobs}: the engine gives the chosen token's logprob only; "
                                "ask for 0", "logprobs")
         return self.logprobs == 0
+
+
+def prompt_list(prompt) -> list:
+    """A completion's prompts: a text or an id list alone, or a list of either."""
+    single = isinstance(prompt, str) or (prompt and isinstance(prompt[0], int))
+    return [prompt] if single else list(prompt)
 
 
 class TextPart(BaseModel):
