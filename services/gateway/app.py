@@ -17,6 +17,7 @@ import json
 import time
 from typing import AsyncIterator
 
+import anyio
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -147,8 +148,9 @@ class Gateway:
 
 
 class EventStream(StreamingResponse):
-    """Server-sent events whose gRPC streams are closed once the answer ends, however it ends
-    (the client leaving mid-stream, or before the first byte)."""
+    """Server-sent events, stopped as soon as the client disconnects (Starlette listens for that
+    only below ASGI 2.4; at 2.4 it waits for a send to fail, which an idle stream never tries),
+    and whose gRPC streams are closed once the answer ends, however it ends."""
 
     media_type = "text/event-stream"
 
@@ -158,9 +160,16 @@ class EventStream(StreamingResponse):
 
     async def __call__(self, scope, receive, send):
         try:
-            await super().__call__(scope, receive, send)
+            async with anyio.create_task_group() as group:
+                group.start_soon(self.stream_then_stop, send, group.cancel_scope)
+                await self.listen_for_disconnect(receive)
+                group.cancel_scope.cancel()
         finally:
             self.streams.close()
+
+    async def stream_then_stop(self, send, scope: anyio.CancelScope) -> None:
+        await self.stream_response(send)
+        scope.cancel()
 
 
 def sse(body: dict) -> str:
