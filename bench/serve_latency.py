@@ -28,7 +28,7 @@ PROMPT = "Born in north-east France, Soyer trained as a"
 UNOWNED_ID = 100256  # unassigned in DBRX's vocabulary: never sampled, so never an end
 
 
-def make_engine(root: Path) -> Path:
+def make_engine(root: Path, max_batch_size: int = 16) -> Path:
     from dbrx_serve.services.builder.build import build
     from dbrx_serve.services.builder.options import BuildOptions
     from dbrx_serve.services.converter.convert import convert
@@ -37,7 +37,7 @@ def make_engine(root: Path) -> Path:
 
     save_tiny_model(root / "model", TinySpec())
     convert(ConvertOptions(str(root / "model"), str(root / "ckpt"), dtype="float32"))
-    build(BuildOptions(str(root / "ckpt"), str(root / "engine"), max_batch_size=16, max_input_len=128,
+    build(BuildOptions(str(root / "ckpt"), str(root / "engine"), max_batch_size=max_batch_size, max_input_len=128,
                        max_seq_len=256, max_num_tokens=512))
     return root / "engine"
 

@@ -1,1 +1,1 @@
-"""The pipeline stages, one package each: tokenizer, converter, builder, inference."""
+"""The pipeline stages, one package each: tokenizer, converter, builder, inference, gateway."""

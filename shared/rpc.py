@@ -13,6 +13,7 @@ import hmac
 import inspect
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
@@ -22,7 +23,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .errors import BadState, CapacityExhausted, Cancelled, InvalidInput, NotFound, Unavailable, cut
+from .errors import BadState, CapacityExhausted, Cancelled, DbrxServeError, InvalidInput, NotFound, Unavailable, cut
 
 log = logging.getLogger("dbrx_serve.rpc")
 
@@ -34,6 +35,7 @@ STATUS_OF_ERROR = {
     Cancelled: grpc.StatusCode.CANCELLED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,  # EngineFailed too: the engine stopped, never INTERNAL
 }
+ERROR_OF_STATUS = {code: kind for kind, code in STATUS_OF_ERROR.items()}
 OPEN_SERVICES = (health.SERVICE_NAME, reflection.SERVICE_NAME)  # reachable without a token
 MAX_DETAILS = 1000  # characters of a status message; values in it are already cut (errors.shown)
 
@@ -69,6 +71,21 @@ def status_of(error: BaseException) -> grpc.StatusCode | None:
         if isinstance(error, kind):
             return code
     return None
+
+
+def typed_error(error: grpc.RpcError) -> DbrxServeError:
+    """A client's view of a failed call: the typed error its status code stands for (DbrxServeError
+    for codes no domain error maps to), the code's name before the details."""
+    kind = ERROR_OF_STATUS.get(error.code(), DbrxServeError)
+    return kind(f"{error.code().name.lower()}: {error.details()}")
+
+
+async def called(call):
+    """Await an asyncio client call; its failure raised as the typed error of its status."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as error:
+        raise typed_error(error) from None
 
 
 async def _abort_for(error: Exception, context, method: str):
@@ -231,17 +248,30 @@ async def serve(server: grpc.aio.Server, port: int, config: ServerConfig, on_sto
         await on_stop()
 
 
-def channel(target: str, auth_token: str | None = None, tls_ca: str | None = None) -> grpc.aio.Channel:
-    """A client channel; with a token every call carries it."""
+def run_server(prog: str, serving: Callable[[], Any]) -> int:
+    """A server command's main: run the coroutine `serving()` makes until it returns (after SIGINT
+    or SIGTERM), 0; a DbrxServeError (a bad setting, a port in use) printed as `PROG: message`, 2."""
+    try:
+        asyncio.run(serving())
+    except DbrxServeError as error:
+        print(f"{prog}: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+def channel(target: str, auth_token: str | None = None, tls_ca: str | None = None,
+            options: Iterable[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    """A client channel; with a token every call carries it. `options`: gRPC channel arguments."""
+    options = list(options)
     if tls_ca is None and auth_token is None:
-        return grpc.aio.insecure_channel(target)
+        return grpc.aio.insecure_channel(target, options)
     creds = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes() if tls_ca else None)
     if auth_token is not None:
         token = grpc.access_token_call_credentials(auth_token)
         creds = grpc.composite_channel_credentials(creds, token) if tls_ca else None
     if creds is None:  # a token over plaintext: only for localhost tests and trusted networks
-        return grpc.aio.insecure_channel(target, interceptors=[_TokenInterceptor(auth_token)])
-    return grpc.aio.secure_channel(target, creds)
+        return grpc.aio.insecure_channel(target, options, interceptors=[_TokenInterceptor(auth_token)])
+    return grpc.aio.secure_channel(target, creds, options)
 
 
 class _TokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):

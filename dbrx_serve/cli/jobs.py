@@ -26,7 +26,7 @@ from dbrx_serve.shared.generated.dbrx.serve.v1 import jobs_pb2 as pb, jobs_pb2_g
 from dbrx_serve.shared.jobstore.convert import PB_OF_KIND, PB_OF_STATE, event_from_pb, job_from_pb
 from dbrx_serve.shared.jobstore.jobs import Job, JobEvent, JobState
 from dbrx_serve.shared.jobstore.store import JobStore
-from dbrx_serve.shared.rpc import STATUS_OF_ERROR
+from dbrx_serve.shared.rpc import typed_error
 
 LIST_COLUMNS = ("ID", "KIND", "STATE", "PROGRESS", "ATTEMPTS", "UPDATED", "MESSAGE")
 MESSAGE_WIDTH = 60
@@ -63,13 +63,13 @@ class RemoteJobs:
         try:
             yield from (event_from_pb(event) for event in stream)
         except grpc.RpcError as error:
-            raise _typed_error(error) from None
+            raise typed_error(error) from None
 
     def _call(self, method, request):
         try:
             return method(request, metadata=self.metadata)
         except grpc.RpcError as error:
-            raise _typed_error(error) from None
+            raise typed_error(error) from None
 
 
 def jobs_source(store_or_stub) -> JobSource:
@@ -228,11 +228,3 @@ def _channel(target: str, tls_ca: str | None) -> grpc.Channel:
         return grpc.insecure_channel(target)
     with open(tls_ca, "rb") as ca:
         return grpc.secure_channel(target, grpc.ssl_channel_credentials(ca.read()))
-
-
-ERROR_OF_STATUS = {code: kind for kind, code in STATUS_OF_ERROR.items()}
-
-
-def _typed_error(error: grpc.RpcError) -> DbrxServeError:
-    kind = ERROR_OF_STATUS.get(error.code(), DbrxServeError)
-    return kind(f"{error.code().name.lower()}: {error.details()}")

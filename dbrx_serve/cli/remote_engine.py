@@ -14,8 +14,9 @@ from dbrx_serve.services.inference.outputs import Result, StepOutput
 from dbrx_serve.services.inference.params import SamplingParams
 from dbrx_serve.shared.generated.dbrx.serve.v1 import inference_pb2 as pb
 from dbrx_serve.shared.generated.dbrx.serve.v1 import inference_pb2_grpc as pb_grpc
+from dbrx_serve.shared.rpc import typed_error
 
-from .jobs import _channel, _typed_error
+from .jobs import _channel
 
 MAX_CONCURRENT_CALLS = 64
 
@@ -45,7 +46,7 @@ class RemoteEngine:
         try:
             return method(request, metadata=self.metadata)
         except grpc.RpcError as error:
-            raise _typed_error(error) from None
+            raise typed_error(error) from None
 
     def generate(self, prompts: list, params: SamplingParams) -> list[Result]:
         """All prompts in flight at once; results in prompt order."""
@@ -60,7 +61,7 @@ class RemoteEngine:
                 yield StepOutput("", tuple(r.token_ids), r.text_delta, tuple(r.logprobs),
                                  FINISH_REASON_OF_PB.get(r.finish_reason))
         except grpc.RpcError as error:
-            raise _typed_error(error) from None
+            raise typed_error(error) from None
 
 
 def result_of(prompt, response: pb.GenerateResponse) -> Result:

@@ -1,4 +1,9 @@
-"""`dbrx serve STAGE`: run one stage's gRPC server (health and reflection included)."""
+"""`dbrx serve STAGE`: run one stage's gRPC server (health and reflection included), or the
+OpenAI-compatible HTTP gateway over the inference and tokenizer services (`openai`).
+
+`all` is not built yet (issue 13): it will start every stage and then the gateway, with
+`dbrx_serve.services.gateway.server.serve_config(GatewayConfig(inference=(...), tokenizer=...))`
+on the same event loop as the gRPC servers."""
 
 import argparse
 import importlib
@@ -6,13 +11,15 @@ import sys
 
 from .worker import JOB_STAGES, job_stage
 
-ALL_STAGES = ["tokenizer", "converter", "builder", "inference", "all"]
+ALL_STAGES = ["tokenizer", "converter", "builder", "inference", "openai", "all"]
 SERVER_MODULES = {"tokenizer": "dbrx_serve.services.tokenizer.server",  # stages with a main(argv) of their own
-                  "inference": "dbrx_serve.services.inference.server"}
+                  "inference": "dbrx_serve.services.inference.server",
+                  "openai": "dbrx_serve.services.gateway.server"}
 
 
 def add_parser(subparsers):
-    p = subparsers.add_parser("serve", help="serve a stage over gRPC: " + "|".join(ALL_STAGES))
+    p = subparsers.add_parser("serve", help="serve a stage over gRPC, or the OpenAI HTTP gateway: "
+                              + "|".join(ALL_STAGES))
     p.add_argument("stage", choices=ALL_STAGES)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the stage's own flags (dbrx serve STAGE --help)")
     p.set_defaults(func=run)

@@ -5,7 +5,9 @@ embedded store, a worker thread that runs only this job) or on a service
 import sys
 from pathlib import Path
 
-from .jobs import RemoteJobs, _channel, _typed_error, follow_job
+from dbrx_serve.shared.rpc import typed_error
+
+from .jobs import RemoteJobs, _channel, follow_job
 
 
 def absolute(path: str | None) -> str | None:
@@ -45,7 +47,7 @@ def run_remote(server: str, submit, auth_token: str | None, tls_ca: str | None):
         try:
             job = job_from_pb(submit(channel, metadata))
         except grpc.RpcError as error:
-            raise _typed_error(error) from None
+            raise typed_error(error) from None
         return follow_job(RemoteJobs(jobs_pb2_grpc.JobServiceStub(channel), auth_token), job.id)
 
 

@@ -11,13 +11,12 @@ the engine stops."""
 import argparse
 import asyncio
 import logging
-import sys
 
 import grpc
 
 from dbrx_serve.shared import rpc
-from dbrx_serve.shared.errors import DbrxServeError
 from dbrx_serve.shared.generated.dbrx.serve.v1 import inference_pb2_grpc as pb_grpc
+from dbrx_serve.shared.metrics import InferenceMetrics
 
 from .config import InferenceServiceConfig
 from .host import EngineHost
@@ -29,11 +28,12 @@ CALLS_END_SECONDS = 1.0  # after the grace period, for cancelled calls to end CA
 
 def build_server(config: InferenceServiceConfig) -> tuple[grpc.aio.Server, int]:
     """Register the service (with health and reflection) and bind the port; the engine is
-    loaded by `start` (server.host)."""
-    host = EngineHost(config)
-    servicer = rpc.Servicer(pb_grpc.add_InferenceServiceServicer_to_server, InferenceServicer(host), SERVICE_NAME)
+    loaded by `start` (server.host). Request latencies go to server.metrics (not exposed yet)."""
+    host, metrics = EngineHost(config), InferenceMetrics()
+    servicer = rpc.Servicer(pb_grpc.add_InferenceServiceServicer_to_server, InferenceServicer(host, metrics),
+                            SERVICE_NAME)
     server, port = rpc.build_server([servicer], config.server)
-    server.host = host
+    server.host, server.metrics = host, metrics
     return server, port
 
 
@@ -99,12 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
     package = logging.getLogger("dbrx_serve")
     package.setLevel(min(package.getEffectiveLevel(), logging.INFO))  # the load time is worth a line
-    try:
-        asyncio.run(serve_config(config_from_args(args)))
-    except DbrxServeError as error:
-        print(f"dbrx serve inference: {error}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+    return rpc.run_server("dbrx serve inference", lambda: serve_config(config_from_args(args)))
 
 
 if __name__ == "__main__":

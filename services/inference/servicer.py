@@ -5,7 +5,8 @@ Tokenizing and chat rendering run in a worker thread (never on the event
 loop, never on the engine's stepping thread). A call's deadline travels to the
 engine, which ends the request once it passes, before its prefill if it is
 still waiting; a cancelled call (client cancel, disconnect, deadline) aborts
-its request, which frees its KV blocks before the next step."""
+its request, which frees its KV blocks before the next step. Every request's
+latency goes to the shared inference histograms (shared/metrics.py)."""
 
 import asyncio
 import time
@@ -13,6 +14,7 @@ from typing import AsyncIterator
 
 from dbrx_serve.shared.generated.dbrx.serve.v1 import inference_pb2 as pb
 from dbrx_serve.shared.generated.dbrx.serve.v1 import inference_pb2_grpc as pb_grpc
+from dbrx_serve.shared.metrics import InferenceMetrics
 
 from . import convert_pb
 from .host import EngineHost
@@ -20,8 +22,9 @@ from .outputs import StepOutput
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, host: EngineHost):
+    def __init__(self, host: EngineHost, metrics: InferenceMetrics | None = None):
         self.host = host
+        self.metrics = metrics if metrics is not None else InferenceMetrics()
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         ids, outputs = await self.start(request, context)
@@ -39,10 +42,12 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return self.host.info
 
     async def start(self, request: pb.GenerateRequest, context) -> tuple[list[int], AsyncIterator[StepOutput]]:
+        started = time.perf_counter()
         engine = self.host.ready
         call = convert_pb.call_from_pb(request, self.host.model_info.max_input_len)
         ids = await asyncio.to_thread(self.host.prompts.ids, call.prompt)
-        return ids, engine.stream(ids, call.params, call.request_id, deadline_of(context))
+        return ids, self.metrics.observed(engine.stream(ids, call.params, call.request_id, deadline_of(context)),
+                                          started)
 
 
 def deadline_of(context) -> float | None:

@@ -18,6 +18,7 @@ def test_decode_smoke_prints_one_json_object_with_every_run(tmp_path):
     for run in result["runs"].values():
         assert [(d["batch"], d["context"]) for d in run["decode"]] == [(1, 32), (4, 32)]
         for d in run["decode"]:
-            assert d["tokens_per_s"] > 0 and d["bytes_per_step"] > 0 and 0 < d["fraction_of_floor"]
+            assert d["tokens_per_s"] > 0 and d["bytes_per_step"] > 0 and d["ms_per_step"] > 0
+            assert 0 <= d["fraction_of_floor"] <= 1.5  # rounded to 3 places: a slow, shared CPU can show 0.0
         assert run["prefill"][0]["prompt_tokens"] == 48 and run["prefill"][0]["seconds"] > 0
     assert (tmp_path / "plot.png").stat().st_size > 10_000
