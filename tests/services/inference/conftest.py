@@ -22,6 +22,13 @@ ENGINES = {  # name -> converter flags
     "int8kv": dict(dtype="float32", int8_kv_cache=True),
     "bf16int8kv": dict(dtype="bfloat16", int8_kv_cache=True),
     "tp2": dict(dtype="float32", tp_size=2),
+    "tp4": dict(dtype="float32", tp_size=4),
+    "pp2": dict(dtype="float32", pp_size=2),
+    "tp2pp2": dict(dtype="float32", tp_size=2, pp_size=2),
+    "ep2": dict(dtype="float32", tp_size=2, moe_ep_size=2),
+    "ep4": dict(dtype="float32", tp_size=4, moe_ep_size=4),
+    "moe_tp2ep2": dict(dtype="float32", tp_size=4, moe_tp_size=2, moe_ep_size=2),
+    "pp2int8kv": dict(dtype="float32", pp_size=2, int8_kv_cache=True),
 }
 
 
