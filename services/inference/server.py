@@ -7,7 +7,9 @@ It listens at once with health NOT_SERVING, loads and warms up the engine,
 then serves (SERVING). On SIGINT/SIGTERM: NOT_SERVING, no new calls, the
 requests in flight get the grace period to finish, then end CANCELLED; then
 the engine stops. An engine of several ranks runs as rank 0 of an MPI world
-(launch.py starts it when no mpirun did)."""
+(launch.py starts it when no mpirun did); when a rank dies, open streams end
+UNAVAILABLE, health goes NOT_SERVING and the server exits (status 2) at once,
+ending the world."""
 
 import argparse
 import asyncio
@@ -25,6 +27,7 @@ from .host import EngineHost
 from .launch import as_world
 from .servicer import InferenceServicer
 from .supervisor import supervise
+from .world import WorldLost
 
 SERVICE_NAME = "dbrx.serve.v1.InferenceService"
 CALLS_END_SECONDS = 1.0  # after the grace period, for cancelled calls to end CANCELLED before gRPC cuts them
@@ -55,7 +58,8 @@ async def serve_config(config: InferenceServiceConfig) -> None:
     done, _ = await asyncio.wait([running, stop], return_when=asyncio.FIRST_COMPLETED)
     if stop not in done and running.exception() is None:
         await stop  # the engine stopped: health says NOT_SERVING until we are told to exit
-    await stop_serving(server, config.server.grace_seconds)
+    lost = running.done() and not running.cancelled() and isinstance(running.exception(), WorldLost)
+    await stop_serving(server, 0.0 if lost else config.server.grace_seconds)  # a lost world ends at once
     await server.host.close()
     if not running.cancelled() and running.exception() is not None:
         raise running.exception()  # the engine did not load: say why
