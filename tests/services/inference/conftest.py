@@ -1,6 +1,12 @@
 """Tiny engines for the inference tests: the demo's tiny DBRX (d_model 64, DBRX's
-vocabulary, the tiny BPE) converted and built by our own converter and builder."""
+vocabulary, the tiny BPE) converted and built by our own converter and builder.
 
+Under DBRX_TEST_WORLD_FLAGS (converter flags as JSON, e.g. {"tp_size": 2}) every engine is built
+with those flags too: test_world_suites.py runs tests of this folder that way, as rank 0 of an MPI
+world, unchanged."""
+
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -30,6 +36,9 @@ ENGINES = {  # name -> converter flags
     "moe_tp2ep2": dict(dtype="float32", tp_size=4, moe_tp_size=2, moe_ep_size=2),
     "pp2int8kv": dict(dtype="float32", pp_size=2, int8_kv_cache=True),
 }
+WORLD_FLAGS = json.loads(os.environ.get("DBRX_TEST_WORLD_FLAGS", "{}"))
+if WORLD_FLAGS:
+    ENGINES = {name: {**flags, **WORLD_FLAGS} for name, flags in ENGINES.items()}
 
 
 @pytest.fixture(autouse=True)
