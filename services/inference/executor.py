@@ -124,8 +124,9 @@ def open_runner(world: mpi_world.World, command: Open, engine: EngineDir | None 
     """This rank's runner of the engine (every rank at once); a rank that fails tells the others,
     so that all raise the same InvalidInput."""
     parallel = RankOfWorld(world, command.mapping)
+    verify = command.verify and world.local_rank == 0  # once a host: rank 0 checked its own host's files
     try:
-        engine = engine or load_engine_dir(command.engine_dir, command.verify, command.verify_checksums)
+        engine = engine or load_engine_dir(command.engine_dir, verify, command.verify_checksums)
         if engine.mapping != command.mapping:
             raise InvalidInput(f"{engine.path} on rank {world.rank} has mapping {engine.mapping}, "
                                f"not rank 0's {command.mapping}")
