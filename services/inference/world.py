@@ -67,10 +67,11 @@ def launched_rank() -> int:
 
 
 def prepare_process() -> None:
-    """Call from the main thread of a process an MPI launcher started, before any MPI: NVLink
-    multicast off (NCCL, symmetric memory, NVSHMEM); SIGUSR1 ignored (Hydra's notice that a rank
-    died, fatal by default: the world notices on its own); ranks other than 0 ignore SIGINT and
-    SIGTERM, which the launcher forwards to every rank: rank 0 drains and ends the world."""
+    """Call from the main thread of a process an MPI launcher started: NVLink multicast off (NCCL,
+    symmetric memory, NVSHMEM); SIGUSR1 ignored (Hydra's notice that a rank died, fatal by default:
+    the world notices on its own); ranks other than 0 ignore SIGINT and SIGTERM, which the launcher
+    forwards to every rank (rank 0 drains and ends the world); then MPI_Init, in this thread, which
+    is the one that finalizes MPI at exit."""
     for name, value in NVLINK_MULTICAST_OFF.items():
         os.environ.setdefault(name, value)
     if threading.current_thread() is not threading.main_thread():
@@ -79,6 +80,7 @@ def prepare_process() -> None:
     if launched_rank() > 0:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from mpi4py import MPI  # noqa: F401  (MPI_Init)
 
 
 @dataclass(frozen=True)
@@ -338,7 +340,7 @@ def join() -> World | None:
 
 def _meet():
     prepare_process()
-    from mpi4py import MPI  # MPI_Init happens here
+    from mpi4py import MPI  # MPI_Init, unless prepare_process did it
 
     comm = MPI.COMM_WORLD
     return comm, comm.allgather((MPI.Get_processor_name(), os.getpid()))
