@@ -1,14 +1,16 @@
-"""`dbrx run --engine_dir` on every parallel mapping, as run.py is run: starting its own MPI world,
-or under `mpiexec -n WORLD`; the greedy ids of `--output_csv` are the one-rank engine's and
+"""`dbrx run --engine_dir` on multi-rank engines, as run.py is run: starting its own MPI world, or
+under `mpiexec -n WORLD`; the greedy ids of `--output_csv` are the one-rank engine's and
 transformers', and no process is left behind. A world whose size does not match the engine is
 refused, naming both numbers, and every rank exits."""
 
 import pytest
 
-from .multirank import (MAX_NEW, NEVER_SAMPLED, PROMPTS, WAIT, WORLD_ENGINES, assert_all_gone, assert_same_as,
+from .multirank import (MAX_NEW, NEVER_SAMPLED, PROMPTS, WAIT, assert_all_gone, assert_same_as,
                         one_rank_and_transformers_ids, read_ids, run_dbrx, write_prompts)
 
-UNDER_MPIEXEC = {"tp2pp2", "ep4"}  # run by `mpiexec -n WORLD dbrx run`; the others start their own world
+# Every mapping also runs through `dbrx run --server ... --output_csv` (test_world_serve.py); here, in
+# process, one of each kind of world: 2 ranks starting their own, 4 under mpiexec, 4 starting their own.
+RUN = {"tp2": None, "tp2pp2": 4, "moe_tp2ep2": None}  # name -> `mpiexec -n` ranks, or None
 
 
 @pytest.fixture(scope="module")
@@ -17,10 +19,9 @@ def expected(fp32_engine, banned):
 
 
 @pytest.mark.timeout(2 * WAIT)
-@pytest.mark.parametrize("name", list(WORLD_ENGINES))
-def test_dbrx_run_of_a_multi_rank_engine_prints_the_one_rank_ids(name, engine_dir, expected, reference_model,
+@pytest.mark.parametrize("name,ranks", list(RUN.items()))
+def test_dbrx_run_of_a_multi_rank_engine_prints_the_one_rank_ids(name, ranks, engine_dir, expected, reference_model,
                                                                   banned, tmp_path):
-    ranks = WORLD_ENGINES[name] if name in UNDER_MPIEXEC else None
     result = run_dbrx("run", "--engine_dir", engine_dir(name), "--device", "cpu", "--max_output_len", MAX_NEW,
                       "--end_id", NEVER_SAMPLED, "--input_file", write_prompts(tmp_path / "in.csv"),
                       "--output_csv", tmp_path / "out.csv", ranks=ranks)
