@@ -16,10 +16,14 @@ from pathlib import Path
 
 from dbrx_serve.cli.demo import wait_for_address
 from dbrx_serve.services.inference.launch import find_mpiexec
+from dbrx_serve.services.inference.params import SamplingParams
 from dbrx_serve.services.inference.supervisor import SUPERVISED
 from dbrx_serve.services.inference.world import NVLINK_MULTICAST_OFF
+from dbrx_serve.shared.testing import TinySpec, make_hf_model
 
+from .helpers import assert_same_greedy
 from .served import SERVING, health
+from .test_engine_greedy import transformers_greedy
 
 WORLD_ENGINES = {  # name in conftest.ENGINES -> world size
     "tp2": 2, "tp4": 4, "pp2": 2, "tp2pp2": 4, "ep2": 2, "ep4": 4, "moe_tp2ep2": 4,
@@ -35,11 +39,6 @@ NEVER_SAMPLED = 100256  # an unassigned id as the only end id: every request run
 def one_rank_and_transformers_ids(fp32_engine, banned) -> tuple[list, list]:
     """The greedy ids of PROMPTS from the one-rank engine (batched, as a world runs them) and from
     transformers' generate."""
-    from dbrx_serve.services.inference.params import SamplingParams
-    from dbrx_serve.shared.testing import TinySpec, make_hf_model
-
-    from .test_engine_greedy import transformers_greedy
-
     params = SamplingParams(max_new_tokens=MAX_NEW, temperature=0, end_id=(NEVER_SAMPLED,))
     hf = make_hf_model(TinySpec())
     return ([list(r.output_ids) for r in fp32_engine.generate(PROMPTS, params)],
@@ -48,8 +47,6 @@ def one_rank_and_transformers_ids(fp32_engine, banned) -> tuple[list, list]:
 
 def assert_same_as(expected: tuple[list, list], got: list[list[int]], reference_model, banned) -> None:
     """Each prompt's ids are the one-rank engine's and transformers' (up to a float32 near-tie)."""
-    from .helpers import assert_same_greedy
-
     assert len(got) == len(PROMPTS)
     for prompt, tokens, one_rank, hf in zip(PROMPTS, got, *expected):
         assert len(tokens) == MAX_NEW
