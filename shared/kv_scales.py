@@ -34,6 +34,11 @@ class KVScales:
             if not all(_positive_finite(s) for s in pair):
                 raise InvalidInput(f"KV scales: layer {i} needs positive finite 'k' and 'v' scales, got {pair}")
 
+    def of_layers(self, layers: range) -> "KVScales":
+        """The scales of these global layers, indexed from 0: what one pipeline stage holds."""
+        return KVScales(self.k[layers.start:layers.stop], self.v[layers.start:layers.stop], self.calibration,
+                        self.trtllm[layers.start:layers.stop] if self.trtllm is not None else None)
+
     def to_json(self) -> dict:
         return {"calibration": self.calibration, "layers": [{"k": k, "v": v} for k, v in zip(self.k, self.v)]}
 

@@ -39,6 +39,12 @@ class Mapping:
             moe_ep_size = _divide(tp_size, moe_tp_size, "moe_tp_size")
         return cls(tp_size, pp_size, moe_tp_size, moe_ep_size)
 
+    @classmethod
+    def from_config(cls, mapping: dict) -> "Mapping":
+        """A config.json's `mapping` object; missing keys are tp 1, pp 1, moe_tp = tp, moe_ep 1."""
+        tp = mapping.get("tp_size", 1)
+        return cls(tp, mapping.get("pp_size", 1), mapping.get("moe_tp_size", tp), mapping.get("moe_ep_size", 1))
+
     @property
     def world_size(self) -> int:
         return self.tp_size * self.pp_size

@@ -24,8 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dbrx_serve.services.inference.supervisor import supervise
+    if (status := supervise()) is not None:  # an MPI launcher started us: the rank runs as our child
+        return status
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # a command that starts an MPI world runs itself again in it
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command is None:
         parser.print_help()

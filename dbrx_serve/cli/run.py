@@ -38,6 +38,8 @@ def add_parser(subparsers):
     p.add_argument("--stop_words", nargs="+", default=None, help="--engine_dir/--server only: stop strings")
     p.add_argument("--streaming", action="store_true", help="print tokens as they are generated")
     p.add_argument("--device", default="auto", help="--engine_dir only: cpu, cuda[:N], or auto (cuda if present)")
+    p.add_argument("--hostfile", default=None, help="--engine_dir of several ranks: the hosts of the MPI world "
+                   "this command starts (passed to mpiexec)")
     p.add_argument("--dtype", default="float32", help="--hf_model_dir only: float32, float16 or bfloat16")
     p.add_argument("--auth_token", default=None, help="--server only: bearer token")
     p.add_argument("--tls_ca", default=None, help="--server only: PEM file of the CA that signed its certificate")
@@ -50,7 +52,7 @@ def main(argv: list[str]) -> int:
     import argparse
     subparsers = argparse.ArgumentParser(prog="dbrx").add_subparsers()
     args = add_parser(subparsers).parse_args(argv)
-    args.command = "run"
+    args.command, args.argv = "run", ["run", *argv]
     return run(args)
 
 

@@ -65,7 +65,18 @@ def prompts_of(args, tokenizer, engine) -> list:
     return read_prompts(args, tokenizer, engine.vocab_size)
 
 
+def world_status(args) -> int | None:
+    """For an engine of several ranks: None on rank 0 (go on), else the exit status of this rank's part
+    or of the MPI world started here (services/inference/launch.py). None for --server and one rank."""
+    if args.server:
+        return None
+    from dbrx_serve.services.inference.launch import as_world
+    return as_world(args.argv, args.engine_dir, args.hostfile)
+
+
 def run_engine(args) -> int:
+    if (status := world_status(args)) is not None:
+        return status
     with opened_engine(args) as engine:
         tokenizer = local_tokenizer(args, engine)
         prompts = prompts_of(args, tokenizer, engine)

@@ -38,6 +38,8 @@ def add_parser(subparsers):
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto, for --engine_dir and --test_hf")
     p.add_argument("--hf_dtype", default="float32", help="--test_hf: float32, float16 or bfloat16")
+    p.add_argument("--hostfile", default=None, help="--engine_dir of several ranks: the hosts of the MPI world "
+                   "this command starts (passed to mpiexec)")
     p.add_argument("--auth_token", default=None, help="--server only: bearer token")
     p.add_argument("--tls_ca", default=None, help="--server only: PEM file of the CA that signed its certificate")
     p.set_defaults(func=run)
@@ -64,8 +66,10 @@ Summarizer = Callable[[list[dict]], list[Summary]]  # a batch of records -> one 
 def run(args) -> int:
     from dbrx_serve.services.tokenizer.tokenizer import load_tokenizer
 
-    from .run_engine import opened_engine
+    from .run_engine import opened_engine, world_status
 
+    if (status := world_status(args)) is not None:  # an engine of several ranks (README: multi-rank)
+        return status
     check_counts(args)
     tokenizer = load_tokenizer(args.tokenizer_dir or args.hf_model_dir)
     records = read_records(args.dataset, ("article", "highlights"), args.batch_size * args.max_ite, "--dataset")

@@ -87,8 +87,7 @@ def read_config(root: Path) -> dict:
 
 def checkpoint_mapping(root: Path, config: dict) -> Mapping:
     m = config.get("mapping") or {}
-    mapping = Mapping(m.get("tp_size", 1), m.get("pp_size", 1), m.get("moe_tp_size", m.get("tp_size", 1)),
-                      m.get("moe_ep_size", 1))
+    mapping = Mapping.from_config(m)
     if m.get("world_size", mapping.world_size) != mapping.world_size:
         raise InvalidInput(f"{root / 'config.json'}: mapping.world_size {m['world_size']} is not "
                            f"tp_size x pp_size = {mapping.world_size}")

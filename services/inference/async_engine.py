@@ -10,7 +10,9 @@ request, which frees its KV blocks before the next step; so does a passed
 deadline, checked before every step. Whatever happens to the thread, no
 caller is left waiting: a failed step, `close()` or a crash ends every open
 stream with `EngineFailed` and refuses later calls, and `stopped` resolves
-with the reason (the server's health follows it).
+with the reason (the server's health follows it). So does the loss of a rank
+of a multi-rank engine's MPI world (`WorldLost`), which wakes the thread even
+when no request is running.
 """
 
 import asyncio
@@ -28,6 +30,7 @@ from .outputs import EngineStats, StepOutput
 from .params import SamplingParams
 from .prompt import Prompt
 from .stop import FinishReason
+from .world import WorldLost
 
 log = logging.getLogger("dbrx_serve.inference")
 __all__ = ["AsyncEngine", "EngineFailed"]
@@ -143,10 +146,14 @@ class AsyncEngine:
     def _run(self) -> None:
         reason, cause = "the engine was closed while this request ran", None
         try:
+            self.engine.executor.on_lost(lambda: self.inbox.put(None))  # wake up, and stop at the check
             while not self.closed:
                 self._run_calls(wait=not self.engine.has_unfinished)
+                self.engine.executor.check()  # WorldLost once a rank has died: no step can run again
                 if self.engine.has_unfinished and not self.closed:
                     self._step()
+        except WorldLost as lost:
+            reason, cause = str(lost), lost
         except BaseException as crash:
             log.exception("the engine's stepping thread failed")
             reason, cause = f"the engine stopped: {crash!r}", crash
@@ -187,6 +194,8 @@ class AsyncEngine:
     def _step(self) -> None:
         try:
             outputs = self.engine.expire() + self.engine.step()
+        except WorldLost:  # the thread stops: every open request ends with it
+            raise
         except Exception as error:  # every open request ends with it; the engine starts over empty
             log.exception("an engine step failed")
             self._fail_all(f"an engine step failed: {error!r}", error)

@@ -127,7 +127,7 @@ def generate_response(outputs: list[StepOutput], num_prompt_tokens: int) -> pb.G
 
 def model_info_to_pb(engine: Engine) -> pb.ModelInfo:
     engine_dir, limits = engine.engine_dir, engine.limits
-    mapping = {name: engine_dir.mapping.get(name, 1) for name in ("tp_size", "pp_size", "moe_tp_size", "moe_ep_size")}
+    mapping = {name: value for name, value in engine_dir.mapping.to_dict().items() if name != "world_size"}
     dtype = common_pb2.DType.Value(f"D_TYPE_{engine_dir.config.torch_dtype.upper()}")  # "float32" -> D_TYPE_FLOAT32
     return pb.ModelInfo(
         engine_dir=str(engine_dir.path), dtype=dtype,

@@ -3,6 +3,9 @@
     engine = Engine.from_dir("engines/tiny", device="cpu")
     results = engine.generate(["What is AGI?"], SamplingParams(max_new_tokens=32, temperature=0))
 
+A multi-rank engine runs on rank 0 of an MPI world of as many ranks (executor.py): the
+scheduler and sampler here are the same.
+
 or step by step: `add_request` / `abort` / `step()` (continuous batching:
 requests added between steps join the running batch), `expire()` (requests
 past their deadline), and `stats()`. async_engine.py streams step outputs to
@@ -24,7 +27,7 @@ from dbrx_serve.shared.errors import InvalidInput
 from .block_manager import BlockManager
 from .engine_dir import EngineDir, load_engine_dir
 from .limits import EngineLimits
-from .model_runner import ModelRunner
+from .executor import open_executor
 from .outputs import EngineStats, Result, StepOutput
 from .params import SamplingParams
 from .plan import StepPlan
@@ -47,11 +50,13 @@ def load_tokenizer_of(engine: EngineDir):
 
 class Engine:
     def __init__(self, engine: EngineDir, limits: EngineLimits, device: str | torch.device = "cpu",
-                 backend: str | None = None, model=None):
+                 backend: str | None = None, model=None, verify: tuple[bool, bool] = (True, False)):
         """`backend`: backends.py's name (None: the device's default); `model`: weights already on the
-        device (benchmarks), else the engine's rank file."""
+        device (benchmarks), else the engine's rank file; `verify`: how the other ranks of a
+        multi-rank engine check the directory (quick check, every sha256)."""
         self.engine_dir, self.limits = engine, limits
-        self.runner = ModelRunner(engine, limits, device, backend, model)
+        self.executor = open_executor(engine, limits, torch.device(device), backend, model, verify)
+        self.runner = self.executor.runner  # this process's rank (rank 0 of a multi-rank engine)
         self.blocks = BlockManager(self.runner.num_blocks, limits.tokens_per_block)
         self.scheduler = Scheduler(limits, self.blocks)
         self.tokenizer = load_tokenizer_of(engine)
@@ -70,7 +75,8 @@ class Engine:
         started = time.perf_counter()
         engine = load_engine_dir(engine_dir, verify, verify_checksums, tokenizer_dir)
         checked = time.perf_counter()
-        loaded = cls(engine, EngineLimits.from_build_config(engine.build, **runtime_limits), device, backend)
+        loaded = cls(engine, EngineLimits.from_build_config(engine.build, **runtime_limits), device, backend,
+                     verify=(verify, verify_checksums))
         log_load_time(loaded, checked - started, time.perf_counter() - checked, verify_checksums)
         return loaded
 
@@ -151,7 +157,7 @@ class Engine:
         chunks = self.scheduler.schedule()
         if not chunks:
             return []
-        logits = self.runner.run(StepPlan.of(chunks, self.limits.tokens_per_block))  # [S,V], rows that sample
+        logits = self.executor.run(StepPlan.of(chunks, self.limits.tokens_per_block))  # [S,V], rows that sample
         self.scheduler.advance(chunks)
         seqs = [c.seq for c in chunks if c.samples]
         rows = SamplingRows(tuple(s.params for s in seqs), tuple(s.seed for s in seqs),

@@ -13,6 +13,7 @@ from dbrx_serve.shared.artifacts import MANIFEST, file_sha256, rank_file, read_j
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.kv_scales import SCALES_FILE, KVScales
+from dbrx_serve.shared.mapping import Mapping
 
 BACKEND = "dbrx-serve-torch"
 KV_CACHE_DTYPES = ("model", "int8")
@@ -38,12 +39,12 @@ class EngineDir:
         return (self.pretrained.get("quantization") or {}).get("kv_cache_quant_algo")
 
     @property
-    def mapping(self) -> dict:
-        return self.pretrained.get("mapping") or {}
+    def mapping(self) -> Mapping:
+        return Mapping.from_config(self.pretrained.get("mapping") or {})
 
     @property
     def world_size(self) -> int:
-        return self.mapping.get("world_size", 1)
+        return self.mapping.world_size
 
     def rank_file(self, rank: int) -> Path:
         return rank_file(self.path, rank)

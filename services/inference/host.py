@@ -3,7 +3,8 @@
 The server listens first, NOT_SERVING, so probes get an answer while a large
 engine loads; `run` reads the engine in a worker thread, runs one warm-up
 step, then turns health SERVING. Health goes NOT_SERVING again while the
-server drains (SIGTERM) and as soon as the engine's stepping thread stops.
+server drains (SIGTERM) and as soon as the engine's stepping thread stops
+(`run` then raises WorldLost if a rank of the engine's MPI world died).
 A request that comes while the engine is loading, draining or stopped is
 UNAVAILABLE, with the reason.
 """
@@ -81,6 +82,7 @@ class EngineHost:
             self.not_ready = f"the engine has stopped ({reason}): this server needs a restart"
             log.error("the engine has stopped (%s): health is NOT_SERVING", reason)
         await rpc.set_health(server, health_pb2.HealthCheckResponse.NOT_SERVING)
+        engine.executor.check()  # a lost MPI world (WorldLost): the server exits, and the world with it
 
     def drain(self) -> None:
         """Refuse new requests from now on; those in flight go on."""

@@ -1,5 +1,5 @@
 """A step as one plain value: what the model runner, the attention backends,
-CUDA graphs (and, later, the other ranks of an MPI world) read, never the
+CUDA graphs and the other ranks of an MPI world (executor.py) read, never the
 scheduler's `Sequence` objects.
 
 A step's new tokens are flattened into one row of N tokens: each scheduled
@@ -36,6 +36,27 @@ class StepPlan:
         """One new token per sequence (what CUDA graphs capture)."""
         return self.num_tokens == self.num_seqs
 
+    def sequences(self, first: int, stop: int) -> "StepPlan":
+        """The part of the step that sequences [first, stop) make, as a step of its own."""
+        start, end = int(self.query_start[first]), int(self.query_start[stop])
+        rows = self.sample_rows[(self.sample_rows >= start) & (self.sample_rows < end)] - start
+        return StepPlan(self.token_ids[start:end], self.positions[start:end], self.slots[start:end],
+                        self.query_start[first:stop + 1] - start, self.seq_lens[first:stop],
+                        self.block_tables[first:stop], rows.astype(np.int32))
+
+    def pack(self) -> np.ndarray:
+        """The plan as one int32 array (what rank 0 broadcasts to the other ranks each step)."""
+        sizes = np.array([self.num_tokens, self.num_seqs, self.block_tables.shape[1], len(self.sample_rows)], np.int32)
+        return np.concatenate([sizes, self.token_ids, self.positions, self.slots, self.query_start, self.seq_lens,
+                               self.block_tables.ravel(), self.sample_rows]).astype(np.int32, copy=False)
+
+    @classmethod
+    def unpack(cls, packed: np.ndarray) -> "StepPlan":
+        N, B, W, S = (int(n) for n in packed[:4])
+        tokens, positions, slots, query_start, seq_lens, tables, rows = np.split(
+            packed[4:4 + 3 * N + 2 * B + 1 + B * W + S], np.cumsum([N, N, N, B + 1, B, B * W]))
+        return cls(tokens, positions, slots, query_start, seq_lens, tables.reshape(B, W), rows)
+
     @classmethod
     def of(cls, chunks: list[Chunk], tokens_per_block: int) -> "StepPlan":
         lengths = np.array([c.num_tokens for c in chunks], dtype=np.int32)
@@ -48,6 +69,23 @@ class StepPlan:
         return cls(np.array([t for c in chunks for t in c.token_ids], dtype=np.int32), positions,
                    slots.astype(np.int32), query_start, starts + lengths, tables,
                    (query_start[1:] - 1)[[c.samples for c in chunks]].astype(np.int32))
+
+
+def micro_batches(plan: StepPlan, count: int) -> list[StepPlan]:
+    """The step cut into at most `count` steps of whole sequences, in order, of about equal numbers of
+    tokens (pipeline stages work on one while the next stage works on the one before); their sampled
+    rows, one after the other, are the step's."""
+    count = min(count, plan.num_seqs)
+    if count <= 1:
+        return [plan]
+    starts, cuts = plan.query_start, [0]
+    for k in range(1, count):  # the sequence boundary nearest k/count of the tokens, each part non-empty
+        target = k * plan.num_tokens / count
+        after = int(np.searchsorted(starts, target))  # the first boundary at or past the target
+        cut = after if starts[after] - target <= target - starts[after - 1] else after - 1
+        cuts.append(min(max(cut, cuts[-1] + 1), plan.num_seqs - (count - k)))
+    cuts.append(plan.num_seqs)
+    return [plan.sequences(a, b) for a, b in zip(cuts, cuts[1:])]
 
 
 def padded(tables: list[list[int]]) -> np.ndarray:

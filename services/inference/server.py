@@ -6,21 +6,29 @@
 It listens at once with health NOT_SERVING, loads and warms up the engine,
 then serves (SERVING). On SIGINT/SIGTERM: NOT_SERVING, no new calls, the
 requests in flight get the grace period to finish, then end CANCELLED; then
-the engine stops."""
+the engine stops. An engine of several ranks runs as rank 0 of an MPI world
+(launch.py starts it when no mpirun did); when a rank dies, open streams end
+UNAVAILABLE, health goes NOT_SERVING and the server exits (status 2) at once,
+ending the world."""
 
 import argparse
 import asyncio
 import logging
+import sys
 
 import grpc
 
 from dbrx_serve.shared import rpc
+from dbrx_serve.shared.errors import DbrxServeError
 from dbrx_serve.shared.generated.dbrx.serve.v1 import inference_pb2_grpc as pb_grpc
 from dbrx_serve.shared.metrics import InferenceMetrics
 
 from .config import InferenceServiceConfig
 from .host import EngineHost
+from .launch import as_world
 from .servicer import InferenceServicer
+from .supervisor import supervise
+from .world import WorldLost
 
 SERVICE_NAME = "dbrx.serve.v1.InferenceService"
 CALLS_END_SECONDS = 1.0  # after the grace period, for cancelled calls to end CANCELLED before gRPC cuts them
@@ -52,7 +60,8 @@ async def serve_config(config: InferenceServiceConfig) -> None:
     done, _ = await asyncio.wait([running, stop], return_when=asyncio.FIRST_COMPLETED)
     if stop not in done and running.exception() is None:
         await stop  # the engine stopped: health says NOT_SERVING until we are told to exit
-    await stop_serving(server, config.server.grace_seconds)
+    lost = running.done() and not running.cancelled() and isinstance(running.exception(), WorldLost)
+    await stop_serving(server, 0.0 if lost else config.server.grace_seconds)  # a lost world ends at once
     await server.host.close()
     if not running.cancelled() and running.exception() is not None:
         raise running.exception()  # the engine did not load: say why
@@ -81,6 +90,8 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auth_token", default=None, help="require 'authorization: Bearer <token>'")
     parser.add_argument("--tls_cert", default=None)
     parser.add_argument("--tls_key", default=None)
+    parser.add_argument("--hostfile", default=None, help="an engine of several ranks: the hosts of the MPI "
+                        "world this command starts (passed to mpiexec)")
 
 
 def config_from_args(args: argparse.Namespace) -> InferenceServiceConfig:
@@ -93,13 +104,24 @@ def config_from_args(args: argparse.Namespace) -> InferenceServiceConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """`dbrx serve inference ...`: runs until SIGINT/SIGTERM; 2 on a bad setting or engine."""
+    if (status := supervise()) is not None:  # an MPI launcher started us: the rank runs as our child
+        return status
     parser = argparse.ArgumentParser(prog="dbrx serve inference", description="DBRX inference gRPC server")
     add_serve_args(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
     package = logging.getLogger("dbrx_serve")
     package.setLevel(min(package.getEffectiveLevel(), logging.INFO))  # the load time is worth a line
-    return rpc.run_server("dbrx serve inference", lambda: serve_config(config_from_args(args)))
+    try:
+        config = config_from_args(args)
+        status = as_world(["serve", "inference", *argv], args.engine_dir, args.hostfile)
+    except DbrxServeError as error:
+        print(f"dbrx serve inference: {error}", file=sys.stderr, flush=True)
+        return 2
+    if status is not None:  # a rank other than 0, or the world started here has ended
+        return status
+    return rpc.run_server("dbrx serve inference", lambda: serve_config(config))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,12 @@
 """Tiny engines for the inference tests: the demo's tiny DBRX (d_model 64, DBRX's
-vocabulary, the tiny BPE) converted and built by our own converter and builder."""
+vocabulary, the tiny BPE) converted and built by our own converter and builder.
 
+Under DBRX_TEST_WORLD_FLAGS (converter flags as JSON, e.g. {"tp_size": 2}) every engine is built
+with those flags too: test_world_suites.py runs tests of this folder that way, as rank 0 of an MPI
+world, unchanged."""
+
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +28,17 @@ ENGINES = {  # name -> converter flags
     "int8kv": dict(dtype="float32", int8_kv_cache=True),
     "bf16int8kv": dict(dtype="bfloat16", int8_kv_cache=True),
     "tp2": dict(dtype="float32", tp_size=2),
+    "tp4": dict(dtype="float32", tp_size=4),
+    "pp2": dict(dtype="float32", pp_size=2),
+    "tp2pp2": dict(dtype="float32", tp_size=2, pp_size=2),
+    "ep2": dict(dtype="float32", tp_size=2, moe_ep_size=2),
+    "ep4": dict(dtype="float32", tp_size=4, moe_ep_size=4),
+    "moe_tp2ep2": dict(dtype="float32", tp_size=4, moe_tp_size=2, moe_ep_size=2),
+    "pp2int8kv": dict(dtype="float32", pp_size=2, int8_kv_cache=True),
 }
+WORLD_FLAGS = json.loads(os.environ.get("DBRX_TEST_WORLD_FLAGS", "{}"))
+if WORLD_FLAGS:
+    ENGINES = {name: {**flags, **WORLD_FLAGS} for name, flags in ENGINES.items()}
 
 
 @pytest.fixture(autouse=True)

@@ -76,6 +76,7 @@ def test_a_tampered_engine_is_refused(engine_dir, tmp_path):
         Engine.from_dir(tmp_path / "missing")
 
 
-def test_a_multi_rank_engine_is_refused_for_now(engine_dir):
-    with pytest.raises(InvalidInput, match="has 2 ranks; this runtime runs one-rank engines"):
+def test_a_multi_rank_engine_outside_an_mpi_world_is_refused_naming_both_sizes(engine_dir):
+    """In a process no MPI launcher started (`dbrx run` and `dbrx serve inference` start the world)."""
+    with pytest.raises(InvalidInput, match="has 2 ranks but this process is a world of 1 .*mpirun -n 2"):
         Engine.from_dir(engine_dir("tp2"))

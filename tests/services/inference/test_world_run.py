@@ -1,0 +1,40 @@
+"""`dbrx run --engine_dir` on multi-rank engines, as run.py is run: starting its own MPI world, or
+under `mpiexec -n WORLD`; the greedy ids of `--output_csv` are the one-rank engine's and
+transformers', and no process is left behind. A world whose size does not match the engine is
+refused, naming both numbers, and every rank exits."""
+
+import pytest
+
+from .multirank import (MAX_NEW, NEVER_SAMPLED, PROMPTS, WAIT, assert_all_gone, assert_same_as,
+                        one_rank_and_transformers_ids, read_ids, run_dbrx, write_prompts)
+
+# Every mapping also runs through `dbrx run --server ... --output_csv` (test_world_serve.py); here, in
+# process, one of each kind of world: 2 ranks starting their own, 4 under mpiexec, 4 starting their own.
+RUN = {"tp2": None, "tp2pp2": 4, "moe_tp2ep2": None}  # name -> `mpiexec -n` ranks, or None
+
+
+@pytest.fixture(scope="module")
+def expected(fp32_engine, banned):
+    return one_rank_and_transformers_ids(fp32_engine, banned)
+
+
+@pytest.mark.timeout(2 * WAIT)
+@pytest.mark.parametrize("name,ranks", list(RUN.items()))
+def test_dbrx_run_of_a_multi_rank_engine_prints_the_one_rank_ids(name, ranks, engine_dir, expected, reference_model,
+                                                                  banned, tmp_path):
+    result = run_dbrx("run", "--engine_dir", engine_dir(name), "--device", "cpu", "--max_output_len", MAX_NEW,
+                      "--end_id", NEVER_SAMPLED, "--input_file", write_prompts(tmp_path / "in.csv"),
+                      "--output_csv", tmp_path / "out.csv", ranks=ranks)
+    assert result.returncode == 0, result.stderr
+    assert_all_gone(result.world)
+    assert result.stdout.count("Output [Text") == len(PROMPTS)
+    assert_same_as(expected, read_ids(tmp_path / "out.csv"), reference_model, banned)
+
+
+@pytest.mark.timeout(2 * WAIT)
+def test_a_world_of_the_wrong_size_is_refused_naming_both_sizes_and_every_rank_exits(engine_dir):
+    result = run_dbrx("run", "--engine_dir", engine_dir("fp32"), "--device", "cpu", "--max_output_len", 2,
+                      "--input_text", "hi", ranks=2)
+    assert result.returncode != 0
+    assert "has 1 rank but the MPI world has 2: start it with mpirun -n 1" in result.stderr
+    assert_all_gone(result.world)
