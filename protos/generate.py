@@ -2,6 +2,10 @@
 
     python protos/generate.py [--out DIR]
 
+The typing stubs (`*_pb2.pyi`, `*_pb2_grpc.pyi`) come from mypy-protobuf's
+plugins (`protoc-gen-mypy`, `protoc-gen-mypy_grpc`, installed with the test
+extra), so `mypy --strict` sees every message, enum and stub.
+
 protoc writes absolute imports (`from dbrx.serve.v1 import common_pb2`) that
 would need a top-level `dbrx` package; we rewrite them to relative imports so
 the stubs live under `dbrx_serve.shared.generated`. The descriptors keep their
@@ -28,10 +32,21 @@ def run_protoc(out: Path) -> None:
 
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE).glob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
-    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", f"--python_out={out}",
-            f"--pyi_out={out}", f"--grpc_python_out={out}", *protos]
+    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", f"--python_out={out}", f"--grpc_python_out={out}",
+            *mypy_plugins(out), *protos]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
+
+
+def mypy_plugins(out: Path) -> list[str]:
+    """mypy-protobuf's two plugins, found beside this Python (the venv's bin/)."""
+    args = []
+    for name in ("protoc-gen-mypy", "protoc-gen-mypy_grpc"):
+        plugin = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+        if plugin is None:
+            raise SystemExit(f"{name} not found: pip install mypy-protobuf (the test extra pins it)")
+        args += [f"--plugin={name}={plugin}", f"--{name.removeprefix('protoc-gen-')}_out={out}"]
+    return args
 
 
 def make_relative(path: Path) -> None:

@@ -3,15 +3,27 @@
 
 A message that repeats a value from a request shows it with `shown`, cut to
 MAX_SHOWN characters: a status message travels in a header, and a client
-refuses headers over 8 KiB (RESOURCE_EXHAUSTED instead of the message)."""
+refuses headers over 8 KiB (RESOURCE_EXHAUSTED instead of the message).
+
+A client sees a failed call as the same types (`shared/status.py`), with the
+call's `code` (a grpc.StatusCode) and the server's `details` set. This module
+imports nothing heavy: the client SDK raises these too."""
 
 from pathlib import PurePath
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grpc
 
 MAX_SHOWN = 200  # characters of one value a message repeats
 
 
 class DbrxServeError(Exception):
-    """Base of the errors a person can act on; the message says what to fix."""
+    """Base of the errors a person can act on; the message says what to fix. On an error a
+    client got from a call, `code` is the call's status and `details` the server's message."""
+
+    code: "grpc.StatusCode | None" = None
+    details: str = ""
 
 
 class InvalidInput(DbrxServeError, ValueError):
@@ -52,3 +64,11 @@ class Unavailable(DbrxServeError):
 
 class EngineFailed(Unavailable, RuntimeError):
     """The engine could not go on with this request: a step failed, or the engine stopped."""
+
+
+class Unauthenticated(DbrxServeError):
+    """A missing or wrong bearer token: UNAUTHENTICATED."""
+
+
+class DeadlineExceeded(DbrxServeError):
+    """The call's deadline passed before it ended: DEADLINE_EXCEEDED."""

@@ -21,11 +21,12 @@ from typing import Any, Callable
 
 import grpc
 
-from . import rpc
+from . import logs, rpc
 from .artifacts import remove_stale_temps
 from .errors import DbrxServeError, InvalidInput
-from .jobstore import Job, JobContext, JobStore, Worker
+from .jobstore import Job, JobContext, JobState, JobStore, Worker
 from .jobstore.service import job_servicer
+from .metrics import JobCounts, JobMetrics, serve_metrics
 from .options import ANY_ABSOLUTE_PATH, PathPolicy
 
 log = logging.getLogger("dbrx_serve.job_stage")
@@ -58,11 +59,17 @@ class JobStage:
 
 
 def run_worker(stage: JobStage, database_url: str | None, lease_seconds: float = 30.0,
-               poll_seconds: float = 1.0, paths: PathPolicy = ANY_ABSOLUTE_PATH) -> int:
-    """`dbrx worker STAGE`: run jobs until SIGINT/SIGTERM (the job in hand is finished first)."""
+               poll_seconds: float = 1.0, paths: PathPolicy = ANY_ABSOLUTE_PATH,
+               metrics_port: int | None = None, host: str = "127.0.0.1") -> int:
+    """`dbrx worker STAGE`: run jobs until SIGINT/SIGTERM (the job in hand is finished first);
+    with a metrics port, its job durations served there."""
+    metrics = JobMetrics()
     with JobStore.open(database_url) as store:
-        worker = stage.worker(store, paths, lease_seconds=lease_seconds, poll_seconds=poll_seconds)
+        worker = stage.worker(store, paths, lease_seconds=lease_seconds, poll_seconds=poll_seconds, metrics=metrics)
         stop_on_signals(worker)
+        if metrics_port is not None:
+            exporter = serve_metrics(metrics.registry, host, metrics_port)
+            print(f"metrics on http://{host}:{exporter.server_port}/metrics", flush=True)
         print(f"{stage.name} worker {worker.config.owner} on {store.config.backend}", flush=True)
         worker.run_forever()
     return 0
@@ -83,8 +90,11 @@ def start_worker_thread(worker: Worker, name: str) -> threading.Thread:
 
 def build_server(stage: JobStage, store: JobStore, config: rpc.ServerConfig,
                  paths: PathPolicy = ANY_ABSOLUTE_PATH) -> tuple[grpc.aio.Server, int]:
-    """Register the stage's service and JobService (with health and reflection), bind the port."""
-    return rpc.build_server([stage.servicer(store, paths), job_servicer(store)], config)
+    """Register the stage's service and JobService (with health and reflection), bind the port;
+    server.registry also counts the store's jobs of this stage per state at each scrape."""
+    server, port = rpc.build_server([stage.servicer(store, paths), job_servicer(store)], config)
+    server.registry.register(JobCounts(store.count_by_state, stage.kind, tuple(s.value for s in JobState)))
+    return server, port
 
 
 def add_serve_args(stage: JobStage, parser: argparse.ArgumentParser) -> None:
@@ -98,20 +108,22 @@ def add_serve_args(stage: JobStage, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls_key", default=None)
     parser.add_argument("--allowed_root", action="append", default=[], metavar="DIR",
                         help="accept only requests whose paths lie under DIR (repeatable; default: any absolute path)")
+    parser.add_argument("--metrics_port", type=int, default=None, help="serve Prometheus /metrics here (0: a free port)")
 
 
 async def serve(stage: JobStage, args: argparse.Namespace) -> None:
     config = rpc.ServerConfig(host=args.host, port=args.port, auth_token=args.auth_token,
-                              tls_cert=args.tls_cert, tls_key=args.tls_key)
+                              tls_cert=args.tls_cert, tls_key=args.tls_key, metrics_port=args.metrics_port)
     if args.local_workers < 0:
         raise InvalidInput(f"--local_workers must be 0 or more, got {args.local_workers}")
     paths = PathPolicy(tuple(args.allowed_root))
     if not paths.allowed_roots:
         log.warning("no --allowed_root: clients may name any absolute path the %s workers can reach", stage.name)
     with JobStore.open(args.database_url) as store:
-        workers = [stage.worker(store, paths) for _ in range(args.local_workers)]
-        threads = [start_worker_thread(w, f"{stage.name}-worker-{i}") for i, w in enumerate(workers)]
         server, port = build_server(stage, store, config, paths)
+        metrics = JobMetrics(server.registry)
+        workers = [stage.worker(store, paths, metrics=metrics) for _ in range(args.local_workers)]
+        threads = [start_worker_thread(w, f"{stage.name}-worker-{i}") for i, w in enumerate(workers)]
 
         async def stop_workers():
             for worker in workers:
@@ -127,7 +139,7 @@ def serve_main(stage: JobStage, argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"dbrx serve {stage.name}", description=f"DBRX {stage.name} gRPC server")
     add_serve_args(stage, parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    logs.at_least_info()
     try:
         asyncio.run(serve(stage, args))
     except DbrxServeError as error:

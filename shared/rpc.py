@@ -22,20 +22,14 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
-from .errors import BadState, CapacityExhausted, Cancelled, DbrxServeError, InvalidInput, NotFound, Unavailable, cut
+from .errors import BadState, DbrxServeError, InvalidInput, cut
+from .metrics import RpcMetrics, serve_metrics
+from .status import ERROR_OF_STATUS, STATUS_OF_ERROR, status_of, typed_error  # noqa: F401 (re-exported)
 
 log = logging.getLogger("dbrx_serve.rpc")
 
-STATUS_OF_ERROR = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    BadState: grpc.StatusCode.FAILED_PRECONDITION,
-    CapacityExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Cancelled: grpc.StatusCode.CANCELLED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,  # EngineFailed too: the engine stopped, never INTERNAL
-}
-ERROR_OF_STATUS = {code: kind for kind, code in STATUS_OF_ERROR.items()}
 OPEN_SERVICES = (health.SERVICE_NAME, reflection.SERVICE_NAME)  # reachable without a token
 MAX_DETAILS = 1000  # characters of a status message; values in it are already cut (errors.shown)
 
@@ -49,12 +43,14 @@ class ServerConfig:
     tls_key: str | None = None
     grace_seconds: float = 10.0
     max_message_mb: int = 64
+    metrics_port: int | None = None  # Prometheus /metrics on this port (0: a free one); None: not served
 
     def __post_init__(self):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidInput("TLS needs both --tls_cert and --tls_key")
-        if not 0 <= self.port <= 65535:
-            raise InvalidInput(f"port {self.port} is outside 0..65535")
+        for name in ("port", "metrics_port"):
+            if not 0 <= (getattr(self, name) or 0) <= 65535:
+                raise InvalidInput(f"--{name} {getattr(self, name)} is outside 0..65535")
 
 
 @dataclass(frozen=True)
@@ -64,20 +60,6 @@ class Servicer:
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     implementation: Any
     name: str  # e.g. "dbrx.serve.v1.TokenizerService"
-
-
-def status_of(error: BaseException) -> grpc.StatusCode | None:
-    for kind, code in STATUS_OF_ERROR.items():
-        if isinstance(error, kind):
-            return code
-    return None
-
-
-def typed_error(error: grpc.RpcError) -> DbrxServeError:
-    """A client's view of a failed call: the typed error its status code stands for (DbrxServeError
-    for codes no domain error maps to), the code's name before the details."""
-    kind = ERROR_OF_STATUS.get(error.code(), DbrxServeError)
-    return kind(f"{error.code().name.lower()}: {error.details()}")
 
 
 async def called(call):
@@ -180,12 +162,15 @@ def _refuse(code: grpc.StatusCode, message: str):
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-def build_server(servicers: Iterable[Servicer], config: ServerConfig) -> tuple[grpc.aio.Server, int]:
-    """Register the servicers, health (SERVING for each) and reflection; bind the port."""
+def build_server(servicers: Iterable[Servicer], config: ServerConfig,
+                 registry: CollectorRegistry | None = None) -> tuple[grpc.aio.Server, int]:
+    """Register the servicers, health (SERVING for each) and reflection; bind the port. Every call
+    is counted and timed in `registry` (server.registry), served on config.metrics_port by `start`."""
     servicers = list(servicers)
-    interceptors = [BearerAuth(config.auth_token)] if config.auth_token else []
+    registry = registry if registry is not None else CollectorRegistry()
+    auth = [BearerAuth(config.auth_token)] if config.auth_token else []
     size = config.max_message_mb * 1024 * 1024
-    server = grpc.aio.server(interceptors=[*interceptors, ErrorMapping()], options=[
+    server = grpc.aio.server(interceptors=[RpcMetrics(registry), *auth, ErrorMapping()], options=[
         ("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -196,6 +181,7 @@ def build_server(servicers: Iterable[Servicer], config: ServerConfig) -> tuple[g
     port = _bind(server, config)
     server.health = health_servicer  # set SERVING once started (see serve/start)
     server.service_names = names
+    server.registry, server.config, server.metrics_http = registry, config, None
     return server, port
 
 
@@ -222,6 +208,26 @@ async def start(server: grpc.aio.Server, serving: bool = True) -> None:
     await set_health(server, health_pb2.HealthCheckResponse.SERVING if serving else
                      health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
+    start_metrics(server)
+
+
+def start_metrics(server: grpc.aio.Server) -> None:
+    """Serve server.registry on the configured metrics port, if any, and say where."""
+    config = server.config
+    if config.metrics_port is not None and server.metrics_http is None:
+        try:
+            server.metrics_http = serve_metrics(server.registry, config.host, config.metrics_port)
+        except OSError as error:
+            raise BadState(f"cannot bind the metrics port {config.host}:{config.metrics_port} "
+                           f"({error.strerror}): is it in use?") from None
+        print(f"metrics on http://{config.host}:{server.metrics_http.server_port}/metrics", flush=True)
+
+
+def stop_metrics(server: grpc.aio.Server) -> None:
+    if getattr(server, "metrics_http", None) is not None:
+        server.metrics_http.shutdown()
+        server.metrics_http.server_close()
+        server.metrics_http = None
 
 
 def stop_signal() -> asyncio.Event:
@@ -236,6 +242,7 @@ async def drain(server: grpc.aio.Server, grace_seconds: float) -> None:
     """Health NOT_SERVING, no new calls, in-flight ones given the grace period, then cancelled."""
     await server.health.enter_graceful_shutdown()
     await server.stop(grace_seconds)
+    stop_metrics(server)
 
 
 async def serve(server: grpc.aio.Server, port: int, config: ServerConfig, on_stop=None) -> None:

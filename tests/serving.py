@@ -25,6 +25,7 @@ def served_in_thread(build, start=rpc.start, on_stop=None):
         ready.set()
         await stop.wait()
         await server.stop(None)
+        rpc.stop_metrics(server)
         if on_stop is not None:
             await on_stop(server)
 

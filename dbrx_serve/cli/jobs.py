@@ -82,7 +82,7 @@ def follow_job(store_or_stub, job_id: str, *, file=None, bar: bool | None = None
     (or with bar=True) as a tqdm bar; otherwise one line per event, for logs."""
     jobs = jobs_source(store_or_stub)
     file = file or sys.stderr
-    show = _progress_bar if (file.isatty() if bar is None else bar) else _event_lines
+    show = progress_bar if (file.isatty() if bar is None else bar) else _event_lines
     with show(job_id, file) as update:
         for event in jobs.watch(job_id):
             update(event)
@@ -90,7 +90,7 @@ def follow_job(store_or_stub, job_id: str, *, file=None, bar: bool | None = None
 
 
 @contextlib.contextmanager
-def _progress_bar(job_id: str, file):
+def progress_bar(job_id: str, file):
     with tqdm(total=100, desc=f"job {job_id[:8]}", file=file,
               bar_format="{desc} {percentage:3.0f}%|{bar:30}| {elapsed} {postfix}") as bar:
         def update(event: JobEvent) -> None:

@@ -4,10 +4,10 @@ lives in its own module with `add_parser(subparsers)`; the module sets
 
 import argparse
 import importlib
-import logging
 import sys
 
 from dbrx_serve import __version__
+from dbrx_serve.shared import logs
 from dbrx_serve.shared.errors import DbrxServeError
 
 SUBCOMMANDS = ["convert", "build", "run", "summarize", "tokenize", "serve", "worker", "jobs", "demo"]
@@ -17,21 +17,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dbrx", description="Convert, build, run and serve DBRX.")
     parser.add_argument("--version", action="version", version=f"dbrx-serve {__version__}")
     parser.add_argument("--log_level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log_format", default="text", choices=["text", "json"],
+                        help="json: one object per line (time, level, logger, message, job_id, request_id)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"dbrx_serve.cli.{name}").add_parser(subparsers)
     return parser
 
 
+SERVER_EXTRA = "pip install 'dbrx-serve[server]'"
+
+
 def main(argv: list[str] | None = None) -> int:
-    from dbrx_serve.services.inference.supervisor import supervise
+    from dbrx_serve.services.inference.supervisor import supervise  # the standard library only
     if (status := supervise()) is not None:  # an MPI launcher started us: the rank runs as our child
         return status
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as error:  # the base install is the client SDK alone
+        print(f"dbrx: the command needs the server install ({SERVER_EXTRA}): no module {error.name!r}",
+              file=sys.stderr)
+        return 2
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv  # a command that starts an MPI world runs itself again in it
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure(args.log_level, args.log_format)
     if args.command is None:
         parser.print_help()
         return 2

@@ -1,13 +1,9 @@
 """`dbrx serve STAGE`: run one stage's gRPC server (health and reflection included), or the
-OpenAI-compatible HTTP gateway over the inference and tokenizer services (`openai`).
-
-`all` is not built yet (issue 13): it will start every stage and then the gateway, with
-`dbrx_serve.services.gateway.server.serve_config(GatewayConfig(inference=(...), tokenizer=...))`
-on the same event loop as the gRPC servers."""
+OpenAI-compatible HTTP gateway over the inference and tokenizer services (`openai`), or every
+stage at once, each its own process (`all`, serve_all.py)."""
 
 import argparse
 import importlib
-import sys
 
 from .worker import JOB_STAGES, job_stage
 
@@ -33,6 +29,6 @@ def run(args) -> int:
         from dbrx_serve.shared.job_stage import serve_main
 
         return serve_main(job_stage(args.stage), args.rest)
-    print(f"dbrx serve {args.stage}: not built yet (serve each stage on its own: "
-          f"{', '.join(s for s in ALL_STAGES if s != 'all')})", file=sys.stderr)
-    return 3
+    from .serve_all import main
+
+    return main(args.rest, ("--log_level", args.log_level, "--log_format", args.log_format))

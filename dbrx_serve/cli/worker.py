@@ -20,6 +20,8 @@ def add_parser(subparsers):
     p.add_argument("--poll_seconds", type=float, default=1.0, help="wait between looks for a queued job")
     p.add_argument("--allowed_root", action="append", default=[], metavar="DIR",
                    help="run only jobs whose paths lie under DIR (repeatable; default: any absolute path)")
+    p.add_argument("--metrics_port", type=int, default=None,
+                   help="serve Prometheus /metrics (job durations) here (0: a free port)")
     p.set_defaults(func=run)
     return p
 
@@ -29,4 +31,4 @@ def run(args) -> int:
     from dbrx_serve.shared.options import PathPolicy
 
     return run_worker(job_stage(args.stage), args.database_url, args.lease_seconds, args.poll_seconds,
-                      PathPolicy(tuple(args.allowed_root)))
+                      PathPolicy(tuple(args.allowed_root)), args.metrics_port)

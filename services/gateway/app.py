@@ -48,7 +48,7 @@ class Gateway:
         self.tokenizer: TokenizerClient | None = None
         self.registry = CollectorRegistry()
         self.metrics = InferenceMetrics(self.registry)
-        self.http_requests = Counter("dbrx_http_requests", "HTTP requests by route, method and status.",
+        self.http_requests = Counter("dbrx:http_requests", "HTTP requests by route, method and status.",
                                      ["route", "method", "status"], registry=self.registry)
         self.started = int(time.time())
 

@@ -94,6 +94,10 @@ class AsyncEngine:
     async def stats(self) -> EngineStats:
         return await asyncio.wrap_future(self._post(self.engine.stats))
 
+    def stats_now(self, timeout: float) -> EngineStats:
+        """The stats from any thread but the stepping one (a metrics scrape), waiting at most `timeout`."""
+        return self._post(self.engine.stats).result(timeout)
+
     def close(self) -> None:
         """Stop the stepping thread after the step in progress (so call it from a thread,
         not the event loop); open streams raise EngineFailed, later calls are refused."""

@@ -26,6 +26,7 @@ from dbrx_serve.shared.metrics import InferenceMetrics
 from .config import InferenceServiceConfig
 from .host import EngineHost
 from .launch import as_world
+from .metrics import EngineGauges
 from .servicer import InferenceServicer
 from .supervisor import supervise
 from .world import WorldLost
@@ -36,11 +37,13 @@ CALLS_END_SECONDS = 1.0  # after the grace period, for cancelled calls to end CA
 
 def build_server(config: InferenceServiceConfig) -> tuple[grpc.aio.Server, int]:
     """Register the service (with health and reflection) and bind the port; the engine is
-    loaded by `start` (server.host). Request latencies go to server.metrics (not exposed yet)."""
+    loaded by `start` (server.host). Request latencies, token counts and the engine's gauges go
+    to server.registry, served on --metrics_port."""
     host, metrics = EngineHost(config), InferenceMetrics()
+    metrics.registry.register(EngineGauges(host))
     servicer = rpc.Servicer(pb_grpc.add_InferenceServiceServicer_to_server, InferenceServicer(host, metrics),
                             SERVICE_NAME)
-    server, port = rpc.build_server([servicer], config.server)
+    server, port = rpc.build_server([servicer], config.server, metrics.registry)
     server.host, server.metrics = host, metrics
     return server, port
 
@@ -92,11 +95,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls_key", default=None)
     parser.add_argument("--hostfile", default=None, help="an engine of several ranks: the hosts of the MPI "
                         "world this command starts (passed to mpiexec)")
+    parser.add_argument("--metrics_port", type=int, default=None, help="serve Prometheus /metrics here (0: a free port)")
 
 
 def config_from_args(args: argparse.Namespace) -> InferenceServiceConfig:
     server = rpc.ServerConfig(host=args.host, port=args.port, auth_token=args.auth_token, tls_cert=args.tls_cert,
-                              tls_key=args.tls_key, grace_seconds=args.grace_seconds)
+                              tls_key=args.tls_key, grace_seconds=args.grace_seconds, metrics_port=args.metrics_port)
     return InferenceServiceConfig(engine_dir=args.engine_dir, device=args.device, max_queue_size=args.max_queue_size,
                                   max_batch_size=args.max_batch_size, verify_checksums=args.verify_checksums,
                                   tokenizer_dir=args.tokenizer_dir, server=server)

@@ -33,7 +33,7 @@ def require_cl100k_hash(data: bytes, where: str) -> None:
     actual = sha256_hex(data)
     if actual != CL100K_SHA256:
         raise InvalidInput(f"{where}: sha256 is {actual}, but cl100k_base's is {CL100K_SHA256}; the file is "
-                           "corrupt or not cl100k_base: copy ../shared/data/cl100k_base.tiktoken again")
+                           "corrupt or not cl100k_base: copy tiktoken's cl100k_base.tiktoken again (docs/tokenizer.md)")
 
 
 def parse_line(line: bytes, where: str, number: int) -> tuple[bytes, int]:

@@ -84,8 +84,8 @@ def load_ranks(tokenizer_dir: Path) -> tuple[Ranks, str]:
         if path is not None:
             return source.load(path), str(path)
     raise NotFound(f"no tokenizer in {tokenizer_dir}: looked for (1) a *.tiktoken file there, (2) "
-                   f"{tokenizer_dir / 'tokenizer.json'}, (3) {cache_description()}. Copy "
-                   f"../shared/data/cl100k_base.tiktoken into {tokenizer_dir}")
+                   f"{tokenizer_dir / 'tokenizer.json'}, (3) {cache_description()}. Put "
+                   f"cl100k_base.tiktoken (tiktoken's cl100k_base ranks, docs/tokenizer.md) into {tokenizer_dir}")
 
 
 def check_added_tokens(tokenizer_dir: Path) -> None:

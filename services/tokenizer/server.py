@@ -4,12 +4,11 @@
 
 import argparse
 import asyncio
-import logging
 import sys
 
 import grpc
 
-from dbrx_serve.shared import rpc
+from dbrx_serve.shared import logs, rpc
 from dbrx_serve.shared.errors import DbrxServeError
 from dbrx_serve.shared.generated.dbrx.serve.v1 import tokenizer_pb2_grpc as pb_grpc
 
@@ -52,12 +51,14 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auth_token", default=None, help="require 'authorization: Bearer <token>'")
     parser.add_argument("--tls_cert", default=None)
     parser.add_argument("--tls_key", default=None)
+    parser.add_argument("--metrics_port", type=int, default=None, help="serve Prometheus /metrics here (0: a free port)")
 
 
 def config_from_args(args: argparse.Namespace) -> TokenizerServiceConfig:
     server = rpc.ServerConfig(host=getattr(args, "host", "127.0.0.1"), port=getattr(args, "port", 50051),
                               auth_token=getattr(args, "auth_token", None),
-                              tls_cert=getattr(args, "tls_cert", None), tls_key=getattr(args, "tls_key", None))
+                              tls_cert=getattr(args, "tls_cert", None), tls_key=getattr(args, "tls_key", None),
+                              metrics_port=getattr(args, "metrics_port", None))
     return TokenizerServiceConfig(tokenizer_dir=args.tokenizer_dir, max_batch_size=args.max_batch_size,
                                   max_text_length=args.max_text_length, max_chat_messages=args.max_chat_messages,
                                   system_prompt=args.system_prompt, num_threads=args.num_threads, server=server)
@@ -81,7 +82,7 @@ def serve_tokenizer(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m dbrx_serve.services.tokenizer.server ...`, the same as `dbrx serve tokenizer`."""
-    logging.basicConfig(level=logging.INFO)
+    logs.at_least_info()
     parser = argparse.ArgumentParser(description="DBRX tokenizer gRPC server")
     add_serve_args(parser)
     return serve_tokenizer(parser.parse_args(argv))

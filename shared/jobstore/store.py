@@ -22,7 +22,7 @@ from dataclasses import fields
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -103,6 +103,12 @@ class JobStore:
             query = query.where(JobRow.state == JobState(state).value)
         with self._read() as s:
             return [_job(row) for row in s.scalars(query)]
+
+    def count_by_state(self, kind: str) -> dict[str, int]:
+        """How many jobs of `kind` are in each state (states with none left out)."""
+        query = select(JobRow.state, func.count()).where(JobRow.kind == kind).group_by(JobRow.state)
+        with self._read() as s:
+            return {state: count for state, count in s.execute(query)}
 
     def events(self, job_id: str, after_seq: int = 0, limit: int = 500) -> list[JobEvent]:
         with self._read() as s:

@@ -22,11 +22,14 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import Cancelled, DbrxServeError, InvalidInput, shown
+from ..logs import job_context
+from ..metrics import JobMetrics
 from .jobs import Job
 from .store import JobStore, LeaseLost
 
@@ -128,8 +131,8 @@ Handler = Callable[[Job, JobContext], dict[str, Any] | None]
 class Worker:
     def __init__(self, store: JobStore, kind: str, handler: Handler, owner: str | None = None,
                  lease_seconds: float = 30.0, poll_seconds: float = 1.0, heartbeat_seconds: float | None = None,
-                 job_id: str | None = None):
-        self.store, self.handler = store, handler
+                 job_id: str | None = None, metrics: JobMetrics | None = None):
+        self.store, self.handler, self.metrics = store, handler, metrics
         self.config = WorkerConfig(kind, owner or default_owner(), lease_seconds, poll_seconds, heartbeat_seconds,
                                    job_id)
         self._stop = threading.Event()
@@ -139,10 +142,20 @@ class Worker:
         job = self.store.lease(self.config.kind, self.config.owner, self.config.lease_seconds, self.config.job_id)
         if job is None:
             return None
-        with Lease(self.store, job, self.config) as lease:
-            record = self._attempt(job, JobContext(self.store, job, lease))
-        self._settle(job, record)  # after the heartbeat stopped: it would see the job end
-        return self.store.get(job.id)
+        started = time.perf_counter()
+        with job_context(job.id):
+            log.info("job %s (%s): attempt %d of %d started", job.id, job.kind, job.attempts, job.max_attempts)
+            with Lease(self.store, job, self.config) as lease:
+                record = self._attempt(job, JobContext(self.store, job, lease))
+            self._settle(job, record)  # after the heartbeat stopped: it would see the job end
+            return self._ended(self.store.get(job.id), time.perf_counter() - started)
+
+    def _ended(self, job: Job, seconds: float) -> Job:
+        log.info("job %s (%s): attempt %d left it %s after %.1f s", job.id, job.kind, job.attempts,
+                 job.state.value, seconds)
+        if self.metrics is not None:
+            self.metrics.observe(job.kind, job.state.value, seconds)
+        return job
 
     def run_forever(self) -> None:
         """Run jobs until `stop()`; the job in hand is finished first. A store error

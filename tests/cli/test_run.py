@@ -74,11 +74,6 @@ def test_run_refuses_ids_outside_the_vocabulary(tiny_model_dir, tmp_path):
     assert result.returncode == 2 and "outside the model's vocabulary" in result.stderr
 
 
-def test_stages_not_built_yet_say_so():
-    result = dbrx("serve", "all", check=False)
-    assert result.returncode == 3 and "not built yet" in result.stderr
-
-
 def test_run_input_file_needs_no_tokenizer(tmp_path):
     """A model directory without tokenizer files runs from token ids."""
     spec = TinySpec(vocab_size=512, seed=5)

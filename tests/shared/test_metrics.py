@@ -14,7 +14,7 @@ async def messages(*counts: int):
 
 
 def count(metrics: InferenceMetrics, name: str) -> float:
-    return metrics.registry.get_sample_value(f"dbrx_{name}_seconds_count")
+    return metrics.registry.get_sample_value(f"dbrx:{name}_seconds_count")
 
 
 def test_a_stream_records_its_first_token_each_later_message_and_its_end():

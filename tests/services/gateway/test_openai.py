@@ -152,10 +152,10 @@ def test_models_tokenize_detokenize_version_and_metrics(stack):
     assert chat["count"] == grpc_generate(stack.inference.address, CHATS[0], 1).usage.prompt_tokens
     assert httpx.get(f"{stack.url}/version").json()["version"]
     metrics = httpx.get(f"{stack.url}/metrics").text
-    for name in ("dbrx_time_to_first_token_seconds", "dbrx_time_per_output_token_seconds",
-                 "dbrx_e2e_request_latency_seconds"):
+    for name in ("dbrx:time_to_first_token_seconds", "dbrx:time_per_output_token_seconds",
+                 "dbrx:e2e_request_latency_seconds"):
         assert float(metric(metrics, f"{name}_count")) > 0
-    assert float(metric(metrics, 'dbrx_http_requests_total{method="POST",route="/tokenize",status="200"}')) >= 2
+    assert float(metric(metrics, 'dbrx:http_requests_total{method="POST",route="/tokenize",status="200"}')) >= 2
 
 
 def metric(text: str, name: str) -> str:

@@ -5,7 +5,7 @@ import signal
 import subprocess
 import sys
 
-from dbrx_serve.cli.demo import wait_for_address
+from dbrx_serve.cli.launcher import wait_for_address
 
 from .served import WAIT, client, wait_for_health
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
-from dbrx_serve.cli.demo import wait_for_address
+from dbrx_serve.cli.launcher import wait_for_address
 from dbrx_serve.services.inference.launch import find_mpiexec
 from dbrx_serve.services.inference.params import SamplingParams
 from dbrx_serve.services.inference.supervisor import SUPERVISED

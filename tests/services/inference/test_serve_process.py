@@ -11,7 +11,7 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dbrx_serve.cli.demo import wait_for_address
+from dbrx_serve.cli.launcher import wait_for_address
 from dbrx_serve.services.inference.server import SERVICE_NAME
 
 from .served import NOT_SERVING, SERVING, WAIT, request, stub
