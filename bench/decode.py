@@ -3,6 +3,12 @@
     python bench/decode.py --layers 40 --precision int4 int8 --batch 1 8 32 64 128 --context 512 2048
     python bench/decode.py --layers 4 --precision bf16 --baselines --plot bench/results/decode.png
     python bench/decode.py --smoke        # a tiny model on the CPU, in seconds (CI runs this)
+    mpirun -n 2 python bench/decode.py --world 2 --layers 40 --precision int8 --layouts tp2 ep2
+
+Under `mpirun -n N` (`--world N`) the engine is a multi-rank one, each rank on its own GPU with its
+own share of the weights (`--layouts`: tp2, ep2 = experts over 2 ranks, pp2, tp2pp2 ...), stepped by
+rank 0 as `dbrx serve inference` steps it; the floor is then rank 0's bytes (a GPU's share), and
+each decode run also reports the GPU time of one eager step's NCCL kernels on rank 0 (`comm_ms`).
 
 The model is DBRX's width (d_model 6144, 48/8 heads, 16 experts top-4, ffn 10752,
 vocab 100352) with `--layers` layers (40 is the whole model) and random weights
@@ -22,9 +28,11 @@ object last; `--plot` draws tokens/s and the fraction of the floor by batch.
 
 import argparse
 import gc
+import itertools
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +40,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_model import (FULL, SMOKE, BASE_SEED, ModelSpec, bench_limits, bytes_per_step,  # noqa: E402
-                          copy_bandwidth, make_engine, record_routing)
+                          copy_bandwidth, layout_name, make_engine, parse_layout, record_routing)
+
+from dbrx_serve.services.inference.executor import follow_main  # noqa: E402
+from dbrx_serve.services.inference.world import (launched_by_mpi, launched_rank, launched_size,  # noqa: E402
+                                                    prepare_process, refuse, start)
 
 
 def seed_context(engine, batch: int, context: int, new_tokens: int) -> list[str]:
@@ -71,10 +83,12 @@ def decode_run(engine, spec: ModelSpec, batch: int, context: int, args, bandwidt
     active = record_routing(engine)
     for request_id in ids:
         engine.abort(request_id)
+    comm = communication(engine, batch, context) if spec.mapping.world_size > 1 and device.type == "cuda" else {}
     ms = statistics.median(times)
     moved = bytes_per_step(engine, spec, batch, context, active)
     floor_ms = moved / bandwidth * 1e3
-    return {"precision": spec.precision, "layers": spec.layers, "batch": batch, "context": context,
+    return {"precision": spec.precision, "layers": spec.layers, "layout": layout_name(spec.mapping),
+            "batch": batch, "context": context, **comm,
             "ms_per_step": round(ms, 3), "ms_min": round(min(times), 3), "tokens_per_s": round(batch / ms * 1e3, 1),
             "bytes_per_step": moved, "achieved_gbs": round(moved / ms / 1e6, 1), "floor_ms": round(floor_ms, 3),
             "fraction_of_floor": round(floor_ms / ms, 3), "active_experts_per_layer": active}
@@ -97,8 +111,8 @@ def prefill_run(engine, spec: ModelSpec, length: int) -> dict:
             "seconds": round(times[-1], 4), "tokens_per_s": round(length / times[-1], 1)}
 
 
-def profile_step(engine, batch: int, context: int) -> list[dict]:
-    """Per-kernel GPU time of one eager decode step (no CUDA graph), the largest first."""
+def kernel_times(engine, batch: int, context: int) -> list[dict]:
+    """Per-kernel GPU time of one eager decode step (no CUDA graph; rank 0's), the largest first."""
     from torch.profiler import ProfilerActivity, profile
 
     ids = seed_context(engine, batch, context, 8)
@@ -112,7 +126,17 @@ def profile_step(engine, batch: int, context: int) -> list[dict]:
         engine.abort(request_id)
     rows = [{"kernel": e.key[:90], "calls": e.count, "us_total": round(e.device_time_total, 1)}
             for e in prof.key_averages() if e.device_time_total > 0]
-    return sorted(rows, key=lambda r: -r["us_total"])[:25]
+    return sorted(rows, key=lambda r: -r["us_total"])
+
+
+def communication(engine, batch: int, context: int) -> dict:
+    """GPU time of the NCCL kernels (all-reduce, all-gather, sends) in one eager decode step on rank 0,
+    and of all its kernels: rank 0 steps eagerly and so reaches each collective last, so its NCCL
+    time is the transfer's, not a wait for a slower rank."""
+    rows = kernel_times(engine, batch, context)
+    comm = sum(r["us_total"] for r in rows if "nccl" in r["kernel"].lower())
+    return {"comm_ms": round(comm / 1e3, 3), "eager_gpu_ms": round(sum(r["us_total"] for r in rows) / 1e3, 3),
+            "comm_calls": sum(r["calls"] for r in rows if "nccl" in r["kernel"].lower())}
 
 
 def planned_runs(spec: ModelSpec, args) -> list[tuple[int, int]]:
@@ -125,7 +149,7 @@ def run_precision(spec: ModelSpec, args, bandwidth: float, device, backend=None,
     started = time.perf_counter()
     runs = planned_runs(spec, args)
     limits = bench_limits(runs, args.warmup + args.steps + 16, max(args.prefill or [0]), graphs)
-    engine = make_engine(spec, device, backend or args.backend, limits)
+    engine = make_engine(spec, device, backend or args.backend, limits, args.workdir)
     out = {"build_seconds": round(time.perf_counter() - started, 1), "decode": [], "prefill": []}
     for batch, context in runs:
         out["decode"].append(decode_run(engine, spec, batch, context, args, bandwidth))
@@ -134,7 +158,7 @@ def run_precision(spec: ModelSpec, args, bandwidth: float, device, backend=None,
         out["prefill"].append(prefill_run(engine, spec, length))
         print(json.dumps(out["prefill"][-1]), file=sys.stderr, flush=True)
     if args.profile:
-        out["profile"] = {f"batch{b}": profile_step(engine, b, args.context[0]) for b in args.profile}
+        out["profile"] = {f"batch{b}": kernel_times(engine, b, args.context[0])[:25] for b in args.profile}
     del engine
     gc.collect()  # the runner and its CUDA graphs refer to each other
     torch.cuda.empty_cache() if device.type == "cuda" else None
@@ -167,18 +191,35 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="draw tokens/s and fraction of the floor to this PNG")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (seconds)")
+    parser.add_argument("--world", type=int, default=1, help="ranks: run under `mpirun -n WORLD`")
+    parser.add_argument("--layouts", nargs="+", default=None,
+                        help="how the ranks share the model: tp2, ep2, pp2, tp2pp2 ... (default: tpWORLD)")
+    if launched_by_mpi():  # every rank but 0 follows rank 0's engine commands, as a server's do
+        prepare_process()
+        if launched_rank() > 0:
+            raise SystemExit(follow_main())
     args = parser.parse_args()
+    layouts = [parse_layout(name) for name in args.layouts or [f"tp{args.world}" if args.world > 1 else "world1"]]
+    if launched_size() != args.world or any(m.world_size != args.world for m in layouts):
+        message = (f"--world {args.world}: run under `mpirun -n {args.world}` ({launched_size()} ranks here), "
+                   f"with layouts of {args.world} ranks")
+        refuse(message) if launched_by_mpi() else None  # the other ranks exit too
+        raise SystemExit(message)
     if args.smoke:
         args.batch, args.context, args.prefill, args.steps, args.warmup = [1, 4], [32], [48], 3, 1
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    if args.world > 1:
+        start(device.type)  # the other ranks meet it now; whatever fails later ends the world at exit
     bandwidth = copy_bandwidth(device)
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "copy_bandwidth_gbs": round(bandwidth / 1e9, 1), "runs": {}}
-    for precision in args.precision:
-        spec = ModelSpec(SMOKE if args.smoke else FULL, args.layers if not args.smoke else 2, precision)
-        result["runs"][f"{precision}-{spec.layers}L"] = run_precision(spec, args, bandwidth, device)
-    if args.baselines and device.type == "cuda":
-        result["baselines"] = baselines(args, device, bandwidth)
+    with tempfile.TemporaryDirectory(prefix="dbrx-decode-") as workdir:
+        args.workdir = Path(workdir)
+        for precision, mapping in itertools.product(args.precision, layouts):
+            spec = ModelSpec(SMOKE if args.smoke else FULL, args.layers if not args.smoke else 2, precision, mapping)
+            result["runs"][spec.name] = run_precision(spec, args, bandwidth, device)
+        if args.baselines and device.type == "cuda" and args.world == 1:
+            result["baselines"] = baselines(args, device, bandwidth)
     text = json.dumps(result)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -1,20 +1,21 @@
 """What bench/decode.py measures on: DBRX-width engines with random weights made
 on the device, the bytes a step must read, and the copy bandwidth."""
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from dbrx_serve.services.inference.backends import backend_for
+from dbrx_serve.services.converter.checkpoint_config import checkpoint_config
 from dbrx_serve.services.inference.engine import Engine
-from dbrx_serve.services.inference.engine_dir import EngineDir
+from dbrx_serve.services.inference.engine_dir import load_engine_dir
 from dbrx_serve.services.inference.limits import EngineLimits
-from dbrx_serve.services.inference.model_runner import empty_model
+from dbrx_serve.shared.artifacts import write_json
 from dbrx_serve.shared.config import DbrxConfig
+from dbrx_serve.shared.mapping import Mapping
 from dbrx_serve.shared.quantization import SCHEMES
-from dbrx_serve.shared.reference import torch_dtype
 
 BASE_SEED = 1234
 FULL = dict(vocab_size=100352, d_model=6144, n_heads=48, kv_n_heads=8, ffn_hidden_size=10752, moe_num_experts=16,
@@ -22,7 +23,6 @@ FULL = dict(vocab_size=100352, d_model=6144, n_heads=48, kv_n_heads=8, ffn_hidde
 SMOKE = dict(vocab_size=512, d_model=64, n_heads=4, kv_n_heads=2, ffn_hidden_size=32, moe_num_experts=4,
              moe_top_k=2, max_seq_len=256, rope_theta=500000.0, clip_qkv=8.0)
 TOKENS_PER_BLOCK = 32
-WEIGHT_STD = 0.02
 
 
 @dataclass(frozen=True)
@@ -30,29 +30,41 @@ class ModelSpec:
     width: dict
     layers: int
     precision: str  # bf16, int8, int4
+    mapping: Mapping = Mapping()
 
     def config(self, dtype: str) -> DbrxConfig:
         return DbrxConfig(n_layers=self.layers, torch_dtype=dtype, **self.width)
 
-
-def engine_stub(cfg: DbrxConfig, precision: str, limits: EngineLimits) -> EngineDir:
-    """An engine directory's description with no files: the weights come from `random_state`."""
-    quant = {"quant_algo": SCHEMES[precision].quant_algo} if precision in SCHEMES else {}
-    return EngineDir(Path("random-weights"), cfg, {"quantization": quant, "mapping": {"world_size": 1}},
-                     {name: getattr(limits, name) for name in ("max_batch_size", "max_seq_len")}, None)
+    @property
+    def name(self) -> str:
+        return f"{self.precision}-{self.layers}L" + (f"-{layout_name(self.mapping)}" if self.mapping.world_size > 1 else "")
 
 
-def random_tensor(name: str, like: torch.Tensor, dtype: torch.dtype, device, generator) -> torch.Tensor:
-    """Weights of a plausible scale, made in their checkpoint dtype on the device (`dtype`: the model's;
-    the router is float32; int weights are made as int8, never through a float copy)."""
-    if like.dtype == torch.int8:
-        return torch.randint(-128, 128, like.shape, dtype=torch.int8, device=device, generator=generator)
-    dtype = torch.float32 if name.endswith("router.weight") else dtype
-    if name.endswith("per_channel_scale"):
-        return torch.full(like.shape, WEIGHT_STD / 50, dtype=dtype, device=device)
-    if "layernorm" in name or name.endswith("ln_f.weight"):
-        return torch.ones(like.shape, dtype=dtype, device=device)
-    return torch.randn(like.shape, dtype=dtype, device=device, generator=generator).mul_(WEIGHT_STD)
+def parse_layout(name: str) -> Mapping:
+    """`tp2`, `ep2` (experts over 2 ranks: tp_size 2, moe_tp 1, moe_ep 2), `pp2`, `tp2pp2`, `tp2ep2`
+    (tp_size 4: moe_tp 2 x moe_ep 2); `world1` or `tp1` is one rank."""
+    parts = dict(re.findall(r"(tp|ep|pp|world)(\d+)", name))
+    if not parts or "".join(f"{k}{v}" for k, v in re.findall(r"(tp|ep|pp|world)(\d+)", name)) != name:
+        raise SystemExit(f"layout {name!r}: write it as tpN, epN, ppN or a mix such as tp2pp2")
+    tp, ep, pp = (int(parts.get(key, 1)) for key in ("tp", "ep", "pp"))
+    return Mapping(tp * ep, pp, tp, ep)
+
+
+def layout_name(mapping: Mapping) -> str:
+    moe_tp, ep = mapping.moe_tp_size, mapping.moe_ep_size
+    return "".join(f"{k}{v}" for k, v in (("tp", moe_tp), ("ep", ep), ("pp", mapping.pp_size)) if v > 1) or "world1"
+
+
+def write_engine_dir(path: Path, spec: ModelSpec, dtype: str, limits: EngineLimits) -> Path:
+    """An engine directory with no rank files: its config says every rank makes dummy weights
+    (services/inference/dummy_weights.py), so each rank of a world builds its own share."""
+    quant = SCHEMES[spec.precision].quant_algo if spec.precision in SCHEMES else None
+    build = {name: getattr(limits, name) for name in ("max_batch_size", "max_seq_len")}
+    path.mkdir(parents=True, exist_ok=True)
+    write_json(path / "config.json", {"pretrained_config": checkpoint_config(spec.config(dtype), spec.mapping, dtype,
+                                                                              quant_algo=quant),
+                                      "build_config": {**build, "dummy_weights": True}})
+    return path
 
 
 def bench_limits(runs: list[tuple[int, int]], new_tokens: int, prefill: int, graphs: bool) -> EngineLimits:
@@ -67,16 +79,13 @@ def bench_limits(runs: list[tuple[int, int]], new_tokens: int, prefill: int, gra
                         num_kv_blocks=max(blocks, -(-(prefill + 16) // TOKENS_PER_BLOCK)) + 8)
 
 
-def make_engine(spec: ModelSpec, device: torch.device, backend: str | None, limits: EngineLimits) -> Engine:
-    cfg = spec.config("float32" if device.type == "cpu" else "bfloat16")
-    stub = engine_stub(cfg, spec.precision, limits)
-    model = empty_model(stub, backend_for(backend, device))
-    generator = torch.Generator(device=device).manual_seed(BASE_SEED)
-    dtype = torch_dtype(cfg.torch_dtype)
-    state = {name: random_tensor(name, t, dtype, device, generator) for name, t in model.state_dict().items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    del state
-    engine = Engine(stub, limits, device, backend, model.eval())
+def make_engine(spec: ModelSpec, device: torch.device, backend: str | None, limits: EngineLimits,
+                workdir: Path) -> Engine:
+    """The engine a server would run, on dummy weights made on the device(s): one rank here, or rank
+    0 of the MPI world this process was launched in (the other ranks follow: executor.py)."""
+    dtype = "float32" if device.type == "cpu" else "bfloat16"
+    engine_dir = write_engine_dir(workdir / spec.name, spec, dtype, limits)
+    engine = Engine(load_engine_dir(engine_dir, verify=False), limits, device, backend, verify=(False, False))
     if device.type == "cuda":
         engine.runner.cache.k.normal_()  # random KV: attention is not timed on zeros
         engine.runner.cache.v.normal_()
@@ -92,8 +101,9 @@ def bytes_per_step(engine: Engine, spec: ModelSpec, batch: int, context: int, ac
     the routing took; the LM head and final norm; the embedding rows; the KV cache (read, and one
     token written per sequence and layer)."""
     model = engine.runner.model
-    total = module_bytes(model.lm_head) + module_bytes(model.transformer.ln_f)
-    total += batch * model.cfg.d_model * model.transformer.vocab_embedding.weight.element_size()
+    total = module_bytes(model.lm_head) + module_bytes(model.transformer.ln_f) if model.shape.has_lm_head else 0
+    if model.shape.has_embedding:
+        total += batch * model.cfg.d_model * model.transformer.vocab_embedding.weight.element_size()
     for block, experts in zip(model.transformer.layers, active):
         mlp = block.mlp
         per_expert = (module_bytes(mlp.fc) + module_bytes(mlp.proj)) // mlp.fc.weight.shape[0]
@@ -105,9 +115,11 @@ def bytes_per_step(engine: Engine, spec: ModelSpec, batch: int, context: int, ac
 
 
 def record_routing(engine: Engine) -> list[int]:
-    """Distinct experts each layer's routing took in one untimed eager step of the current batch."""
+    """Distinct experts of this rank's (all, but under expert parallelism) that each of its layers'
+    routing took in one untimed eager step of the current batch."""
     model = engine.runner.model
-    everything = [model.cfg.moe_num_experts] * len(model.transformer.layers)
+    first, count = model.shape.expert_offset, model.shape.n_experts
+    everything = [count] * len(model.transformer.layers)
     if engine.runner.backend.name != "triton":
         return everything  # the plain path's loop is not hooked: count every expert
     from dbrx_serve.services.inference.kernels import moe
@@ -116,7 +128,7 @@ def record_routing(engine: Engine) -> list[int]:
 
     def recording(*args, **kwargs):
         weights, ids = route(*args, **kwargs)
-        seen.append(int(ids.unique().numel()))
+        seen.append(int(ids[(ids >= first) & (ids < first + count)].unique().numel()))
         return weights, ids
     graphs, engine.runner.graphs = engine.runner.graphs, None
     moe.route = recording

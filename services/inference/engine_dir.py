@@ -39,6 +39,11 @@ class EngineDir:
         return (self.pretrained.get("quantization") or {}).get("kv_cache_quant_algo")
 
     @property
+    def dummy_weights(self) -> bool:
+        """No rank files: each rank makes its weights on its device (dummy_weights.py)."""
+        return bool(self.build.get("dummy_weights", False))
+
+    @property
     def mapping(self) -> Mapping:
         return Mapping.from_config(self.pretrained.get("mapping") or {})
 

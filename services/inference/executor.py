@@ -9,10 +9,12 @@ does its own share; the scheduler and the sampler never learn how many ranks the
     Exit (rank 0's exit)      ---- mpi4py --->    leave
 """
 
+import gc
 import itertools
 import logging
 import os
 import weakref
+from functools import partial
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +85,7 @@ class WorldExecutor:
         command = Open(self.id, str(engine.path), engine.mapping, limits, device.type, backend, *verify)
         self.runner = world.run(command, lambda: open_runner(world, command, engine))
         weakref.finalize(self, world.release, self.id)
+        world.on_close(partial(drop_graphs, weakref.ref(self.runner)))
 
     def run(self, plan: StepPlan) -> torch.Tensor:
         return self.world.run(Step(self.id, plan).pack(), lambda: self.runner.parallel.step(self.runner, plan))
@@ -146,16 +149,40 @@ def follow(world: mpi_world.World) -> None:
         if isinstance(command, mpi_world.Release):
             for executor_id in command.executor_ids:
                 runners.pop(executor_id, None)
+            free_device_memory()
         elif isinstance(command, Open):
             try:
                 runners[command.executor_id] = open_runner(world, command)
             except DbrxServeError as error:
                 log.info("rank %d: the engine did not open: %s", world.rank, error)
         else:
-            step = Step.unpack(command)
-            runner = runners[step.executor_id]
-            runner.parallel.step(runner, step.plan)
+            run_step(runners, Step.unpack(command))
+    for runner in runners.values():
+        drop_graphs(lambda: runner)
+    runners.clear()
     world.say_goodbye()
+
+
+def run_step(runners: dict[int, ModelRunner], step: Step) -> None:
+    runner = runners[step.executor_id]
+    runner.parallel.step(runner, step.plan)
+
+
+def drop_graphs(runner_ref) -> None:
+    """Before the world ends: a runner's CUDA graphs go, with the NCCL work captured in them, and
+    their memory; else the process group's teardown hangs in ncclCommDestroy (pytorch/pytorch#115388)."""
+    runner = runner_ref()
+    if runner is not None and runner.graphs is not None:
+        runner.graphs = None
+        free_device_memory()
+
+
+def free_device_memory() -> None:
+    """Dropped runners' memory back to the device now (a runner and its CUDA graphs refer to each
+    other: only the collector frees them), so that the next engine fits."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def follow_main() -> int:

@@ -19,6 +19,7 @@ from dbrx_serve.shared.reference import torch_dtype
 from dbrx_serve.shared.weight_only import precision_of, swap_weight_only
 
 from .backends import Backend, backend_for
+from .dummy_weights import dummy_state
 from .engine_dir import EngineDir
 from .graphs import CudaGraphs
 from .kv_cache import PagedKVCache
@@ -71,7 +72,10 @@ def empty_model(engine: EngineDir, backend: Backend, rank: int = 0) -> DbrxModel
 
 def load_model(engine: EngineDir, device: torch.device, backend: Backend, rank: int = 0) -> DbrxModel:
     model = empty_model(engine, backend, rank)
-    state = rank_state(engine, rank, device)
+    if engine.dummy_weights:
+        state = dummy_state(model, torch_dtype(engine.config.torch_dtype), device)
+    else:
+        state = rank_state(engine, rank, device)
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:

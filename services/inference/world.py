@@ -18,6 +18,7 @@ MPI is imported only here, and only when the process was started by an MPI launc
 
 import atexit
 import datetime
+import faulthandler
 import logging
 import os
 import pickle
@@ -44,7 +45,9 @@ NVLINK_MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICA
 ABORT_AFTER_LOSS_SECONDS = 15.0  # a rank 0 that has not exited this long after a loss is ended anyway
 WATCH_TIMEOUT = datetime.timedelta(days=365)  # the watch group's receives wait for a goodbye or a death
 SPIN_SECONDS = 0.002  # a rank waiting for rank 0's next message yields its core this long, then sleeps
+GPU_SPIN_SECONDS = 0.1  # on GPUs: a step's message must not wait out a nap (a decode step is ~10 ms)
 MAX_NAP_SECONDS = 0.005
+LEAVE_SECONDS = 60.0  # a leaving rank that has not exited this long after is ended (leave)
 LOSS_NAMED_SECONDS = 1.0  # how long a failed command waits for a watcher to say which rank died
 OBJECT, ARRAY = 0, 1  # what a message is: pickled, or an int32 array as is (a step)
 
@@ -104,6 +107,7 @@ class World:
     def __init__(self, comm, backend: str, hosts: list[tuple[str, int]]):
         """`hosts`: every rank's (host, pid)."""
         self.comm, self.rank, self.size, self.backend = comm, comm.rank, comm.size, backend
+        self.spin_seconds = GPU_SPIN_SECONDS if "nccl" in backend else SPIN_SECONDS  # CPU ranks share few cores
         self.local_rank = [host for host, _ in hosts[:self.rank]].count(hosts[self.rank][0])  # among its host's
         self.lock = threading.RLock()  # rank 0: one command (and its collectives) at a time
         self.lost: str | None = None
@@ -111,6 +115,7 @@ class World:
         self.closing = False
         self.released: list[int] = []  # rank 0: executors to drop on the other ranks
         self.lost_callbacks: list[Callable[[], None]] = []
+        self.close_callbacks: list[Callable[[], None]] = []  # rank 0: before the world ends
         self.tp_groups: dict[int, Any] = {}
         self.watch_group = dist.new_group(backend="gloo", timeout=WATCH_TIMEOUT)
         peers = range(1, self.size) if self.rank == 0 else (0,)
@@ -208,6 +213,9 @@ class World:
         """An executor rank 0 no longer uses: the others drop theirs with the next command."""
         self.released.append(executor_id)
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        self.close_callbacks.append(callback)
+
     def on_lost(self, callback: Callable[[], None]) -> None:
         self.lost_callbacks.append(callback)
         if self.lost is not None:
@@ -239,6 +247,8 @@ class World:
         if self.lost is not None or self.busy or not self.lock.acquire(timeout=5.0):
             self.abort()
         try:
+            for callback in self.close_callbacks:
+                callback()
             self.closing = True
             self.send(Exit())
             for peer in range(1, self.size):
@@ -250,7 +260,7 @@ class World:
     # --- the other ranks ---
 
     def receive(self):
-        return receive(self.comm)
+        return receive(self.comm, self.spin_seconds)
 
     def say_goodbye(self) -> None:
         self.closing = True
@@ -258,6 +268,9 @@ class World:
         self.leave()
 
     def leave(self) -> None:
+        """The process is ending: a teardown (NCCL's, the CUDA graphs') that hangs past
+        LEAVE_SECONDS prints every thread's stack and ends the process (status 1)."""
+        faulthandler.dump_traceback_later(LEAVE_SECONDS, exit=True)
         for watcher in self.watchers:
             watcher.join(timeout=10.0)
         dist.destroy_process_group()
@@ -273,13 +286,13 @@ def send(comm, message) -> None:
     comm.Bcast(payload, root=0)
 
 
-def receive(comm):
+def receive(comm, spin_seconds: float = SPIN_SECONDS):
     """The next message from rank 0, waited for without spinning a core for long: an idle server's
     ranks sleep (MPI's own blocking calls poll at full speed)."""
     header = np.zeros(2, dtype=np.int64)
     request, started, nap = comm.Ibcast(header, root=0), time.monotonic(), 1e-4
     while not request.Test():
-        if time.monotonic() - started < SPIN_SECONDS:
+        if time.monotonic() - started < spin_seconds:
             os.sched_yield()
         else:
             time.sleep(nap)

@@ -2,6 +2,7 @@
 that the script a GPU run depends on stays runnable (no timing is asserted)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,3 +23,29 @@ def test_decode_smoke_prints_one_json_object_with_every_run(tmp_path):
             assert 0 <= d["fraction_of_floor"] <= 1.5  # rounded to 3 places: a slow, shared CPU can show 0.0
         assert run["prefill"][0]["prompt_tokens"] == 48 and run["prefill"][0]["seconds"] > 0
     assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def test_decode_smoke_under_mpiexec_runs_each_layout_on_its_share_of_the_model():
+    """Two ranks, as `mpirun -n 2 python bench/decode.py --world 2` runs on two GPUs: each layout's
+    engine steps through the world, and rank 0's floor counts only its share of the weights."""
+    from dbrx_serve.services.inference.launch import find_mpiexec
+    from dbrx_serve.services.inference.world import NVLINK_MULTICAST_OFF
+
+    command = [find_mpiexec(), "-n", "2", sys.executable, str(BENCH), "--smoke", "--precision", "bf16",
+               "--world", "2", "--layouts", "tp2", "ep2", "pp2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **NVLINK_MULTICAST_OFF}
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = json.loads(out.stdout.strip().splitlines()[-1])["runs"]
+    assert set(runs) == {"bf16-2L-tp2", "bf16-2L-ep2", "bf16-2L-pp2"}
+    alone = subprocess.run([sys.executable, str(BENCH), "--smoke", "--precision", "bf16", "--prefill"],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    whole = json.loads(alone.stdout.strip().splitlines()[-1])["runs"]["bf16-2L"]["decode"]
+    for name, run in runs.items():
+        assert [d["layout"] for d in run["decode"]] == [name.rsplit("-", 1)[1]] * 2
+        assert run["prefill"][0]["seconds"] > 0
+        for d, one_rank in zip(run["decode"], whole):
+            assert d["tokens_per_s"] > 0 and d["bytes_per_step"] < one_rank["bytes_per_step"]
+    assert all(n <= 2 for d in runs["bf16-2L-ep2"]["decode"] for n in d["active_experts_per_layer"])  # 2 of 4 here
+    assert all(len(d["active_experts_per_layer"]) == 1 for d in runs["bf16-2L-pp2"]["decode"])  # 1 of 2 layers

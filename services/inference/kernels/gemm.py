@@ -284,24 +284,29 @@ def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int) -> GemmConfig
 
 # Tiles per weight format at small batch, from bench/gemm_tune.py on an H200 (decode, DBRX's shapes):
 # float experts read at ~4.1 TB/s with BLOCK_K 256; int8 is fastest cast directly (1.7-2.1 TB/s);
-# int4 fastest with the mantissa-bits conversion in two planes (~1.05 TB/s, against 0.55 cast + interleave).
+# int4 in two planes (DEQ 2, ~1.05 TB/s, against 0.55 cast + interleave), faster still with eight
+# nibbles a register by inline PTX (DEQ 3: moe_up at one token 247 -> 178 us; bfloat16 on CUDA only).
 SMALL_TILES = {FLOAT: dict(block_n=64, block_k=256, num_stages=3, dequant=0),
                INT8: dict(block_n=128, block_k=128, num_stages=4, dequant=0),
                INT4: dict(block_n=64, block_k=256, num_stages=3, dequant=2)}
 
 
-def tile_config(rows: int, fmt: int) -> GemmConfig:
+def tile_config(rows: int, w: Weights) -> GemmConfig:
+    """Taller tiles (block_m 32 and up) take int4 by the mantissa bits (DEQ 1): two planes there
+    double the code and spill (bench/notes-gpu.md, bench/gemm_sass.py)."""
     bm = block_m_for(rows)
-    dequant = 2 if fmt == INT4 else 0
     if bm == 16:
-        return GemmConfig(block_m=bm, **SMALL_TILES[fmt])
+        config = GemmConfig(block_m=bm, **SMALL_TILES[w.fmt])
+        packed = w.fmt == INT4 and w.tensor.is_cuda and w.scale.dtype == torch.bfloat16
+        return replace(config, dequant=3) if packed else config
+    dequant = 1 if w.fmt == INT4 else 0
     if bm <= 64:  # a taller x tile: BLOCK_K 256 spills registers (int4 at 128 tokens: 10x slower, measured)
         return GemmConfig(block_m=bm, block_n=64, block_k=128, num_stages=4, dequant=dequant)
     return GemmConfig(block_m=bm, block_n=128, block_k=64, num_warps=8, num_stages=3, dequant=dequant)
 
 
 def linear_config(m: int, w: Weights) -> GemmConfig:
-    config = tile_config(m, w.fmt)
+    config = tile_config(m, w)
     tiles = triton.cdiv(m, config.block_m) * triton.cdiv(w.n, config.block_n)
     return with_split_k(config, tiles, w.k, num_sms(w.tensor.device))
 
@@ -309,7 +314,7 @@ def linear_config(m: int, w: Weights) -> GemmConfig:
 def moe_config(num_pairs: int, w: Weights, num_experts: int) -> GemmConfig:
     """Tiles by the pairs an expert gets on average (the same block_m for both expert GEMMs, which
     share the sorted pairs); no K split: all active experts fill the grid."""
-    return tile_config(max(1, num_pairs // num_experts), w.fmt)
+    return tile_config(max(1, num_pairs // num_experts), w)
 class TritonWeightOnlyLinear(WeightOnlyLinear):
     """WeightOnlyLinear, same buffers; `forward` runs the kernel on the int8/int4 weight as stored."""
 

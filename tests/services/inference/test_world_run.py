@@ -4,6 +4,7 @@ transformers', and no process is left behind. A world whose size does not match 
 refused, naming both numbers, and every rank exits."""
 
 import pytest
+import torch
 
 from .multirank import (MAX_NEW, NEVER_SAMPLED, PROMPTS, WAIT, assert_all_gone, assert_same_as,
                         one_rank_and_transformers_ids, read_ids, run_dbrx, write_prompts)
@@ -28,6 +29,21 @@ def test_dbrx_run_of_a_multi_rank_engine_prints_the_one_rank_ids(name, ranks, en
     assert result.returncode == 0, result.stderr
     assert_all_gone(result.world)
     assert result.stdout.count("Output [Text") == len(PROMPTS)
+    assert_same_as(expected, read_ids(tmp_path / "out.csv"), reference_model, banned)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (run by bench/gpu_check.sh)")
+@pytest.mark.timeout(2 * WAIT)
+@pytest.mark.parametrize("name", ["fp32", "tp2", "ep2", "pp2"])
+def test_on_two_gpus_every_world_prints_the_one_rank_ids(name, engine_dir, expected, reference_model, banned,
+                                                          tmp_path):
+    """World 1, tp2, ep2 and pp2 on CUDA (NCCL between the ranks, one GPU each; CUDA graphs of decode
+    steps with their all-reduces captured): the CPU's one-rank ids and transformers'."""
+    result = run_dbrx("run", "--engine_dir", engine_dir(name), "--device", "cuda", "--max_output_len", MAX_NEW,
+                      "--end_id", NEVER_SAMPLED, "--input_file", write_prompts(tmp_path / "in.csv"),
+                      "--output_csv", tmp_path / "out.csv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_all_gone(result.world)
     assert_same_as(expected, read_ids(tmp_path / "out.csv"), reference_model, banned)
 
 
