@@ -121,8 +121,21 @@ def rank_file(root: str | Path, rank: int) -> Path:
     return Path(root) / f"rank{rank}.safetensors"
 
 
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """An OSError while writing `path` names it: a failed write names no file by itself, so a
+    full disk or a file-size limit would say only "No space left on device"."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
+
+
 def write_json(path: Path, value: dict) -> None:
-    path.write_text(json.dumps(value, indent=2) + "\n")
+    with writing(path):
+        path.write_text(json.dumps(value, indent=2) + "\n")
 
 
 def read_json(path: str | Path, missing: str | None = None) -> dict:
@@ -182,7 +195,8 @@ def write_manifest(root: str | Path, producer: str | dict, inputs: Iterable[str 
     manifest = {"format_version": MANIFEST_VERSION, "producer": producer,
                 "inputs": [input_entry(p) for p in inputs], "options": options or {},
                 "files": file_entries(root)}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    with writing(root / MANIFEST):
+        (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
 

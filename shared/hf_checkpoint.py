@@ -4,17 +4,25 @@
 Tensors are read one at a time through `safe_open`, so memory holds only what
 the caller keeps. Missing tensors, wrong shapes and non-finite values are
 reported with the tensor and file names.
+
+Only the checkpoint's own faults are bad input (InvalidInput, which fails a job
+for good): a missing file or tensor, a file safetensors cannot parse, a wrong
+shape. An error of the disk or the machine while reading (an I/O error, out of
+memory, a file that cannot be opened) is raised as itself, with a note naming
+what was being read, so a job worker retries it and reports it as what it is
+(shared/jobstore/worker.py).
 """
 
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from .artifacts import read_json
 from .config import DbrxConfig
-from .errors import InvalidInput
+from .errors import DbrxServeError, InvalidInput
 
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -76,10 +84,7 @@ class HFCheckpoint:
             path = self.dir / filename
             if not path.is_file():
                 raise InvalidInput(f"{path} is named in {INDEX_FILE} but does not exist")
-            try:
-                self._handles[filename] = self._files.enter_context(safe_open(str(path), framework="pt"))
-            except Exception as err:  # safetensors raises its own error types for corrupt headers
-                raise InvalidInput(f"{path} is not a readable safetensors file: {err}") from None
+            self._handles[filename] = self._files.enter_context(open_safetensors(path))
         return self._handles[filename]
 
     def get(self, name: str) -> torch.Tensor:
@@ -95,14 +100,11 @@ class HFCheckpoint:
         if name not in self.file_of:
             raise InvalidInput(f"tensor {name} is missing from the checkpoint in {self.dir}")
         filename = self.file_of[name]
-        try:
-            part = self._handle(filename).get_slice(name)
+        handle = self._handle(filename)
+        with reading(f"tensor {name} from {self.dir / filename}"):
+            part = handle.get_slice(name)
             self._check_shape(name, filename, tuple(part.get_shape()))
             tensor = take(part)
-        except InvalidInput:
-            raise
-        except Exception as err:
-            raise InvalidInput(f"cannot read tensor {name} from {self.dir / filename}: {err}") from None
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise InvalidInput(f"tensor {name} in {filename} holds NaN or Inf values")
         return tensor
@@ -135,8 +137,30 @@ class HFCheckpoint:
 
 
 def _keys_of(path: Path) -> list[str]:
+    with open_safetensors(path) as f:
+        return list(f.keys())
+
+
+def open_safetensors(path: Path):
+    """`safe_open` of one file. safetensors reports any file it cannot open as missing, so the
+    file is opened here first: a real reason (EIO, EACCES, EMFILE) is raised as itself."""
+    with reading(str(path)):
+        with open(path, "rb"):
+            pass
+        return safe_open(str(path), framework="pt")
+
+
+@contextmanager
+def reading(what: str) -> Iterator[None]:
+    """Tell bad input from a failing machine while reading `what`: what safetensors cannot parse
+    (SafetensorError) is bad input; anything else (OSError, MemoryError, torch's RuntimeError
+    when it cannot map the file) is raised as itself, noting `what`."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return list(f.keys())
+        yield
+    except DbrxServeError:
+        raise
+    except SafetensorError as err:
+        raise InvalidInput(f"cannot read {what}: not valid safetensors ({err})") from None
     except Exception as err:
-        raise InvalidInput(f"{path} is not a readable safetensors file: {err}") from None
+        err.add_note(f"while reading {what}")
+        raise

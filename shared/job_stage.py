@@ -7,7 +7,9 @@ handler, the worker loop and the gRPC server here are what they share.
 
 Work runs in `dbrx worker STAGE` processes (any host that sees the store and
 the file system); `--local_workers N` also runs N worker threads in the
-server process, for a one-host setup."""
+server process, for a one-host setup. The server also queues again, every
+SWEEP_SECONDS, the jobs whose worker died (`JobStore.expire_leases`), so that
+none stays RUNNING while no worker is left to notice."""
 
 import argparse
 import asyncio
@@ -24,12 +26,13 @@ import grpc
 from . import logs, rpc
 from .artifacts import remove_stale_temps
 from .errors import DbrxServeError, InvalidInput
-from .jobstore import Job, JobContext, JobState, JobStore, Worker
+from .jobstore import Job, JobContext, JobState, JobStore, StoreUnavailable, Worker
 from .jobstore.service import job_servicer
 from .metrics import JobCounts, JobMetrics, serve_metrics
 from .options import ANY_ABSOLUTE_PATH, PathPolicy
 
 log = logging.getLogger("dbrx_serve.job_stage")
+SWEEP_SECONDS = 10.0  # how often a job server looks for jobs whose worker died
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,26 @@ def stop_on_signals(worker: Worker) -> None:
         signal.signal(sig, lambda *_: worker.stop())
 
 
-def start_worker_thread(worker: Worker, name: str) -> threading.Thread:
-    thread = threading.Thread(target=worker.run_forever, name=name, daemon=True)
+def start_thread(target, name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def start_worker_thread(worker: Worker, name: str) -> threading.Thread:
+    return start_thread(worker.run_forever, name)
+
+
+def sweep_expired_leases(store: JobStore, kind: str, stop: threading.Event,
+                         seconds: float = SWEEP_SECONDS) -> None:
+    """Until `stop` is set: every `seconds`, jobs of `kind` whose worker stopped heartbeating
+    are queued again, or ended when out of attempts (a server thread's loop)."""
+    while not stop.wait(seconds):
+        try:
+            for job in store.expire_leases(kind):
+                log.warning("job %s: %s", job.id, job.message)
+        except StoreUnavailable as error:
+            log.warning("expired leases not swept: %s", error)
 
 
 def build_server(stage: JobStage, store: JobStore, config: rpc.ServerConfig,
@@ -124,8 +143,11 @@ async def serve(stage: JobStage, args: argparse.Namespace) -> None:
         metrics = JobMetrics(server.registry)
         workers = [stage.worker(store, paths, metrics=metrics) for _ in range(args.local_workers)]
         threads = [start_worker_thread(w, f"{stage.name}-worker-{i}") for i, w in enumerate(workers)]
+        swept = threading.Event()
+        threads.append(start_thread(lambda: sweep_expired_leases(store, stage.kind, swept), f"{stage.name}-sweep"))
 
         async def stop_workers():
+            swept.set()
             for worker in workers:
                 worker.stop()
             for thread in threads:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .artifacts import writing
+
 CHUNK = 64 << 20
 # safetensors' Dtype enum order (Rust derives Ord from it); save_file sorts descending.
 DTYPE_CODES = {torch.bool: ("BOOL", 0), torch.uint8: ("U8", 4), torch.int8: ("I8", 5), torch.int16: ("I16", 9),
@@ -51,7 +53,8 @@ class RankFileWriter:
         if name in self.entries:
             raise ValueError(f"tensor {name} written twice")
         data = tensor_bytes(tensor)
-        self.scratch.write(data)
+        with writing(self.scratch_path):
+            self.scratch.write(data)
         self.entries[name] = Entry(name, tensor.dtype, tuple(tensor.shape), self.size, len(data))
         self.size += len(data)
 
@@ -60,9 +63,10 @@ class RankFileWriter:
             self.add(name, tensor)
 
     def finish(self) -> None:
-        self.scratch.close()
+        with writing(self.scratch_path):
+            self.scratch.close()
         ordered = sorted(self.entries.values(), key=lambda e: e.sort_key)
-        with open(self.scratch_path, "rb") as src, open(self.path, "wb") as out:
+        with writing(self.path), open(self.scratch_path, "rb") as src, open(self.path, "wb") as out:
             out.write(header_bytes(ordered))
             for entry in ordered:
                 copy_range(src, out, entry.offset, entry.nbytes)

@@ -6,10 +6,10 @@ manifest names as its input, when that holds a tokenizer. Without either the
 engine is built anyway, and runs on token ids only.
 """
 
-import json
 import shutil
 from pathlib import Path
 
+from dbrx_serve.shared.artifacts import write_json
 from dbrx_serve.shared.errors import InvalidInput
 
 from .checkpoint import Checkpoint
@@ -45,5 +45,5 @@ def copy_tokenizer(source: Path, engine_dir: Path, vocab_size: int) -> list[str]
     files = bpe_files(source) + [source / name for name in SIDE_FILES if (source / name).is_file()]
     for path in files:
         shutil.copyfile(path, target / path.name)
-    (target / "config.json").write_text(json.dumps({"vocab_size": vocab_size}, indent=2) + "\n")
+    write_json(target / "config.json", {"vocab_size": vocab_size})
     return sorted(p.name for p in files) + ["config.json"]

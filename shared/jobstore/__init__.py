@@ -3,8 +3,8 @@ leased by workers, watched by clients. See store.py for the guarantees."""
 
 from .config import StoreConfig, default_database_url
 from .jobs import BUILD, CONVERT, Job, JobEvent, JobState
-from .store import DEFAULT_MAX_ATTEMPTS, JobStore, LeaseLost
+from .store import DEFAULT_MAX_ATTEMPTS, JobStore, LeaseLost, StoreUnavailable
 from .worker import JobContext, Worker
 
 __all__ = ["BUILD", "CONVERT", "DEFAULT_MAX_ATTEMPTS", "Job", "JobContext", "JobEvent", "JobState",
-           "JobStore", "LeaseLost", "StoreConfig", "Worker", "default_database_url"]
+           "JobStore", "LeaseLost", "StoreConfig", "StoreUnavailable", "Worker", "default_database_url"]

@@ -3,13 +3,18 @@
 Every write is one short transaction that locks the job's row first
 (`SELECT ... FOR UPDATE` on PostgreSQL; on SQLite the whole database, by
 `BEGIN IMMEDIATE`), so state changes and their JobEvent rows commit
-together. Leasing takes the oldest QUEUED job, or a RUNNING one whose lease
-expired (its worker died), with `FOR UPDATE SKIP LOCKED`, so concurrent
-workers never lease the same job. Lease times come from each host's clock:
-keep hosts in NTP sync, well within `lease_seconds`.
+together. Leasing first queues again every RUNNING job whose lease expired
+(its worker died), then takes the oldest QUEUED job, with `FOR UPDATE SKIP
+LOCKED`, so concurrent workers never lease the same job. Lease times come
+from each host's clock: keep hosts in NTP sync, well within `lease_seconds`.
 
 Worker-side calls (heartbeat, progress, complete, fail, confirm_cancel) name
 the lease owner and raise `LeaseLost` when the job is no longer theirs.
+
+A database that does not answer (PostgreSQL down or restarting, SQLite locked
+by another process past the busy timeout) raises `StoreUnavailable` saying
+which and what to check; the call may be made again (the worker does:
+worker.py). Pooled connections a restart broke are replaced when next used.
 
 A JobStore is safe to share between threads; open one per process (its
 connection pool does not survive a fork).
@@ -18,15 +23,17 @@ connection pool does not survive a fork).
 import json
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
-from sqlalchemy import and_, func, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import BadState, Cancelled, InvalidInput, NotFound, shown
+from ..errors import BadState, Cancelled, InvalidInput, NotFound, Unavailable, shown
 from .config import StoreConfig
 from .engine import make_engine, reader
 from .jobs import Job, JobEvent, JobState
@@ -41,6 +48,11 @@ QUEUED, RUNNING = JobState.QUEUED.value, JobState.RUNNING.value
 class LeaseLost(Cancelled):
     """This worker no longer holds the job (its lease expired and another worker
     took it, or the job ended): stop and write nothing more."""
+
+
+class StoreUnavailable(Unavailable):
+    """The database did not answer: down, restarting, unreachable, or (SQLite) locked by
+    another process for longer than the busy timeout. Try the call again later."""
 
 
 def now_utc() -> datetime:
@@ -58,9 +70,10 @@ class JobStore:
     def __init__(self, config: StoreConfig):
         self.config = config
         self.engine = make_engine(config)
-        upgrade(self.engine)
-        self._write = sessionmaker(self.engine, expire_on_commit=False).begin
-        self._read = sessionmaker(reader(self.engine), expire_on_commit=False).begin
+        with self._answered():
+            upgrade(self.engine)
+        self._writer = sessionmaker(self.engine, expire_on_commit=False).begin
+        self._reader = sessionmaker(reader(self.engine), expire_on_commit=False).begin
 
     @classmethod
     def open(cls, database_url: str | None = None) -> "JobStore":
@@ -150,17 +163,25 @@ class JobStore:
     # -- the worker's side ---------------------------------------------------------
 
     def lease(self, kind: str, owner: str, lease_seconds: float, job_id: str | None = None) -> Job | None:
-        """Start the oldest runnable job of `kind` (or that one job) for `owner`, or None
-        when there is none. A job whose lease expired is retried, or ended when out of attempts."""
+        """Start the oldest queued job of `kind` (or that one job) for `owner`, or None when
+        there is none. Expired leases are dealt with first (`expire_leases`)."""
         _check_positive("lease_seconds", lease_seconds)
         with self._write() as s:
             now = now_utc()
-            while (row := self._next_leasable(s, kind, now, job_id)) is not None:
-                if row.state == RUNNING and self._ended_after_expiry(s, row, now):
-                    continue
-                self._start(s, row, owner, now, lease_seconds)
-                return _job(row)
-        return None
+            self._expire(s, kind, now)
+            row = self._next_queued(s, kind, job_id)
+            if row is None:
+                return None
+            self._start(s, row, owner, now, lease_seconds)
+            return _job(row)
+
+    def expire_leases(self, kind: str) -> list[Job]:
+        """Jobs of `kind` whose worker stopped heartbeating (killed, its host gone) and whose
+        lease expired: queued again for another attempt, or ended when a cancel was requested or
+        no attempt is left. Workers do this as they lease; job servers also do it on their own
+        (shared/job_stage.py), so that no job stays RUNNING with no worker left. Returns them."""
+        with self._write() as s:
+            return [_job(row) for row in self._expire(s, kind, now_utc())]
 
     def heartbeat(self, job_id: str, owner: str, lease_seconds: float) -> bool:
         """Extend the lease; True when a cancel was requested. LeaseLost when no longer ours."""
@@ -213,7 +234,28 @@ class JobStore:
             self._end(s, row, JobState.CANCELLED, "cancelled at a checkpoint", now_utc())
             return _job(row)
 
-    # -- rows -------------------------------------------------------------------------
+    # -- sessions and rows --------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """A write transaction (it takes SQLite's writer lock up front: engine.py)."""
+        with self._answered(), self._writer() as s:
+            yield s
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._answered(), self._reader() as s:
+            yield s
+
+    @contextmanager
+    def _answered(self) -> Iterator[None]:
+        """A database that did not answer raised as StoreUnavailable, saying what to check."""
+        try:
+            yield
+        except DBAPIError as error:
+            if not isinstance(error, (OperationalError, InterfaceError)) and not error.connection_invalidated:
+                raise
+            raise StoreUnavailable(unanswered(self.config, error)) from error
 
     def _row(self, s: Session, job_id: str, lock: bool = False) -> JobRow:
         row = s.get(JobRow, parse_job_id(job_id), with_for_update=lock)
@@ -264,26 +306,28 @@ class JobStore:
                  .order_by(JobEventRow.seq).limit(limit))
         return [_event(row) for row in s.scalars(query)]
 
-    def _next_leasable(self, s: Session, kind: str, now: datetime, job_id: str | None) -> JobRow | None:
-        expired = and_(JobRow.state == RUNNING, JobRow.lease_expires_at < now)
-        query = select(JobRow).where(JobRow.kind == kind, or_(JobRow.state == QUEUED, expired))
+    def _next_queued(self, s: Session, kind: str, job_id: str | None) -> JobRow | None:
+        query = select(JobRow).where(JobRow.kind == kind, JobRow.state == QUEUED)
         if job_id is not None:
             query = query.where(JobRow.id == parse_job_id(job_id))
         query = query.order_by(JobRow.created_at, JobRow.id).limit(1).with_for_update(skip_locked=True)
         return s.scalars(query).first()
 
-    def _ended_after_expiry(self, s: Session, row: JobRow, now: datetime) -> bool:
-        """A dead worker's job: True when it ends here (cancel requested, or out of attempts)."""
-        row.last_error = (f"worker {row.lease_owner} stopped heartbeating; its lease expired at "
-                          f"{row.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC")
-        if row.cancel_requested:
-            self._end(s, row, JobState.CANCELLED, "cancelled (its worker stopped before a checkpoint)", now)
-        elif row.attempts >= row.max_attempts:
-            self._end(s, row, JobState.FAILED, _gave_up(row), now)
-        else:
-            return False
+    def _expire(self, s: Session, kind: str, now: datetime) -> list[JobRow]:
+        query = (select(JobRow).where(JobRow.kind == kind, JobRow.state == RUNNING, JobRow.lease_expires_at < now)
+                 .with_for_update(skip_locked=True))
+        rows = list(s.scalars(query))
+        for row in rows:
+            row.last_error = (f"worker {row.lease_owner} stopped heartbeating; its lease expired at "
+                              f"{row.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC")
+            if row.cancel_requested:
+                self._end(s, row, JobState.CANCELLED, "cancelled (its worker stopped before a checkpoint)", now)
+            elif row.attempts >= row.max_attempts:
+                self._end(s, row, JobState.FAILED, _gave_up(row), now)
+            else:
+                self._requeue(s, row, now)
         s.flush()
-        return True
+        return rows
 
     def _start(self, s: Session, row: JobRow, owner: str, now: datetime, lease_seconds: float) -> None:
         row.state, row.lease_owner, row.started_at = RUNNING, owner, now
@@ -310,13 +354,25 @@ class JobStore:
                           message=row.message, time=now))
 
 
+def unanswered(config: StoreConfig, error: DBAPIError) -> str:
+    """What a person reads when the database did not answer: which store, why, what to check."""
+    url = make_url(config.database_url).render_as_string(hide_password=True)
+    reason = (str(error.orig).strip().splitlines() or ["no reason given"])[0]
+    if config.backend == "sqlite" and "locked" in reason:
+        return (f"the job store {url} stayed locked by another process for more than its busy timeout of "
+                f"{config.busy_timeout_seconds:g} s ({reason}): look for what holds it (a long transaction, a "
+                "backup, a sqlite3 shell); with many workers, use PostgreSQL")
+    return f"the job store {url} did not answer ({reason}): check that the database is up and reachable"
+
+
 def _extend(row: JobRow, now: datetime, lease_seconds: float) -> None:
     _check_positive("lease_seconds", lease_seconds)
     row.heartbeat_at, row.lease_expires_at = now, now + timedelta(seconds=lease_seconds)
 
 
 def _gave_up(row: JobRow) -> str:
-    return f"failed after {row.attempts} attempts; last error: {row.last_error}"
+    attempts = "1 attempt" if row.attempts == 1 else f"{row.attempts} attempts"
+    return f"failed after {attempts}; last error: {row.last_error}"
 
 
 def _job(row: JobRow) -> Job:

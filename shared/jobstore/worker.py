@@ -10,11 +10,18 @@
     Worker(store, CONVERT, convert).run_forever()
 
 A heartbeat thread keeps the lease alive while the handler works. Outcomes:
-a returned dict -> SUCCEEDED; `Cancelled` -> CANCELLED; a domain error
-(`DbrxServeError`: bad input will not get better) or a hopeless file-system
-error (a name too long, a loop of links: HOPELESS_ERRNOS) -> FAILED at once
-with its message; any other exception -> this attempt failed, retried until
-max_attempts. A worker that lost its lease writes nothing more.
+a returned dict -> SUCCEEDED; `Cancelled` -> CANCELLED; bad input or any other
+domain error (`DbrxServeError`: it will not get better) or a hopeless
+file-system error (a name too long, a loop of links, a read-only file system,
+no permission: HOPELESS_ERRNOS) -> FAILED at once with its message; any other
+exception (an I/O error, a full disk, out of memory, `Unavailable`) -> this
+attempt failed, retried until max_attempts, the message saying what it was.
+A worker that lost its lease writes nothing more.
+
+A job store that does not answer (`StoreUnavailable`) does not end the attempt:
+progress is reported again until the store answers, for as long as the lease
+holds (no other worker may take the job before it expires); an outcome is
+recorded again until the store answers or the worker is stopped.
 """
 
 import errno
@@ -27,16 +34,18 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import Cancelled, DbrxServeError, InvalidInput, shown
+from ..errors import Cancelled, DbrxServeError, InvalidInput, Unavailable, shown
 from ..logs import job_context
 from ..metrics import JobMetrics
 from .jobs import Job
-from .store import JobStore, LeaseLost
+from .store import JobStore, LeaseLost, StoreUnavailable
 
 log = logging.getLogger("dbrx_serve.jobstore.worker")
 
-# OS errors about the path itself, which another attempt would meet again.
-HOPELESS_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EROFS})
+# OS errors about the path itself or its permissions, which another attempt would meet again.
+HOPELESS_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EROFS,
+                             errno.EACCES, errno.EPERM})
+STORE_RETRY_SECONDS = 1.0  # between calls to a job store that did not answer
 
 
 def default_owner() -> str:
@@ -72,6 +81,7 @@ class Lease:
 
     def __init__(self, store: JobStore, job: Job, config: WorkerConfig):
         self.store, self.job_id, self.config = store, job.id, config
+        self.expires = time.monotonic() + config.lease_seconds  # when others may take the job, as seen here
         self.cancel_requested = threading.Event()
         self.lost = threading.Event()
         self._stop = threading.Event()
@@ -86,13 +96,31 @@ class Lease:
         self._thread.join()
 
     def update(self, call: Callable[[], bool]) -> None:
-        """Run a store call that returns the cancel flag; note a lost lease."""
+        """Run a store call that extends the lease and returns the cancel flag; note a lost lease."""
+        started = time.monotonic()
         try:
-            if call():
-                self.cancel_requested.set()
+            cancel = call()
         except LeaseLost:
             self.lost.set()
             raise
+        self.expires = max(self.expires, started + self.config.lease_seconds)
+        if cancel:
+            self.cancel_requested.set()
+
+    def update_patiently(self, call: Callable[[], bool]) -> None:
+        """`update`, made again while the store does not answer and the lease holds: until it
+        expires no other worker can take the job, so the work goes on when the store is back.
+        Past that the StoreUnavailable is raised (the attempt fails and is retried)."""
+        while True:
+            try:
+                return self.update(call)
+            except StoreUnavailable as error:
+                left = self.expires - time.monotonic()
+                if left <= 0:
+                    raise
+                log.warning("job %s: %s; trying again for up to %.0f s while the lease holds", self.job_id,
+                            error, left)
+                time.sleep(min(STORE_RETRY_SECONDS, left))
 
     def _beat(self) -> None:
         while not self._stop.wait(self.config.heartbeat_interval) and not self.lost.is_set():
@@ -100,7 +128,9 @@ class Lease:
                 self.update(lambda: self.store.heartbeat(self.job_id, self.config.owner, self.config.lease_seconds))
             except LeaseLost:
                 log.warning("job %s: lease lost by %s", self.job_id, self.config.owner)
-            except Exception:  # a database hiccup: try again next beat; the lease has slack
+            except StoreUnavailable as error:  # try again next beat; the lease has slack
+                log.warning("job %s: heartbeat not recorded: %s", self.job_id, error)
+            except Exception:
                 log.exception("job %s: heartbeat failed", self.job_id)
 
 
@@ -121,7 +151,7 @@ class JobContext:
     def progress(self, fraction: float, message: str = "") -> None:
         """Record progress (0..1) as an event, extend the lease, then act as a checkpoint."""
         seconds = self._lease.config.lease_seconds
-        self._lease.update(lambda: self.store.progress(self.job.id, self.owner, fraction, message, seconds))
+        self._lease.update_patiently(lambda: self.store.progress(self.job.id, self.owner, fraction, message, seconds))
         self.checkpoint()
 
 
@@ -163,6 +193,9 @@ class Worker:
         while not self._stop.is_set():
             try:
                 ran = self.run_once()
+            except StoreUnavailable as error:
+                log.warning("worker %s: %s; trying again in %g s", self.config.owner, error, self.config.poll_seconds)
+                ran = None
             except Exception:
                 log.exception("worker %s: the job store failed; retrying", self.config.owner)
                 ran = None
@@ -187,15 +220,9 @@ class Worker:
         return lambda: self._complete(job, result)
 
     def _failed(self, job: Job, error: Exception) -> Callable[[], Job]:
-        """A domain error or a hopeless OS error fails the job now; any other, this attempt."""
-        if isinstance(error, DbrxServeError):
-            message, retry = str(error), False
-        elif isinstance(error, OSError) and error.errno in HOPELESS_ERRNOS:
-            where = f": {shown(error.filename)}" if error.filename else ""
-            message, retry = f"{error.strerror}{where} (not retried: another attempt would fail the same way)", False
-        else:
+        message, retry = failure(error)
+        if retry:
             log.exception("job %s: attempt %d failed", job.id, job.attempts)
-            message, retry = f"{type(error).__name__}: {error}", True
         return lambda: self.store.fail(job.id, self.config.owner, message, retry=retry)
 
     def _complete(self, job: Job, result: dict[str, Any] | None) -> Job:
@@ -207,9 +234,37 @@ class Worker:
             return self.store.fail(job.id, self.config.owner, f"the handler's result was refused: {error}", retry=False)
 
     def _settle(self, job: Job, record: Callable[[], Job] | None) -> None:
-        if record is None:
-            return
-        try:
-            record()
-        except LeaseLost as error:
-            log.warning("job %s: outcome dropped, %s", job.id, error)
+        """Record the outcome; while the store does not answer, try again until it does or the
+        worker is stopped (left RUNNING, the job would be made anew over a published output)."""
+        while record is not None:
+            try:
+                record()
+                return
+            except LeaseLost as error:
+                log.warning("job %s: outcome dropped, %s", job.id, error)
+                return
+            except StoreUnavailable as error:
+                if self._stop.is_set():
+                    raise
+                log.warning("job %s: outcome not recorded yet: %s", job.id, error)
+                self._stop.wait(STORE_RETRY_SECONDS)
+
+
+def failure(error: Exception) -> tuple[str, bool]:
+    """A failed attempt's message, and whether another attempt may fare better: bad input or
+    another domain error, or a hopeless OS error, will not; a store or service that did not
+    answer, an I/O error, a full disk, no memory may."""
+    if isinstance(error, DbrxServeError) and not isinstance(error, Unavailable):
+        return str(error), False
+    if isinstance(error, OSError) and error.errno in HOPELESS_ERRNOS:
+        where = f": {shown(error.filename)}" if error.filename else ""
+        return f"{error.strerror}{where} (not retried: another attempt would fail the same way)", False
+    return described(error), True
+
+
+def described(error: BaseException) -> str:
+    """`Type: message (notes)`: what happened, and where when the raiser noted it
+    (shared/hf_checkpoint.py notes the file it was reading)."""
+    text = str(error) or (type(error).__doc__ or "").strip().split("\n")[0]  # MemoryError() has no message
+    notes = "; ".join(getattr(error, "__notes__", ()))
+    return f"{type(error).__name__}: {text}" + (f" ({notes})" if notes else "")

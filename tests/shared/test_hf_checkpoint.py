@@ -1,11 +1,14 @@
-"""The lazy HF checkpoint reader: sharded and single-file, and its refusals."""
+"""The lazy HF checkpoint reader: sharded and single-file, its refusals, and errors of the
+disk or the machine told apart from a bad checkpoint."""
 
+import errno
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from dbrx_serve.shared import hf_checkpoint
 from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.hf_checkpoint import INDEX_FILE, HFCheckpoint
 from dbrx_serve.shared.testing import TinySpec, save_tiny_model
@@ -71,6 +74,28 @@ def test_no_weights_or_broken_index(single, tmp_path):
     (tmp_path / INDEX_FILE).write_text(json.dumps({"weight_map": {"lm_head.weight": "gone.safetensors"}}))
     with pytest.raises(InvalidInput, match="gone.safetensors is named in"):
         HFCheckpoint(tmp_path).get("lm_head.weight")
+
+
+def test_a_file_safetensors_cannot_parse_is_bad_input(single, tmp_path):
+    (tmp_path / "config.json").write_text((single[0] / "config.json").read_text())
+    whole = (single[0] / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(InvalidInput, match="model.safetensors: not valid safetensors"):
+        HFCheckpoint(tmp_path)
+
+
+@pytest.mark.parametrize("error", [OSError(errno.EIO, "Input/output error"), MemoryError()], ids=["EIO", "no-memory"])
+def test_an_error_of_the_disk_or_the_machine_is_raised_as_itself_naming_the_file(single, monkeypatch, error):
+    """What safetensors raises when the disk or the machine fails (a real one: the job test in
+    tests/services/converter/test_converter_faults.py) is no bad checkpoint: it is not InvalidInput,
+    which would fail a job for good, but itself, for the job to retry, with the file noted."""
+    def failing_open(path, framework):
+        raise error
+    monkeypatch.setattr(hf_checkpoint, "safe_open", failing_open)
+    with pytest.raises(type(error)) as raised:
+        HFCheckpoint(single[0])
+    assert raised.value is error and not isinstance(raised.value, InvalidInput)
+    assert raised.value.__notes__ == [f"while reading {single[0] / 'model.safetensors'}"]
 
 
 def test_tiny_models_are_deterministic(tmp_path):

@@ -2,6 +2,7 @@
 so each opens its own store the way a real worker on another host would)."""
 
 import json
+import logging
 import os
 import random
 import time
@@ -57,3 +58,21 @@ def open_and_submit(database_url: str, barrier, n: int) -> None:
     barrier.wait()
     with JobStore(StoreConfig(database_url)) as store:
         store.submit(KIND, {"n": n})
+
+
+def report_until_released(database_url: str, release_path: str, log_path: str, lease_seconds: float,
+                          busy_timeout_seconds: float) -> None:
+    """Run jobs until killed; each reports progress every 50 ms until `release_path` exists.
+    The worker's log goes to `log_path`."""
+    logging.basicConfig(filename=log_path, level=logging.INFO)
+
+    def handle(job, ctx):
+        steps = 0
+        while not os.path.exists(release_path):
+            steps += 1
+            ctx.progress(0.5, f"step {steps}")
+            time.sleep(0.05)
+        return {"steps": steps}
+
+    with JobStore(StoreConfig(database_url, busy_timeout_seconds=busy_timeout_seconds)) as store:
+        Worker(store, KIND, handle, owner="steady", lease_seconds=lease_seconds, poll_seconds=0.05).run_forever()

@@ -72,5 +72,7 @@ def test_a_sigkilled_workers_job_is_finished_by_another_worker(store, database_u
     assert (finished.id, finished.state, finished.attempts) == (job.id, JobState.SUCCEEDED, 2)
     assert (finished.lease_owner, finished.result) == ("rescuer", {"rescued": 7})
     assert "worker doomed stopped heartbeating" in finished.last_error
-    starts = [e.message for e in store.events(job.id) if e.message.startswith("attempt")]
-    assert starts == ["attempt 1 of 3 started by doomed", "attempt 2 of 3 started by rescuer"]
+    attempts = [e.message for e in store.events(job.id) if e.message.startswith("attempt")]
+    assert attempts[0] == "attempt 1 of 3 started by doomed"
+    assert attempts[1].startswith("attempt 1 of 3 failed, will retry: worker doomed stopped heartbeating")
+    assert attempts[2:] == ["attempt 2 of 3 started by rescuer"]

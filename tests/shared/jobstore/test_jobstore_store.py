@@ -143,6 +143,23 @@ def test_expiries_past_max_attempts_fail_the_job_with_the_last_error(store):
     assert failed.finished_at is not None
 
 
+def test_expire_leases_queues_dead_workers_jobs_again_or_ends_them(store):
+    """What a job server does on its own, with no worker left to lease: no job stays RUNNING."""
+    retried, last, cancelled = (store.submit(KIND, {"n": n}, max_attempts=m) for n, m in ((1, 2), (2, 1), (3, 2)))
+    for _ in range(3):
+        lease(store, "dead", seconds=0.3)
+    store.cancel(cancelled.id)
+    assert store.expire_leases(KIND) == []  # nothing has expired yet
+    expire(0.3)
+    assert {job.id for job in store.expire_leases(KIND)} == {retried.id, last.id, cancelled.id}
+    states = {job.id: (job.state, job.lease_owner) for job in store.list_jobs(KIND)}
+    assert states == {retried.id: (JobState.QUEUED, None), last.id: (JobState.FAILED, "dead"),
+                      cancelled.id: (JobState.CANCELLED, "dead")}
+    assert store.get(retried.id).message.startswith("attempt 1 of 2 failed, will retry: worker dead stopped")
+    assert store.get(last.id).message.startswith("failed after 1 attempt; last error: worker dead stopped")
+    assert store.expire_leases(KIND) == []
+
+
 def test_failed_attempts_are_retried_until_max_attempts(store):
     job = store.submit(KIND, {}, max_attempts=3)
     for attempt in (1, 2, 3):

@@ -1,6 +1,7 @@
 """The generic worker on a real store: outcomes, retries, heartbeats, cancel, a lost lease."""
 
 import errno
+import sqlite3
 import threading
 import time
 
@@ -9,7 +10,7 @@ from sqlalchemy import update
 
 from dbrx_serve.shared.artifacts import artifact_dir
 from dbrx_serve.shared.errors import InvalidInput
-from dbrx_serve.shared.jobstore import JobState, LeaseLost, Worker
+from dbrx_serve.shared.jobstore import JobState, JobStore, LeaseLost, StoreConfig, Worker
 from dbrx_serve.shared.jobstore.models import JobRow
 
 KIND = "convert"
@@ -247,3 +248,21 @@ def test_a_hopeless_os_error_fails_the_job_at_once_and_a_transient_one_is_retrie
     job = store.submit(KIND, {}, max_attempts=3)
     retried = worker(store, io_error).run_once()
     assert (retried.id, retried.state, retried.attempts) == (job.id, JobState.QUEUED, 1)
+
+
+def test_an_outcome_is_recorded_once_the_store_answers_again(tmp_path):
+    """The job ends while another process holds the SQLite file past the busy timeout: the
+    worker records the outcome again until the lock is gone, rather than leave the job RUNNING
+    for another worker to make anew (its output would already be published)."""
+    path = tmp_path / "jobs.db"
+    with JobStore(StoreConfig(f"sqlite:///{path}", busy_timeout_seconds=0.1)) as store:
+        job = store.submit(KIND, {})
+
+        def handle(job, ctx):
+            holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            holder.execute("BEGIN IMMEDIATE")
+            threading.Timer(1.0, lambda: (holder.execute("ROLLBACK"), holder.close())).start()
+            return {"published": True}
+
+        done = worker(store, handle).run_once()
+    assert (done.id, done.state, done.attempts, done.result) == (job.id, JobState.SUCCEEDED, 1, {"published": True})
