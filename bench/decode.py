@@ -4,6 +4,8 @@
     python bench/decode.py --layers 4 --precision bf16 --baselines --plot bench/results/decode.png
     python bench/decode.py --smoke        # a tiny model on the CPU, in seconds (CI runs this)
     mpirun -n 2 python bench/decode.py --world 2 --layers 40 --precision int8 --layouts tp2 ep2
+    mpirun -n 8 python bench/decode.py --world 8 --layers 40 --precision bf16 --layouts tp8 ep8 tp4pp2 \
+        --batch 1 8 64 --context 512 --summarize          # the seed's layouts (and int4 --layouts tp4 on 4)
 
 Under `mpirun -n N` (`--world N`) the engine is a multi-rank one, each rank on its own GPU with its
 own share of the weights (`--layouts`: tp2, ep2 = experts over 2 ranks, pp2, tp2pp2 ...), stepped by
@@ -45,6 +47,9 @@ from decode_model import (FULL, SMOKE, BASE_SEED, ModelSpec, bench_limits, bytes
 from dbrx_serve.services.inference.executor import follow_main  # noqa: E402
 from dbrx_serve.services.inference.world import (launched_by_mpi, launched_rank, launched_size,  # noqa: E402
                                                     prepare_process, refuse, start)
+
+
+SUMMARIZE_SHAPE = (923, 100)  # TensorRT-LLM's summarize.py on cnn_dailymail at batch 1: 119.35 tokens/s on 8 GPUs
 
 
 def seed_context(engine, batch: int, context: int, new_tokens: int) -> list[str]:
@@ -111,6 +116,27 @@ def prefill_run(engine, spec: ModelSpec, length: int) -> dict:
             "seconds": round(times[-1], 4), "tokens_per_s": round(length / times[-1], 1)}
 
 
+def summarize_run(engine, spec: ModelSpec) -> dict:
+    """The seed's summarize.py run shape: one request (batch 1) of a 923-token prompt and 100 greedy
+    output tokens, prefill and decode timed together; tokens per second as summarize.py counts them,
+    output tokens over the request's seconds (after one untimed request of the same shape)."""
+    from dbrx_serve.services.inference.params import SamplingParams
+
+    prompt_tokens, output_tokens = SUMMARIZE_SHAPE
+    params = SamplingParams(max_new_tokens=output_tokens, temperature=0, end_id=())  # no end id: all 100
+    device, seconds = engine.runner.device, 0.0
+    for seed in range(2):
+        prompt = torch.randint(0, 500, (prompt_tokens,), generator=torch.Generator().manual_seed(seed)).tolist()
+        torch.cuda.synchronize(device) if device.type == "cuda" else None
+        start = time.perf_counter()
+        result = engine.generate([prompt], params)[0]
+        seconds = time.perf_counter() - start
+    assert len(result.output_ids) == output_tokens, "every output token is counted"
+    return {"precision": spec.precision, "layout": layout_name(spec.mapping), "prompt_tokens": prompt_tokens,
+            "output_tokens": output_tokens, "seconds": round(seconds, 4),
+            "tokens_per_s": round(output_tokens / seconds, 2)}
+
+
 def kernel_times(engine, batch: int, context: int) -> list[dict]:
     """Per-kernel GPU time of one eager decode step (no CUDA graph; rank 0's), the largest first."""
     from torch.profiler import ProfilerActivity, profile
@@ -148,7 +174,8 @@ def planned_runs(spec: ModelSpec, args) -> list[tuple[int, int]]:
 def run_precision(spec: ModelSpec, args, bandwidth: float, device, backend=None, graphs=True) -> dict:
     started = time.perf_counter()
     runs = planned_runs(spec, args)
-    limits = bench_limits(runs, args.warmup + args.steps + 16, max(args.prefill or [0]), graphs)
+    longest = max([*args.prefill, sum(SUMMARIZE_SHAPE) if args.summarize else 0])
+    limits = bench_limits(runs, args.warmup + args.steps + 16, longest, graphs)
     engine = make_engine(spec, device, backend or args.backend, limits, args.workdir)
     out = {"build_seconds": round(time.perf_counter() - started, 1), "decode": [], "prefill": []}
     for batch, context in runs:
@@ -157,6 +184,9 @@ def run_precision(spec: ModelSpec, args, bandwidth: float, device, backend=None,
     for length in args.prefill:
         out["prefill"].append(prefill_run(engine, spec, length))
         print(json.dumps(out["prefill"][-1]), file=sys.stderr, flush=True)
+    if args.summarize:
+        out["summarize"] = summarize_run(engine, spec)
+        print(json.dumps(out["summarize"]), file=sys.stderr, flush=True)
     if args.profile:
         out["profile"] = {f"batch{b}": kernel_times(engine, b, args.context[0])[:25] for b in args.profile}
     del engine
@@ -191,6 +221,8 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="draw tokens/s and fraction of the floor to this PNG")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (seconds)")
+    parser.add_argument("--summarize", action="store_true",
+                        help="also the seed's summarize.py shape: batch 1, 923-token prompt, 100 output tokens")
     parser.add_argument("--world", type=int, default=1, help="ranks: run under `mpirun -n WORLD`")
     parser.add_argument("--layouts", nargs="+", default=None,
                         help="how the ranks share the model: tp2, ep2, pp2, tp2pp2 ... (default: tpWORLD)")

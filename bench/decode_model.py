@@ -21,7 +21,7 @@ BASE_SEED = 1234
 FULL = dict(vocab_size=100352, d_model=6144, n_heads=48, kv_n_heads=8, ffn_hidden_size=10752, moe_num_experts=16,
             moe_top_k=4, max_seq_len=32768, rope_theta=500000.0, clip_qkv=8.0)
 SMOKE = dict(vocab_size=512, d_model=64, n_heads=4, kv_n_heads=2, ffn_hidden_size=32, moe_num_experts=4,
-             moe_top_k=2, max_seq_len=256, rope_theta=500000.0, clip_qkv=8.0)
+             moe_top_k=2, max_seq_len=2048, rope_theta=500000.0, clip_qkv=8.0)
 TOKENS_PER_BLOCK = 32
 
 

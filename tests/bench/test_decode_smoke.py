@@ -11,7 +11,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "decode.py"
 
 
 def test_decode_smoke_prints_one_json_object_with_every_run(tmp_path):
-    out = subprocess.run([sys.executable, str(BENCH), "--smoke", "--precision", "bf16", "int4",
+    out = subprocess.run([sys.executable, str(BENCH), "--smoke", "--precision", "bf16", "int4", "--summarize",
                           "--plot", str(tmp_path / "plot.png")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -22,6 +22,8 @@ def test_decode_smoke_prints_one_json_object_with_every_run(tmp_path):
             assert d["tokens_per_s"] > 0 and d["bytes_per_step"] > 0 and d["ms_per_step"] > 0
             assert 0 <= d["fraction_of_floor"] <= 1.5  # rounded to 3 places: a slow, shared CPU can show 0.0
         assert run["prefill"][0]["prompt_tokens"] == 48 and run["prefill"][0]["seconds"] > 0
+        summarize = run["summarize"]  # the seed's summarize.py shape: every output token counted
+        assert (summarize["prompt_tokens"], summarize["output_tokens"]) == (923, 100) and summarize["tokens_per_s"] > 0
     assert (tmp_path / "plot.png").stat().st_size > 10_000
 
 
