@@ -1,5 +1,5 @@
 """bench/serving.py: its stream check can fail (a token lost, duplicated, reordered or replaced
-is a mismatch; a stream that parts from its lone run at a near-tie and then goes on as a lone run
+is a mismatch; a stream that forks from its lone run at a near-tie and then goes on as a lone run
 of its own tokens would is not), and a small run of the script on both paths (real servers it
 starts itself) completes every request, every stream checked, the KV pool empty after each level
 and the servers up. No timing is asserted."""
@@ -84,14 +84,23 @@ def test_a_stream_whose_token_count_is_not_the_servers_is_a_mismatch():
     assert verdict(stream(want.token_ids, want.logprobs, num_counted=11))[0] == "mismatched"
 
 
-def test_a_near_tie_then_what_a_lone_run_of_its_own_tokens_gives_is_a_near_tie():
+def test_a_fork_then_what_a_lone_run_of_its_own_tokens_gives_is_a_near_tie():
     want = lone_record(PROMPT)
-    tied = want.token_ids[:3] + [want.token_ids[3] + 1]
-    rest = lone_record(serving.continued(PROMPT, tied))
-    got = stream(tied + rest.token_ids, want.logprobs[:3] + [want.logprobs[3] + 1e-4] + rest.logprobs)
-    assert verdict(got) == ("near_tie", "")
-    far = stream(got.token_ids, want.logprobs[:3] + [want.logprobs[3] + 0.1] + rest.logprobs)
-    assert verdict(far)[0] == "mismatched"  # not a tie: the two tokens' logprobs are far apart
+    forked = want.token_ids[:3] + [want.token_ids[3] + 1]
+    rest = lone_record(serving.continued(PROMPT, forked))
+    for gap in (1e-4, 0.1):  # a near-tie of the greedy token; one inside the model (the logits moved more)
+        got = stream(forked + rest.token_ids, want.logprobs[:3] + [want.logprobs[3] + gap] + rest.logprobs)
+        assert verdict(got) == ("near_tie", "")
+    wrong = stream(forked + rest.token_ids[:1] + [rest.token_ids[1] + 1] + rest.token_ids[2:],
+                   want.logprobs[:3] + [want.logprobs[3] + 0.1] + rest.logprobs)
+    assert verdict(wrong)[0] == "mismatched"  # the fork goes on, but not as a lone run would
+
+
+def test_a_last_token_unlike_a_lone_runs_is_a_near_tie_only_within_the_tie():
+    want = lone_record(PROMPT)
+    last = want.token_ids[:9] + [want.token_ids[9] + 1]
+    assert verdict(stream(last, want.logprobs[:9] + [want.logprobs[9] + 1e-4]))[0] == "near_tie"
+    assert verdict(stream(last, want.logprobs[:9] + [want.logprobs[9] + 0.1]))[0] == "mismatched"
 
 
 def test_a_small_run_on_grpc_and_the_gateway_completes_and_matches_every_stream():
