@@ -1,9 +1,12 @@
 """A grpc.aio server run by its own event loop in a thread, for tests whose
-clients are synchronous (the CLI, sync stubs)."""
+clients are synchronous (the CLI, sync stubs); a server's Prometheus metrics read."""
 
 import asyncio
 import contextlib
 import threading
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from dbrx_serve.shared import rpc
 
@@ -39,3 +42,14 @@ def served_in_thread(build, start=rpc.start, on_stop=None):
         loop.call_soon_threadsafe(stop.set)
         thread.join(WAIT)
         loop.close()
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of a /metrics page, by (name, labels)."""
+    text = httpx.get(url, timeout=WAIT).text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)

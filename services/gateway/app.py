@@ -78,8 +78,8 @@ class Gateway:
         default = self.chat_max_tokens(info) if chat else protocol.COMPLETION_MAX_TOKENS
         max_tokens = protocol.max_tokens_of(body, default, info.max_seq_len if info else None)
         logprobs = body.wants_logprobs()
-        if logprobs:
-            self.needs_tokenizer("logprobs (the text of each token)", "logprobs")
+        if logprobs and not body.return_tokens_as_token_ids:
+            self.needs_tokenizer("logprobs (the text of each token; or ask return_tokens_as_token_ids)", "logprobs")
         return protocol.generation(body, self.config.model_name, max_tokens, await self.end_ids(body), logprobs)
 
     def chat_max_tokens(self, info) -> int:
@@ -115,7 +115,8 @@ class Gateway:
     async def logprobs(self, g: protocol.Generation, ids, logprobs, offset: int) -> dict | None:
         if not g.logprobs:
             return None
-        return g.api.logprobs(await self.tokenizer.token_texts(ids), list(logprobs), offset)
+        tokens = protocol.token_id_names(ids) if g.tokens_as_ids else await self.tokenizer.token_texts(ids)
+        return g.api.logprobs(tokens, list(logprobs), offset)
 
     @staticmethod
     def usage(g: protocol.Generation, lasts) -> dict:

@@ -12,7 +12,8 @@ bodies and stream chunks made from the service's messages.
   `end_id` replaces them, so the gateway sends both).
 - `logprobs` are the chosen tokens' log-probabilities (the engine computes
   no others): chat `top_logprobs` and completion `logprobs` above 0 are
-  refused.
+  refused. With vLLM's `return_tokens_as_token_ids` each token is named
+  `token_id:N` instead of its text (no tokenizer needed).
 - `finish_reason` is "stop" for an end id or a stop string, "length" for
   max_tokens or the engine's max_seq_len.
 """
@@ -130,6 +131,7 @@ class SamplingRequest(BaseModel):
     top_k: int | None = Field(None, ge=-1)  # vLLM's extras from here on; top_k -1 or 0: off
     stop_token_ids: list[TokenId] | None = None
     skip_special_tokens: bool | None = True
+    return_tokens_as_token_ids: bool | None = False
 
     @property
     def include_usage(self) -> bool:
@@ -260,6 +262,7 @@ class Generation:
     stream: bool
     include_usage: bool
     logprobs: bool
+    tokens_as_ids: bool  # logprobs name each token `token_id:N`
 
 
 def generation(body: SamplingRequest, model: str, max_tokens: int, end_ids: tuple[int, ...],
@@ -274,7 +277,7 @@ def generation(body: SamplingRequest, model: str, max_tokens: int, end_ids: tupl
                                         request_id=f"{request_id}-{i * n + j}")
                      for i, prompt in enumerate(prompts) for j in range(n))
     return Generation(api, request_id, int(time.time()), model, requests, n, bool(body.stream), body.include_usage,
-                      logprobs)
+                      logprobs, bool(body.return_tokens_as_token_ids))
 
 
 def sampling_of(body: SamplingRequest, max_tokens: int, end_ids: tuple[int, ...], choice: int,
@@ -295,6 +298,11 @@ def max_tokens_of(body: SamplingRequest, default: int, max_seq_len: int | None) 
         raise BadParameter(f"{name} {asked} leaves no room for a prompt in the model's {max_seq_len} tokens "
                            f"(max_seq_len): ask for at most {max_seq_len - 1}", name)
     return asked or default
+
+
+def token_id_names(ids) -> list[str]:
+    """vLLM's `return_tokens_as_token_ids`: each token as `token_id:N`."""
+    return [f"token_id:{i}" for i in ids]
 
 
 def finish_reason(reason: int) -> str:

@@ -4,9 +4,6 @@ and durations, all moved by exactly what was done (real servers on localhost, --
 
 import contextlib
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
 from dbrx_serve.client import Client, InvalidInput
 from dbrx_serve.services.builder.stage import BUILDER
 from dbrx_serve.services.converter.stage import CONVERTER
@@ -18,7 +15,7 @@ from dbrx_serve.shared.jobstore import JobStore
 from dbrx_serve.shared.metrics import JobMetrics
 
 from tests.client.conftest import tokenizer_config
-from tests.serving import served_in_thread
+from tests.serving import scrape, served_in_thread, value
 from tests.services.inference.conftest import engine_dir, engine_dirs, one_thread  # noqa: F401 (fixtures)
 from tests.services.inference.served import SERVING, wait_for_health
 
@@ -38,16 +35,6 @@ def served(build, **serving):
         return server, port
     with served_in_thread(built, **serving) as address:
         yield address, f"http://127.0.0.1:{servers[0].metrics_http.server_port}/metrics"
-
-
-def scrape(url: str) -> dict[tuple[str, frozenset], float]:
-    text = httpx.get(url, timeout=WAIT).text
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(samples, name: str, **labels) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def calls(samples, service: str, method: str, code: str = "OK") -> tuple[float, float]:

@@ -3,7 +3,8 @@ unary and streamed, equal the gRPC InferenceService's own text and tokens
 for the same request (each run alone, so the batch is the same); stream
 chunks concatenate to the unary text and every stream ends with [DONE];
 n choices with a seed are the seeds seed+j run alone; stop strings cut the
-text; usage counts the service's tokens; the side endpoints answer."""
+text; usage counts the service's tokens; logprobs name tokens `token_id:N`
+when asked, with no tokenizer service; the side endpoints answer."""
 
 import grpc
 import httpx
@@ -13,7 +14,9 @@ from dbrx_serve.shared.generated.dbrx.serve.v1 import inference_pb2 as pb
 from dbrx_serve.shared.generated.dbrx.serve.v1 import inference_pb2_grpc as pb_grpc
 from dbrx_serve.shared.generated.dbrx.serve.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
-from .served import WAIT, client, events, post
+from dbrx_serve.services.gateway.config import GatewayConfig
+
+from .served import API_KEY, WAIT, client, events, gateway_server, post
 
 FINISH = {pb.FINISH_REASON_LENGTH: "length", pb.FINISH_REASON_END_ID: "stop", pb.FINISH_REASON_STOP: "stop"}
 CHATS = [[("user", "Hello")],
@@ -83,6 +86,18 @@ def test_a_chat_completion_unary_and_streamed_equals_the_grpc_services_own(stack
     assert chunks[-2].choices[0].finish_reason == choice.finish_reason
     assert chunks[-1].choices == [] and chunks[-1].usage.model_dump(exclude_none=True) == usage_of(want)
     assert events(stack.url, "/v1/chat/completions", {"messages": messages(chat), "max_tokens": 3})[-1] == "[DONE]"
+
+
+def test_logprobs_with_tokens_as_token_ids_need_no_tokenizer_service(stack):
+    want = grpc_generate(stack.inference.address, [10, 20, 30], return_logprobs=True)
+    with gateway_server(GatewayConfig(inference=(stack.inference.address,), api_key=API_KEY)) as url:
+        body = {"prompt": [10, 20, 30], "max_tokens": 12, "temperature": 0, "logprobs": 0}
+        refused = post(url, "/v1/completions", body)
+        stream = events(url, "/v1/completions", {**body, "return_tokens_as_token_ids": True})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "logprobs"
+    chunks = [c["choices"][0]["logprobs"] for c in stream[:-1]]
+    assert [t for c in chunks for t in c["tokens"]] == [f"token_id:{i}" for i in want.output_ids]
+    assert [p for c in chunks for p in c["token_logprobs"]] == pytest.approx(list(want.logprobs), abs=1e-5)
 
 
 SAMPLED = dict(temperature=0.9, top_p=0.95, seed=1234)

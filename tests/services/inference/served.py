@@ -1,17 +1,20 @@
 """A real inference server for tests: `build_server` on port 0, run by its own
 event loop in a thread (tests/serving.py), its engine loaded and warmed up
-(health SERVING) before the test talks to it over real channels. `paused`
-holds the engine's steps (calls such as adds, aborts and stats still run),
-so a test can act while no step runs instead of racing one."""
+(health SERVING) before the test talks to it over real channels; or
+`dbrx serve inference` as a process of its own, for tests that kill it.
+`paused` holds the engine's steps (calls such as adds, aborts and stats
+still run), so a test can act while no step runs instead of racing one."""
 
 import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from dbrx_serve.cli.launcher import Child, Launcher
 from dbrx_serve.services.inference import server as inference
 from dbrx_serve.services.inference.config import InferenceServiceConfig
 from dbrx_serve.services.inference.engine import Engine
@@ -50,6 +53,17 @@ def inference_server(engine_dir, **options):
     with served_in_thread(build, start=inference.start, on_stop=lambda server: server.host.close()) as address:
         wait_for_health(address, SERVING)
         yield Served(address, hosts[0])
+
+
+@contextlib.contextmanager
+def inference_process(engine_dir, *flags) -> Iterator[Child]:
+    """`dbrx serve inference` on free ports (its metrics too), SERVING; yields the child (address,
+    metrics URL, process), stopped at the end (SIGTERM, then SIGKILL) unless the test killed it."""
+    with Launcher(quiet=True) as launcher:
+        child = launcher.start("inference", "serve", "inference", "--engine_dir", engine_dir, "--port", 0,
+                               "--device", "cpu", "--metrics_port", 0, *flags)
+        wait_for_health(child.address, SERVING)
+        yield child
 
 
 def health(address: str) -> int:
