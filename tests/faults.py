@@ -8,6 +8,7 @@ import os
 import pwd
 import resource
 import shutil
+import signal
 import socket
 import sqlite3
 import struct
@@ -190,3 +191,20 @@ def _unprivileged_user() -> pwd.struct_passwd:
         except KeyError:
             continue
     pytest.skip("running as root with neither a postgres nor a nobody user to run PostgreSQL as")
+
+
+def sigkill_mid_work(store, job_id: str, stage: str, database_url: str, lease_seconds: float, started) -> None:
+    """A `dbrx worker STAGE` process leases the job; with the job store held (its next report waits,
+    so it cannot publish) it is SIGKILLed once `started()` (its temporary output exists)."""
+    from dbrx_serve.shared.jobstore import JobState
+
+    victim = start_worker_process(stage, database_url, lease_seconds)
+    try:
+        wait_for(lambda: store.get(job_id).state is JobState.RUNNING, "a worker to lease the job", 0.01)
+        with store_held(database_url, job_id):
+            wait_for(started, f"the {stage}'s temporary output")
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(WAIT)
+    finally:
+        victim.kill()
+        victim.wait(WAIT)

@@ -5,13 +5,12 @@ test holds the job store (tests/faults.py, store_held): the worker stops at its 
 report, mid-build, and cannot publish before the kill."""
 
 import json
-import signal
 
 from dbrx_serve.services.builder.options import BuildOptions
 from dbrx_serve.services.builder.stage import BUILDER
 from dbrx_serve.shared.artifacts import MANIFEST, verify_manifest
 from dbrx_serve.shared.jobstore import BUILD, JobState, JobStore, StoreConfig
-from tests.faults import WAIT, start_worker_process, store_held, wait_for
+from tests.faults import sigkill_mid_work, wait_for
 from tests.shared.jobstore.conftest import database_url  # noqa: F401 (a fixture: SQLite, and PostgreSQL when set)
 
 from .conftest import leftovers, run_build
@@ -31,16 +30,7 @@ def test_a_sigkilled_builder_worker_leaves_nothing_visible_and_another_finishes(
     out = tmp_path / "engine"
     with JobStore(StoreConfig(database_url)) as store:
         job = store.submit(BUILD, BuildOptions(str(checkpoint), str(out)).to_dict(), output_dir=str(out))
-        victim = start_worker_process("builder", database_url, LEASE_SECONDS)
-        try:
-            wait_for(lambda: store.get(job.id).state is JobState.RUNNING, "a worker to lease the job", 0.01)
-            with store_held(database_url, job.id):  # the worker's next report waits: it cannot publish
-                wait_for(lambda: leftovers(out), "the build's temporary directory")
-                victim.send_signal(signal.SIGKILL)
-                victim.wait(WAIT)
-        finally:
-            victim.kill()
-            victim.wait(WAIT)
+        sigkill_mid_work(store, job.id, "builder", database_url, LEASE_SECONDS, lambda: leftovers(out))
         killed = store.get(job.id)
         assert (killed.state, killed.attempts) == (JobState.RUNNING, 1)
         assert not out.exists() and leftovers(out)[0].startswith(".engine.tmp-")  # only its temporary sibling

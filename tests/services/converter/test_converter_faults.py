@@ -8,15 +8,14 @@ reported as what it is, not as a bad checkpoint)."""
 import json
 import multiprocessing
 import re
-import signal
 
 from dbrx_serve.services.converter.convert import convert
 from dbrx_serve.services.converter.options import ConvertOptions
 from dbrx_serve.services.converter.stage import CONVERTER
 from dbrx_serve.shared.artifacts import MANIFEST, verify_manifest
 from dbrx_serve.shared.jobstore import CONVERT, JobState, JobStore, StoreConfig
-from tests.faults import (WAIT, ended, file_size_limit, limit_address_space, read_only_prefix, start_worker_process,
-                          store_held, wait_for, write_huge_model)
+from tests.faults import (WAIT, ended, file_size_limit, limit_address_space, read_only_prefix, sigkill_mid_work,
+                          start_worker_process, wait_for, write_huge_model)
 
 from .conftest import leftovers
 
@@ -49,16 +48,7 @@ def test_sigkilled_worker_leaves_nothing_visible_and_another_finishes(shard_mode
     options = ConvertOptions(str(shard_model[0]), str(out), tp_size=2, dtype="bfloat16")
     with JobStore(StoreConfig(database_url)) as store:
         job = store.submit(CONVERT, options.to_dict(), output_dir=str(out))
-        victim = start_worker_process("converter", database_url, LEASE_SECONDS)
-        try:
-            wait_for(lambda: store.get(job.id).state is JobState.RUNNING, "a worker to lease the job", 0.01)
-            with store_held(database_url, job.id):
-                wait_for(lambda: leftovers(out), "the conversion's temporary directory")
-                victim.send_signal(signal.SIGKILL)
-                victim.wait(WAIT)
-        finally:
-            victim.kill()
-            victim.wait(WAIT)
+        sigkill_mid_work(store, job.id, "converter", database_url, LEASE_SECONDS, lambda: leftovers(out))
         killed = store.get(job.id)
         assert (killed.state, killed.attempts) == (JobState.RUNNING, 1) and killed.progress < 1
         assert not out.exists() and len(leftovers(out)) == 1  # only its hidden temporary sibling
