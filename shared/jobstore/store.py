@@ -23,10 +23,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import BadState, Cancelled, InvalidInput, NotFound, shown
+from ..errors import BadState, Cancelled, InvalidInput, NotFound, Unavailable, shown
 from .config import StoreConfig
 from .engine import make_engine, reader
 from .jobs import Job, JobEvent, JobState
@@ -58,7 +58,12 @@ class JobStore:
     def __init__(self, config: StoreConfig):
         self.config = config
         self.engine = make_engine(config)
-        upgrade(self.engine)
+        try:
+            upgrade(self.engine)
+        except OperationalError as error:  # no server there, a wrong password, no such database ...
+            self.engine.dispose()
+            raise Unavailable(f"cannot open the job store at {config.shown_url}: "
+                              f"{str(error.orig or error).splitlines()[0]}") from None
         self._write = sessionmaker(self.engine, expire_on_commit=False).begin
         self._read = sessionmaker(reader(self.engine), expire_on_commit=False).begin
 
