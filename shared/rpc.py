@@ -95,9 +95,10 @@ def open_to_network(host: str, secret: str | None, insecure: bool, secret_flag: 
     return True
 
 
-def warn_if_open(host: str, secret: str | None, insecure: bool, secret_flag: str) -> None:
-    """The warning --insecure earns on a host beyond loopback (nothing on loopback or with a secret)."""
-    if open_to_network(host, secret, insecure, secret_flag):
+def warn_if_open(host: str, secret: str | None, insecure: bool) -> None:
+    """The warning --insecure earns on a host beyond loopback (nothing on loopback or with a secret);
+    call it on a configuration already checked (ServerConfig, GatewayConfig)."""
+    if open_to_network(host, secret, insecure, "a secret"):
         log.warning("--insecure: listening on %s without authentication; anyone who reaches it can call it", host)
 
 
@@ -237,7 +238,7 @@ def build_server(servicers: Iterable[Servicer], config: ServerConfig,
     """Register the servicers, health (SERVING for each) and reflection; bind the port. Every call
     is counted and timed in `registry` (server.registry), served on config.metrics_port by `start`."""
     servicers = list(servicers)
-    warn_if_open(config.host, config.auth_token or config.tls_client_ca, config.insecure, "--auth_token")
+    warn_if_open(config.host, config.auth_token or config.tls_client_ca, config.insecure)
     registry = registry if registry is not None else CollectorRegistry()
     auth = [BearerAuth(config.auth_token)] if config.auth_token else []
     size = config.max_message_mb * 1024 * 1024

@@ -92,7 +92,7 @@ def uvicorn_server(config: GatewayConfig) -> UvicornServer:
 
 async def serve_config(config: GatewayConfig) -> None:
     """Serve until SIGINT/SIGTERM, then drain."""
-    rpc.warn_if_open(config.host, config.api_key, config.insecure, "--api_key")
+    rpc.warn_if_open(config.host, config.api_key, config.insecure)
     sock = listening_socket(config.host, config.port)
     print(f"listening on {config.host}:{sock.getsockname()[1]}", flush=True)
     server, stop = uvicorn_server(config), rpc.stop_signal()

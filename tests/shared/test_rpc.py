@@ -155,8 +155,8 @@ def test_a_host_beyond_loopback_needs_a_token_or_client_certificates_or_insecure
     rpc.ServerConfig(host="0.0.0.0", tls_cert="c.pem", tls_key="k.pem", tls_client_ca="ca.pem")
     insecure = rpc.ServerConfig(host="0.0.0.0", insecure=True)
     with caplog.at_level(logging.WARNING, "dbrx_serve.rpc"):
-        rpc.warn_if_open(insecure.host, None, insecure.insecure, "--auth_token")
-        rpc.warn_if_open("127.0.0.1", None, False, "--auth_token")
+        rpc.warn_if_open(insecure.host, None, insecure.insecure)
+        rpc.warn_if_open("127.0.0.1", None, False)
     assert [r.getMessage() for r in caplog.records] == [
         "--insecure: listening on 0.0.0.0 without authentication; anyone who reaches it can call it"]
 
