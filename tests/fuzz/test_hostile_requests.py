@@ -18,7 +18,6 @@ from google.protobuf.message_factory import GetMessageClass
 from hypothesis import HealthCheck, Phase, given, settings
 
 from dbrx_serve.shared.generated.dbrx.serve.v1 import builder_pb2, converter_pb2, inference_pb2, jobs_pb2, tokenizer_pb2
-from dbrx_serve.shared.generated.dbrx.serve.v1 import tokenizer_pb2 as tok
 
 from .requests import request_bytes
 
@@ -35,8 +34,8 @@ NO_LIMIT = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_len
 
 def valid_request(method, job_id: str):
     """A request `method` accepts (and that costs little): hostile ones are it with fields changed."""
-    fields = {"Encode": dict(texts=["Hello world"]), "Decode": dict(sequences=[tok.TokenIds(ids=[9906, 1917])]),
-              "ApplyChatTemplate": dict(messages=[tok.ChatMessage(role="user", content="Hi")],
+    fields = {"Encode": dict(texts=["Hello world"]), "Decode": dict(sequences=[tokenizer_pb2.TokenIds(ids=[9906, 1917])]),
+              "ApplyChatTemplate": dict(messages=[tokenizer_pb2.ChatMessage(role="user", content="Hi")],
                                         add_generation_prompt=True),
               "SubmitConvert": dict(model_dir="/tmp/dbrx-fuzz/model", output_dir="/tmp/dbrx-fuzz/checkpoint"),
               "SubmitBuild": dict(checkpoint_dir="/tmp/dbrx-fuzz/checkpoint", output_dir="/tmp/dbrx-fuzz/engine"),
@@ -52,13 +51,14 @@ def caller(channel: grpc.Channel, method):
     path = f"/{method.containing_service.full_name}/{method.name}"
     if method.server_streaming:
         stream = channel.unary_stream(path)
-        call = lambda data: sum(1 for _ in stream(data, timeout=CALL_SECONDS))  # noqa: E731
+        send = lambda data: list(stream(data, timeout=CALL_SECONDS))  # noqa: E731
     else:
-        call = channel.unary_unary(path).__call__
+        unary = channel.unary_unary(path)
+        send = lambda data: unary(data, timeout=CALL_SECONDS)  # noqa: E731
 
     def status(data: bytes) -> grpc.StatusCode:
         try:
-            call(data) if method.server_streaming else call(data, timeout=CALL_SECONDS)
+            send(data)
         except grpc.RpcError as error:
             return error.code()
         return grpc.StatusCode.OK
