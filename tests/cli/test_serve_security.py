@@ -34,7 +34,9 @@ EXPOSED = re.compile(r"--host 0\.0\.0\.0 is reachable from other machines.*pass 
     (["serve", "all"], "--auth_token"),
     (["serve", "all", "--auth_token", TOKEN, "--engine_dir", "ENGINE"], "--api_key"),
 ])
-def test_every_server_refuses_a_host_beyond_loopback_without_auth(argv, secret_flag, capsys, tmp_path):
+@pytest.mark.timeout(60)  # were one to start, it would serve until stopped
+def test_every_server_refuses_a_host_beyond_loopback_without_auth(argv, secret_flag, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("DBRX_DATABASE_URL", f"sqlite:///{tmp_path / 'jobs.db'}")
     argv = [str(tmp_path) if arg == "ENGINE" else arg for arg in argv]
     assert main([*argv, "--host", "0.0.0.0"]) == 2
     error = capsys.readouterr().err
