@@ -201,13 +201,39 @@ def write_manifest(root: str | Path, producer: str | dict, inputs: Iterable[str 
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
+    """The manifest, each file entry checked: a relative path inside the artifact, a size, a sha256."""
     path = Path(root) / MANIFEST
     manifest = read_json(path, missing=f"{root} is not a complete artifact directory")
     try:
         _ = [(f["path"], f["size"], f["sha256"]) for f in manifest["files"]]
     except (KeyError, TypeError) as err:
         raise InvalidInput(f"{path} is not a valid manifest ({err!r})") from None
+    for entry in manifest["files"]:
+        _check_entry(path, entry)
     return manifest
+
+
+def _check_entry(manifest: Path, entry: dict[str, Any]) -> None:
+    name, size, sha256 = entry["path"], entry["size"], entry["sha256"]
+    parts = name.split("/") if isinstance(name, str) else []
+    if not parts or name.startswith("/") or any(part in ("", ".", "..") for part in parts) or "\0" in name:
+        raise InvalidInput(f"{manifest} lists {shown(name)}, which is not a path inside the artifact: the "
+                           "manifest is tampered or corrupt; write the artifact again")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0 or not isinstance(sha256, str):
+        raise InvalidInput(f"{manifest}: the entry of {shown(name)} needs a size in bytes and a sha256, not "
+                           f"{shown(size)} and {shown(sha256)}: the manifest is tampered or corrupt")
+
+
+def check_links_inside(root: Path) -> None:
+    """Refuse a symbolic link under root whose target lies outside it: reading an artifact must
+    never read another directory's files."""
+    real_root = os.path.realpath(root)
+    for folder, subfolders, files in os.walk(root):  # links to folders are listed, not followed
+        for path in (Path(folder) / name for name in (*subfolders, *files)):
+            if path.is_symlink() and not contains(real_root, os.path.realpath(path)):
+                raise InvalidInput(f"{path} is a symbolic link to {shown(Path(os.readlink(path)))}, outside "
+                                   f"{root}: an artifact holds its own files; copy the file in, or write the "
+                                   "artifact again")
 
 
 def verify_manifest(root: str | Path, checksums: bool = True) -> dict[str, Any]:
@@ -215,9 +241,12 @@ def verify_manifest(root: str | Path, checksums: bool = True) -> dict[str, Any]:
 
     checksums=False is the quick check for large artifacts: sizes, the sha256 of small files
     only, and each safetensors file's header against its size (a truncated or overwritten
-    file is still caught; a flipped byte inside a tensor is not)."""
+    file is still caught; a flipped byte inside a tensor is not). Either way, a manifest entry
+    that is no path inside the artifact, a symbolic link out of it, or a safetensors header
+    that does not describe its own bytes is refused."""
     root = Path(root)
     manifest = read_manifest(root)
+    check_links_inside(root)
     listed = {f["path"] for f in manifest["files"]}
     for entry in manifest["files"]:
         _verify_file(root, entry, checksums)
@@ -233,11 +262,11 @@ def _verify_file(root: Path, entry: dict[str, Any], checksums: bool) -> None:
         raise InvalidInput(f"{path} is listed in {root / MANIFEST} but missing")
     if path.stat().st_size != entry["size"]:
         raise InvalidInput(f"{path} has {path.stat().st_size} bytes, the manifest says {entry['size']}")
-    if not checksums and path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":  # the header, whatever the manifest says (it may be tampered too)
         from .safetensors_header import read_header  # here: it imports torch, which job servers need not
 
         read_header(path)
-    elif (checksums or entry["size"] <= ALWAYS_HASHED_BYTES) and file_sha256(path) != entry["sha256"]:
+    if (checksums or entry["size"] <= ALWAYS_HASHED_BYTES) and file_sha256(path) != entry["sha256"]:
         raise InvalidInput(f"{path} does not match the sha256 in {root / MANIFEST}: the file is corrupt")
 
 

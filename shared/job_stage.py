@@ -117,22 +117,16 @@ def build_server(stage: JobStage, store: JobStore, config: rpc.ServerConfig,
 
 
 def add_serve_args(stage: JobStage, parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=stage.default_port, help="0 picks a free port")
+    rpc.add_server_flags(parser, stage.default_port)
     parser.add_argument("--database_url", default=None,
                         help="job store (default: $DBRX_DATABASE_URL, else the embedded SQLite file)")
     parser.add_argument("--local_workers", type=int, default=0, help=f"{stage.name} worker threads in this process")
-    parser.add_argument("--auth_token", default=None, help="require 'authorization: Bearer <token>'")
-    parser.add_argument("--tls_cert", default=None)
-    parser.add_argument("--tls_key", default=None)
     parser.add_argument("--allowed_root", action="append", default=[], metavar="DIR",
                         help="accept only requests whose paths lie under DIR (repeatable; default: any absolute path)")
-    parser.add_argument("--metrics_port", type=int, default=None, help="serve Prometheus /metrics here (0: a free port)")
 
 
 async def serve(stage: JobStage, args: argparse.Namespace) -> None:
-    config = rpc.ServerConfig(host=args.host, port=args.port, auth_token=args.auth_token,
-                              tls_cert=args.tls_cert, tls_key=args.tls_key, metrics_port=args.metrics_port)
+    config = rpc.server_config(args)
     if args.local_workers < 0:
         raise InvalidInput(f"--local_workers must be 0 or more, got {args.local_workers}")
     paths = PathPolicy(tuple(args.allowed_root))

@@ -11,9 +11,10 @@ import contextvars
 import json
 import logging
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Iterable, Iterator
 
 FORMATS = ("text", "json")
+SECRET_FLAGS = ("--auth_token", "--api_key", "--database_url")  # values never logged (a URL may hold a password)
 TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(ids)s%(message)s"
 CONTEXT_FIELDS = ("job_id", "request_id")
 _ids = {name: contextvars.ContextVar(name, default=None) for name in CONTEXT_FIELDS}
@@ -73,3 +74,14 @@ def at_least_info(logger: str = "dbrx_serve") -> None:
     """A server's own lines (load times, jobs started and ended) are worth showing."""
     package = logging.getLogger(logger)
     package.setLevel(min(package.getEffectiveLevel(), logging.INFO))
+
+
+def redacted(argv: Iterable[str]) -> list[str]:
+    """A command line as a log may show it: the values of SECRET_FLAGS (given as `--flag VALUE`
+    or `--flag=VALUE`) replaced by ***."""
+    shown, hide_next = [], False
+    for arg in map(str, argv):
+        flag = arg.split("=", 1)[0]
+        shown.append("***" if hide_next else f"{flag}=***" if flag in SECRET_FLAGS and "=" in arg else arg)
+        hide_next = not hide_next and arg in SECRET_FLAGS
+    return shown

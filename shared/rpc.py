@@ -1,6 +1,11 @@
-"""gRPC plumbing every server shares: build (servicers, health, reflection,
-error mapping, optional bearer-token auth and TLS) apart from serve (start,
-wait, drain on SIGINT/SIGTERM).
+"""gRPC plumbing every server shares: build (servicers, health, reflection v1 and
+v1alpha, error mapping, bearer-token auth, TLS and mutual TLS, a message-size
+limit) apart from serve (start, wait, drain on SIGINT/SIGTERM); the server flags
+every `dbrx serve STAGE` takes.
+
+Auth is on by default beyond loopback: a server whose --host is not a loopback
+address refuses to start without --auth_token (or --tls_client_ca) unless
+--insecure says so, and then logs a warning.
 
 Servicers raise the typed errors of `shared.errors`; `ErrorMapping` turns them
 into status codes with their message (cut to MAX_DETAILS characters: it travels
@@ -8,9 +13,11 @@ in a header, which clients refuse over 8 KiB). Anything else is INTERNAL,
 logged with the method name.
 """
 
+import argparse
 import asyncio
 import hmac
 import inspect
+import ipaddress
 import logging
 import signal
 import sys
@@ -21,8 +28,10 @@ from typing import Any, Callable, Iterable, NamedTuple
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
+
+from dbrx_serve.client.connection import tls_credentials
 
 from .errors import BadState, DbrxServeError, InvalidInput, cut
 from .metrics import RpcMetrics, serve_metrics
@@ -30,7 +39,8 @@ from .status import ERROR_OF_STATUS, STATUS_OF_ERROR, status_of, typed_error  # 
 
 log = logging.getLogger("dbrx_serve.rpc")
 
-OPEN_SERVICES = (health.SERVICE_NAME, reflection.SERVICE_NAME)  # reachable without a token
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+OPEN_SERVICES = (health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)  # reachable without a token
 MAX_DETAILS = 1000  # characters of a status message; values in it are already cut (errors.shown)
 
 
@@ -41,16 +51,77 @@ class ServerConfig:
     auth_token: str | None = None  # clients send "authorization: Bearer <token>"
     tls_cert: str | None = None    # PEM files; both or neither
     tls_key: str | None = None
+    tls_client_ca: str | None = None  # mutual TLS: clients must show a certificate this CA (PEM) signed
+    insecure: bool = False  # a host beyond loopback without auth_token or tls_client_ca: allowed, with a warning
     grace_seconds: float = 10.0
-    max_message_mb: int = 64
+    max_message_mb: int = 64  # each way; a larger request is RESOURCE_EXHAUSTED
     metrics_port: int | None = None  # Prometheus /metrics on this port (0: a free one); None: not served
 
     def __post_init__(self):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidInput("TLS needs both --tls_cert and --tls_key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise InvalidInput("--tls_client_ca (mutual TLS) needs the server's own --tls_cert and --tls_key")
+        if self.auth_token == "":
+            raise InvalidInput("--auth_token must not be empty")
         for name in ("port", "metrics_port"):
             if not 0 <= (getattr(self, name) or 0) <= 65535:
                 raise InvalidInput(f"--{name} {getattr(self, name)} is outside 0..65535")
+        if not 1 <= self.max_message_mb <= 2047:  # gRPC's limits are int32 bytes
+            raise InvalidInput(f"max_message_mb must be in 1..2047, got {self.max_message_mb}")
+        open_to_network(self.host, self.auth_token or self.tls_client_ca, self.insecure,
+                        "--auth_token TOKEN (or --tls_client_ca PEM)")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only: localhost, 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name, "" or "0.0.0.0"-like wildcards are not loopback
+        return False
+
+
+def open_to_network(host: str, secret: str | None, insecure: bool, secret_flag: str) -> bool:
+    """True when a server on `host` answers anyone on the network: beyond loopback with no
+    secret, which only --insecure allows (InvalidInput without it, saying what to pass)."""
+    if secret or is_loopback(host):
+        return False
+    if not insecure:
+        raise InvalidInput(f"--host {host} is reachable from other machines, and without authentication anyone "
+                           f"who reaches it could call it: pass {secret_flag}, or --insecure to serve without "
+                           "authentication on a network you trust")
+    return True
+
+
+def warn_if_open(host: str, secret: str | None, insecure: bool) -> None:
+    """The warning --insecure earns on a host beyond loopback (nothing on loopback or with a secret);
+    call it on a configuration already checked (ServerConfig, GatewayConfig)."""
+    if open_to_network(host, secret, insecure, "a secret"):
+        log.warning("--insecure: listening on %s without authentication; anyone who reaches it can call it", host)
+
+
+def add_server_flags(parser: argparse.ArgumentParser, default_port: int) -> None:
+    """The flags every gRPC server of `dbrx serve STAGE` takes (docs/api.md, "What every server does")."""
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on; one beyond loopback "
+                        "needs --auth_token or --tls_client_ca, or --insecure")
+    parser.add_argument("--port", type=int, default=default_port, help="0 picks a free port")
+    parser.add_argument("--auth_token", default=None, help="require 'authorization: Bearer <token>'")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a --host beyond loopback without authentication (logs a warning)")
+    parser.add_argument("--tls_cert", default=None, help="the server's certificate (PEM), with --tls_key")
+    parser.add_argument("--tls_key", default=None, help="the server's private key (PEM)")
+    parser.add_argument("--tls_client_ca", default=None,
+                        help="mutual TLS: require client certificates signed by this CA (PEM)")
+    parser.add_argument("--metrics_port", type=int, default=None, help="serve Prometheus /metrics here (0: a free port)")
+
+
+def server_config(args: argparse.Namespace, **more: Any) -> ServerConfig:
+    """The ServerConfig of add_server_flags' flags (`more`: grace_seconds, ...)."""
+    return ServerConfig(host=args.host, port=args.port, auth_token=args.auth_token, tls_cert=args.tls_cert,
+                        tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, insecure=args.insecure,
+                        metrics_port=args.metrics_port, **more)
 
 
 @dataclass(frozen=True)
@@ -167,6 +238,7 @@ def build_server(servicers: Iterable[Servicer], config: ServerConfig,
     """Register the servicers, health (SERVING for each) and reflection; bind the port. Every call
     is counted and timed in `registry` (server.registry), served on config.metrics_port by `start`."""
     servicers = list(servicers)
+    warn_if_open(config.host, config.auth_token or config.tls_client_ca, config.insecure)
     registry = registry if registry is not None else CollectorRegistry()
     auth = [BearerAuth(config.auth_token)] if config.auth_token else []
     size = config.max_message_mb * 1024 * 1024
@@ -177,7 +249,7 @@ def build_server(servicers: Iterable[Servicer], config: ServerConfig,
     for s in servicers:
         s.add_to_server(s.implementation, server)
     names = [s.name for s in servicers]
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    add_reflection([*names, health.SERVICE_NAME, *REFLECTION_SERVICES], server)
     port = _bind(server, config)
     server.health = health_servicer  # set SERVING once started (see serve/start)
     server.service_names = names
@@ -185,16 +257,47 @@ def build_server(servicers: Iterable[Servicer], config: ServerConfig,
     return server, port
 
 
+REFLECTION_SERVICES = (reflection.SERVICE_NAME, REFLECTION_V1)
+
+
+def add_reflection(names: list[str], server: grpc.aio.Server) -> None:
+    """Server reflection as grpc.reflection.v1alpha and v1. grpcio-reflection serves only
+    v1alpha; v1 (grpc/reflection/v1/reflection.proto) is the same messages, field for field,
+    under a new package, so one servicer answers both (grpcurl and Postman ask v1 first)."""
+    servicer = reflection.aio.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo, request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(REFLECTION_V1,
+                                                                          {"ServerReflectionInfo": v1})])
+
+
 def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
     address = f"{config.host}:{config.port}"
     if config.tls_cert:
-        key, cert = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
-        port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+        port = server.add_secure_port(address, server_credentials(config))
     else:
         port = server.add_insecure_port(address)
     if port == 0:
         raise BadState(f"cannot bind {address}: is the port in use?")
     return port
+
+
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
+    """TLS with the server's certificate; with tls_client_ca, clients must show one that CA signed."""
+    pair = (read_pem(config.tls_key, "--tls_key"), read_pem(config.tls_cert, "--tls_cert"))
+    if config.tls_client_ca is None:
+        return grpc.ssl_server_credentials([pair])
+    return grpc.ssl_server_credentials([pair], root_certificates=read_pem(config.tls_client_ca, "--tls_client_ca"),
+                                       require_client_auth=True)
+
+
+def read_pem(path: str, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise InvalidInput(f"{flag} {path}: cannot read it ({error.strerror})") from None
 
 
 async def set_health(server: grpc.aio.Server, status: int) -> None:
@@ -267,18 +370,17 @@ def run_server(prog: str, serving: Callable[[], Any]) -> int:
 
 
 def channel(target: str, auth_token: str | None = None, tls_ca: str | None = None,
-            options: Iterable[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-    """A client channel; with a token every call carries it. `options`: gRPC channel arguments."""
+            options: Iterable[tuple[str, Any]] = (), tls_client_cert: str | None = None,
+            tls_client_key: str | None = None) -> grpc.aio.Channel:
+    """A client channel; with a token every call carries it. TLS when given the CA of the server's
+    certificate (tls_ca) or a client certificate and key (mutual TLS). `options`: gRPC channel
+    arguments. A token over plaintext is for localhost and trusted networks only."""
     options = list(options)
-    if tls_ca is None and auth_token is None:
-        return grpc.aio.insecure_channel(target, options)
-    creds = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes() if tls_ca else None)
-    if auth_token is not None:
-        token = grpc.access_token_call_credentials(auth_token)
-        creds = grpc.composite_channel_credentials(creds, token) if tls_ca else None
-    if creds is None:  # a token over plaintext: only for localhost tests and trusted networks
-        return grpc.aio.insecure_channel(target, options, interceptors=[_TokenInterceptor(auth_token)])
-    return grpc.aio.secure_channel(target, creds, options)
+    interceptors = [_TokenInterceptor(auth_token)] if auth_token is not None else []
+    credentials = tls_credentials(tls_ca, False, tls_client_cert, tls_client_key)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, credentials, options, interceptors=interceptors)
 
 
 class _TokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):

@@ -4,13 +4,14 @@ against the header, so a truncated file is named before any work. The
 builder reads checkpoints with it; the runtime's quick engine check too."""
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from dbrx_serve.shared.errors import InvalidInput
+from dbrx_serve.shared.errors import InvalidInput, shown
 
 MAX_HEADER_BYTES = 100 << 20
 REWRITE = "write it again (dbrx convert or dbrx build)"
@@ -61,8 +62,20 @@ def _parse(path: Path, data: bytes) -> dict:
 
 
 def _entry(path: Path, name: str, value) -> TensorInfo:
+    """One tensor's entry, its shape checked against the bytes it claims (a header may claim a
+    tensor far larger than its data, which a reader would then allocate)."""
     try:
         dtype, shape, (start, end) = DTYPES[value["dtype"]], tuple(value["shape"]), value["data_offsets"]
     except (KeyError, TypeError, ValueError):
-        raise InvalidInput(f"{path}: tensor {name} has a malformed header entry {value!r}") from None
-    return TensorInfo(dtype, shape, end - start)
+        raise InvalidInput(f"{path}: tensor {shown(name)} has a malformed header entry {shown(value)}") from None
+    if not all(_natural(n) for n in (*shape, start, end)) or start > end:
+        raise InvalidInput(f"{path}: tensor {shown(name)} has a malformed header entry {shown(value)}")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes != end - start:
+        raise InvalidInput(f"{path}: tensor {shown(name)} claims shape {shown(list(shape))} of {value['dtype']} "
+                           f"({nbytes} bytes) but its data holds {end - start} bytes: the file is corrupt; " + REWRITE)
+    return TensorInfo(dtype, shape, nbytes)
+
+
+def _natural(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

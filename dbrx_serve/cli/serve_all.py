@@ -5,6 +5,7 @@ OpenAI-compatible gateway over it. Ports and metrics URLs are printed once all l
 or SIGTERM stops them all; a stage that dies is reported and the others are stopped (exit 1).
 
     dbrx serve all [--engine_dir E] [--tokenizer_dir T] [--database_url URL] [--free_ports]
+                   [--host H] [--auth_token T] [--api_key K] [--insecure]
 """
 
 import argparse
@@ -14,6 +15,7 @@ import threading
 from pathlib import Path
 
 from dbrx_serve.shared.errors import InvalidInput
+from dbrx_serve.shared.rpc import open_to_network
 
 from .launcher import LISTENING, WORKER_READY, Child, Launcher
 
@@ -34,7 +36,16 @@ def parser() -> argparse.ArgumentParser:
                    help="converter and builder accept only paths under DIR (repeatable)")
     p.add_argument("--auth_token", help="every gRPC service requires 'authorization: Bearer <token>'")
     p.add_argument("--api_key", help="the OpenAI gateway requires 'Authorization: Bearer <key>'")
+    p.add_argument("--insecure", action="store_true", help="allow a --host beyond loopback without --auth_token "
+                   "and --api_key (every stage logs a warning)")
     return p
+
+
+def check_exposure(args: argparse.Namespace) -> None:
+    """Refuse a --host beyond loopback without the secrets its stages need, before any starts."""
+    open_to_network(args.host, args.auth_token, args.insecure, "--auth_token TOKEN")
+    if args.engine_dir:
+        open_to_network(args.host, args.api_key, args.insecure, "--api_key KEY (the OpenAI gateway's)")
 
 
 class Stages:
@@ -48,7 +59,11 @@ class Stages:
 
     def server(self, stage: str) -> list[object]:
         token = ["--auth_token", self.args.auth_token] if self.args.auth_token else []
-        return ["--host", self.args.host, "--port", self.port(stage, 0), "--metrics_port", self.port(stage, 1), *token]
+        return ["--host", self.args.host, "--port", self.port(stage, 0), "--metrics_port", self.port(stage, 1), *token,
+                *self.insecure()]
+
+    def insecure(self) -> list[str]:
+        return ["--insecure"] if self.args.insecure else []
 
     def store(self) -> list[object]:
         roots = [flag for root in self.args.allowed_root for flag in ("--allowed_root", root)]
@@ -84,6 +99,7 @@ def start_gateway(launcher: Launcher, stages: Stages, children: list[Child]) -> 
     flags += ["--tokenizer", by_name["tokenizer"].address] if "tokenizer" in by_name else []
     flags += ["--auth_token", args.auth_token] if args.auth_token else []
     flags += ["--api_key", args.api_key] if args.api_key else []
+    flags += stages.insecure()
     gateway = launcher.start("openai", "serve", "openai", *flags)
     gateway.metrics = f"http://{gateway.address}/metrics"
     return gateway
@@ -123,6 +139,7 @@ def main(argv: list[str], dbrx_flags: tuple[str, ...] = ()) -> int:
     args = parser().parse_args(argv)
     if args.engine_dir and not Path(args.engine_dir).is_dir():
         raise InvalidInput(f"--engine_dir {args.engine_dir} is not a directory")
+    check_exposure(args)
     stages = Stages(args)
     with Launcher(dbrx_flags) as launcher:
         children = start_all(launcher, stages)

@@ -18,16 +18,18 @@ import time
 from typing import AsyncIterator
 
 import anyio
+import grpc
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from starlette.requests import ClientDisconnect
 
 import dbrx_serve
+from dbrx_serve.shared import rpc
 from dbrx_serve.shared.metrics import InferenceMetrics
 
 from . import protocol
-from .balancer import NONE_SERVING, Balancer
+from .balancer import CHANNEL_OPTIONS, NONE_SERVING, Balancer
 from .config import GatewayConfig
 from .errors import (BadParameter, BodyTooLarge, ClientGone, NotConfigured, Unauthorized, add_error_handlers,
                      error_body, status_and_body)
@@ -44,7 +46,7 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig):
         self.config = config
-        self.balancer = Balancer(config.inference, config.auth_token, config.tls_ca)
+        self.balancer = Balancer(config.inference, self.channel)
         self.tokenizer: TokenizerClient | None = None
         self.registry = CollectorRegistry()
         self.metrics = InferenceMetrics(self.registry)
@@ -55,7 +57,12 @@ class Gateway:
     async def start(self) -> None:
         await self.balancer.start()
         if self.config.tokenizer is not None:
-            self.tokenizer = TokenizerClient.connect(self.config.tokenizer, self.config.auth_token, self.config.tls_ca)
+            self.tokenizer = TokenizerClient(self.channel(self.config.tokenizer))
+
+    def channel(self, target: str) -> grpc.aio.Channel:
+        """A channel to a gRPC service, with the token and TLS the services ask of their clients."""
+        c = self.config
+        return rpc.channel(target, c.auth_token, c.tls_ca, CHANNEL_OPTIONS, c.tls_client_cert, c.tls_client_key)
 
     async def close(self) -> None:
         await self.balancer.close()

@@ -11,6 +11,7 @@ second. Its ModelInfo is read when it first serves (the engine's limits)."""
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -52,17 +53,21 @@ def least_outstanding(targets: list[Target], turn: int) -> Target | None:
     return min((t for t in rotated if t.serving), key=lambda t: t.outstanding, default=None)
 
 
+def plaintext(address: str) -> grpc.aio.Channel:
+    return rpc.channel(address, options=CHANNEL_OPTIONS)
+
+
 class Balancer:
-    def __init__(self, addresses: tuple[str, ...], auth_token: str | None = None, tls_ca: str | None = None):
-        self.addresses, self.auth_token, self.tls_ca = addresses, auth_token, tls_ca
+    def __init__(self, addresses: tuple[str, ...], connect: Callable[[str], grpc.aio.Channel] = plaintext):
+        """`connect(address)`: a channel to one target (GatewayConfig.channel: token, TLS)."""
+        self.addresses, self.connect = addresses, connect
         self.targets: list[Target] = []
         self.watches: list[asyncio.Task] = []
         self.turn = 0
 
     async def start(self) -> None:
         """Open a channel per target and start following its health (on the running loop)."""
-        self.targets = [Target(a, rpc.channel(a, self.auth_token, self.tls_ca, CHANNEL_OPTIONS))
-                        for a in self.addresses]
+        self.targets = [Target(a, self.connect(a)) for a in self.addresses]
         self.watches = [asyncio.create_task(self.follow(t)) for t in self.targets]
 
     async def close(self) -> None:

@@ -4,6 +4,7 @@ import re
 from dataclasses import dataclass
 
 from dbrx_serve.shared.errors import InvalidInput, shown
+from dbrx_serve.shared.rpc import open_to_network
 
 TARGET = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")  # HOST:PORT, [IPv6]:PORT
 MB = 1024 * 1024
@@ -13,8 +14,11 @@ MB = 1024 * 1024
 class GatewayConfig:
     """inference: the InferenceService targets (HOST:PORT), balanced by least outstanding requests.
     tokenizer: a TokenizerService target, for /tokenize, /detokenize, logprobs' token texts and
-    stop_token_ids (None: those answer 400). api_key: clients must send `Authorization: Bearer KEY`.
-    auth_token, tls_ca: what the gRPC services ask of their clients. model_name: the one model
+    stop_token_ids (None: those answer 400). api_key: clients must send `Authorization: Bearer KEY`;
+    a host beyond loopback needs one unless `insecure` (shared/rpc.py, open_to_network).
+    auth_token, tls_ca, tls_client_cert and tls_client_key: what the gRPC services ask of their
+    clients (a bearer token; the CA of their certificates; this gateway's certificate and key for
+    mutual TLS). model_name: the one model
     /v1/models lists and requests may name. max_request_mb: larger bodies get 413.
     default_max_tokens: a chat request without max_tokens gets this many at most (clipped to what
     the engine's max_seq_len leaves after its max_input_len); a completion gets OpenAI's 16.
@@ -25,8 +29,11 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
+    insecure: bool = False
     auth_token: str | None = None
     tls_ca: str | None = None
+    tls_client_cert: str | None = None
+    tls_client_key: str | None = None
     model_name: str = "dbrx"
     max_request_mb: int = 8
     default_max_tokens: int = 256
@@ -48,6 +55,9 @@ class GatewayConfig:
                 raise InvalidInput(f"--{name} must be a positive integer, got {value!r}")
         if not 0 <= self.grace_seconds < float("inf"):
             raise InvalidInput(f"--grace_seconds must be >= 0, got {self.grace_seconds!r}")
+        if (self.tls_client_cert is None) != (self.tls_client_key is None):
+            raise InvalidInput("mutual TLS needs both --tls_client_cert and --tls_client_key")
+        open_to_network(self.host, self.api_key, self.insecure, "--api_key KEY")
 
     @property
     def max_request_bytes(self) -> int:

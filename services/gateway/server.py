@@ -1,8 +1,9 @@
 """The gateway server: `build_app(config)` (app.py) served by uvicorn.
 
     dbrx serve openai --inference HOST:PORT [--inference HOST:PORT ...] [--tokenizer HOST:PORT]
-                      [--host H] [--port 8000] [--api_key KEY] [--model_name dbrx] [--max_request_mb 8]
-                      [--default_max_tokens 256] [--auth_token T] [--tls_ca PEM] [--grace_seconds S]
+                      [--host H] [--port 8000] [--api_key KEY] [--insecure] [--model_name dbrx]
+                      [--max_request_mb 8] [--default_max_tokens 256] [--auth_token T] [--tls_ca PEM]
+                      [--tls_client_cert PEM --tls_client_key PEM] [--grace_seconds S]
 
 The port is bound before serving (so `--port 0` prints the one it got as
 `listening on HOST:PORT`). On SIGINT/SIGTERM uvicorn stops accepting, lets
@@ -32,10 +33,13 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         help="an InferenceService (repeat for several: least outstanding requests wins)")
     parser.add_argument("--tokenizer", default=None, metavar="HOST:PORT",
                         help="a TokenizerService, for /tokenize, /detokenize, logprobs and stop_token_ids")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on; one beyond loopback "
+                        "needs --api_key, or --insecure")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
     parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer <key>' on /v1 and "
                         "/tokenize, /detokenize")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a --host beyond loopback without --api_key (logs a warning)")
     parser.add_argument("--model_name", default=GatewayConfig.model_name, help="the model's name in the API")
     parser.add_argument("--max_request_mb", type=int, default=GatewayConfig.max_request_mb,
                         help="larger request bodies get 413")
@@ -43,13 +47,18 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         help="a chat request's max_tokens when it gives none")
     parser.add_argument("--auth_token", default=None, help="the bearer token the gRPC services require")
     parser.add_argument("--tls_ca", default=None, help="the CA of the gRPC services' certificates")
+    parser.add_argument("--tls_client_cert", default=None, help="this gateway's certificate (PEM) for gRPC "
+                        "services that require one (mutual TLS), with --tls_client_key")
+    parser.add_argument("--tls_client_key", default=None, help="the key of --tls_client_cert (PEM)")
     parser.add_argument("--grace_seconds", type=float, default=GatewayConfig.grace_seconds,
                         help="on SIGTERM, how long open requests may go on")
 
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     return GatewayConfig(inference=tuple(args.inference), tokenizer=args.tokenizer, host=args.host, port=args.port,
-                         api_key=args.api_key, auth_token=args.auth_token, tls_ca=args.tls_ca,
+                         api_key=args.api_key, insecure=args.insecure, auth_token=args.auth_token,
+                         tls_ca=args.tls_ca, tls_client_cert=args.tls_client_cert,
+                         tls_client_key=args.tls_client_key,
                          model_name=args.model_name, max_request_mb=args.max_request_mb,
                          default_max_tokens=args.default_max_tokens, grace_seconds=args.grace_seconds)
 
@@ -83,6 +92,7 @@ def uvicorn_server(config: GatewayConfig) -> UvicornServer:
 
 async def serve_config(config: GatewayConfig) -> None:
     """Serve until SIGINT/SIGTERM, then drain."""
+    rpc.warn_if_open(config.host, config.api_key, config.insecure)
     sock = listening_socket(config.host, config.port)
     print(f"listening on {config.host}:{sock.getsockname()[1]}", flush=True)
     server, stop = uvicorn_server(config), rpc.stop_signal()

@@ -10,17 +10,11 @@ from dbrx_serve.shared import rpc
 from dbrx_serve.shared.generated.dbrx.serve.v1 import tokenizer_pb2 as pb
 from dbrx_serve.shared.generated.dbrx.serve.v1 import tokenizer_pb2_grpc as pb_grpc
 
-from .balancer import CHANNEL_OPTIONS
-
 
 class TokenizerClient:
     def __init__(self, channel: grpc.aio.Channel):
         self.channel, self.stub = channel, pb_grpc.TokenizerServiceStub(channel)
         self.info: pb.TokenizerInfo | None = None
-
-    @classmethod
-    def connect(cls, target: str, auth_token: str | None, tls_ca: str | None) -> "TokenizerClient":
-        return cls(rpc.channel(target, auth_token, tls_ca, CHANNEL_OPTIONS))
 
     async def encode(self, text: str) -> list[int]:
         reply = await rpc.called(self.stub.Encode(pb.EncodeRequest(texts=[text])))

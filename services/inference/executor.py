@@ -201,5 +201,5 @@ def follow_main() -> int:
 
 
 if __name__ == "__main__":  # a follower of a world whose rank 0 is some other program (tests)
-    from dbrx_serve.services.inference import executor  # the module itself, whose classes rank 0 pickles
+    from dbrx_serve.services.inference import executor  # the module itself, whose Open wire.py decodes
     raise SystemExit(executor.follow_main())

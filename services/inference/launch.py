@@ -23,6 +23,7 @@ import threading
 from functools import cache
 
 from dbrx_serve.shared.errors import DbrxServeError, InvalidInput
+from dbrx_serve.shared.logs import redacted
 
 from .supervisor import die_with_parent
 from .world import NVLINK_MULTICAST_OFF, launched_by_mpi, launched_rank, prepare_process
@@ -93,7 +94,7 @@ def run_world(argv: list[str], world_size: int, hostfile: str | None = None,
               program: tuple[str, ...] = ("-m", "dbrx_serve")) -> int:
     """`dbrx ARGV` (`python PROGRAM ARGV`) as an MPI world of `world_size` ranks; its exit status."""
     command = world_command(argv, world_size, hostfile, program)
-    log.info("starting an MPI world of %d ranks: %s", world_size, " ".join(command))
+    log.info("starting an MPI world of %d ranks: %s", world_size, " ".join(redacted(command)))
     process = subprocess.Popen(command, env=world_environment(),
                                preexec_fn=lambda: die_with_parent(signal.SIGTERM))  # no world outlives us
     with forwarded_signals(process):

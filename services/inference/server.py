@@ -32,6 +32,7 @@ from .supervisor import supervise
 from .world import WorldLost
 
 SERVICE_NAME = "dbrx.serve.v1.InferenceService"
+DEFAULT_PORT = 50054
 CALLS_END_SECONDS = 1.0  # after the grace period, for cancelled calls to end CANCELLED before gRPC cuts them
 
 
@@ -86,21 +87,15 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify_checksums", action="store_true",
                         help="hash every byte of the engine at start (default: sizes and headers only)")
     parser.add_argument("--tokenizer_dir", default=None, help="in place of the engine's tokenizer/")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=50054, help="0 picks a free port")
     parser.add_argument("--grace_seconds", type=float, default=10.0,
                         help="on SIGTERM, how long streams in flight may go on before they are cancelled")
-    parser.add_argument("--auth_token", default=None, help="require 'authorization: Bearer <token>'")
-    parser.add_argument("--tls_cert", default=None)
-    parser.add_argument("--tls_key", default=None)
     parser.add_argument("--hostfile", default=None, help="an engine of several ranks: the hosts of the MPI "
                         "world this command starts (passed to mpiexec)")
-    parser.add_argument("--metrics_port", type=int, default=None, help="serve Prometheus /metrics here (0: a free port)")
+    rpc.add_server_flags(parser, DEFAULT_PORT)
 
 
 def config_from_args(args: argparse.Namespace) -> InferenceServiceConfig:
-    server = rpc.ServerConfig(host=args.host, port=args.port, auth_token=args.auth_token, tls_cert=args.tls_cert,
-                              tls_key=args.tls_key, grace_seconds=args.grace_seconds, metrics_port=args.metrics_port)
+    server = rpc.server_config(args, grace_seconds=args.grace_seconds)
     return InferenceServiceConfig(engine_dir=args.engine_dir, device=args.device, max_queue_size=args.max_queue_size,
                                   max_batch_size=args.max_batch_size, verify_checksums=args.verify_checksums,
                                   tokenizer_dir=args.tokenizer_dir, server=server)

@@ -2,7 +2,9 @@
 
 `mpirun -n WORLD dbrx run|serve inference ...` starts it, or launch.py does for a user who never
 heard of MPI. mpi4py gives each process its rank and carries rank 0's commands to the others
-(`run` on rank 0, `receive` on the others: open an engine, a step's plan, exit); torch.distributed,
+(`run` on rank 0, `receive` on the others: open an engine, a step's plan, exit) as buffers: a
+step's plan as an int32 array, anything else encoded by wire.py (never pickled, and never through
+mpi4py's lower-case methods, which pickle); torch.distributed,
 initialised from the same world (rank 0 opens the TCP store and broadcasts its address), moves the
 tensors: gloo on the CPU, NCCL for CUDA tensors.
 
@@ -21,7 +23,6 @@ import datetime
 import faulthandler
 import logging
 import os
-import pickle
 import re
 import signal
 import socket
@@ -37,6 +38,8 @@ import torch.distributed as dist
 from dbrx_serve.shared.errors import DbrxServeError, EngineFailed
 from dbrx_serve.shared.mapping import Mapping
 
+from . import wire
+
 log = logging.getLogger("dbrx_serve.inference")
 
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")  # MPICH's Hydra (and Slurm's PMI), Open MPI
@@ -49,7 +52,7 @@ GPU_SPIN_SECONDS = 0.1  # on GPUs: a step's message must not wait out a nap (a d
 MAX_NAP_SECONDS = 0.005
 LEAVE_SECONDS = 60.0  # a leaving rank that has not exited this long after is ended (leave)
 LOSS_NAMED_SECONDS = 1.0  # how long a failed command waits for a watcher to say which rank died
-OBJECT, ARRAY = 0, 1  # what a message is: pickled, or an int32 array as is (a step)
+OBJECT, ARRAY = 0, 1  # what a message is: a wire-encoded object, or an int32 array as is (a step)
 
 
 class WorldLost(EngineFailed):
@@ -148,7 +151,7 @@ class World:
         open the engine, InvalidInput on every rank naming each rank's error."""
         from dbrx_serve.shared.errors import InvalidInput
 
-        parts = self.comm.allgather(Agreement(num_blocks, None if error is None else str(error)))
+        parts = allgather(self.comm, Agreement(num_blocks, None if error is None else str(error)))
         errors = [f"rank {rank}: {part.error}" for rank, part in enumerate(parts) if part.error is not None]
         if errors:
             raise InvalidInput("; ".join(errors))
@@ -277,11 +280,11 @@ class World:
 
 
 def send(comm, message) -> None:
-    """Rank 0 to every other rank: an int32 array as is (a step's), anything else pickled."""
+    """Rank 0 to every other rank: an int32 array as is (a step's), anything else wire-encoded."""
     if isinstance(message, np.ndarray):
         kind, payload = ARRAY, message.astype(np.int32, copy=False).view(np.uint8)
     else:
-        kind, payload = OBJECT, np.frombuffer(pickle.dumps(message), dtype=np.uint8)
+        kind, payload = OBJECT, np.frombuffer(wire.encode(message), dtype=np.uint8)
     comm.Ibcast(np.array([kind, payload.nbytes], dtype=np.int64), root=0).Wait()
     comm.Bcast(payload, root=0)
 
@@ -299,7 +302,18 @@ def receive(comm, spin_seconds: float = SPIN_SECONDS):
             nap = min(2 * nap, MAX_NAP_SECONDS)
     payload = np.empty(int(header[1]), dtype=np.uint8)
     comm.Bcast(payload, root=0)
-    return payload.view(np.int32) if header[0] == ARRAY else pickle.loads(payload)
+    return payload.view(np.int32) if header[0] == ARRAY else wire.decode(payload.tobytes())
+
+
+def allgather(comm, message) -> list:
+    """Every rank's `message`, in rank order, on every rank (wire-encoded, gathered as bytes)."""
+    payload = np.frombuffer(wire.encode(message), dtype=np.uint8)
+    sizes = np.zeros(comm.size, dtype=np.int64)
+    comm.Allgather(np.array([payload.nbytes], dtype=np.int64), sizes)
+    gathered = np.empty(int(sizes.sum()), dtype=np.uint8)
+    comm.Allgatherv(payload, [gathered, sizes.tolist()])
+    ends = np.cumsum(sizes)
+    return [wire.decode(gathered[end - size:end].tobytes()) for size, end in zip(sizes, ends)]
 
 
 @dataclass(frozen=True)
@@ -326,7 +340,7 @@ def start(device_type: str) -> World:
         address = master_address(hosts)
         store = dist.TCPStore(address, int(os.environ.get("MASTER_PORT", 0)), comm.size, is_master=True,
                               wait_for_workers=False)
-        comm.bcast(Hello((address, store.port), backend), root=0)
+        send(comm, Hello((address, store.port), backend))
         _world = _init(comm, store, backend, hosts)
         atexit.register(_world.close)
         log.info("MPI world of %d ranks (torch.distributed %s, store %s:%d): pids %s",
@@ -338,13 +352,13 @@ def refuse(message: str) -> None:
     """Rank 0, before any world: the other ranks exit (with status 2), for `message`."""
     if _world is None:
         comm, _ = _meet()
-        comm.bcast(Hello(None, "", message), root=0)
+        send(comm, Hello(None, "", message))
 
 
 def join() -> World | None:
     """Any rank but 0: meet rank 0's world; None when rank 0 refused to start one."""
     comm, hosts = _meet()
-    hello: Hello = comm.bcast(None, root=0)
+    hello: Hello = receive(comm)
     if hello.refusal is not None:
         return None
     store = dist.TCPStore(*hello.store, comm.size, is_master=False)
@@ -356,7 +370,7 @@ def _meet():
     from mpi4py import MPI  # MPI_Init, unless prepare_process did it
 
     comm = MPI.COMM_WORLD
-    return comm, comm.allgather((MPI.Get_processor_name(), os.getpid()))
+    return comm, allgather(comm, (MPI.Get_processor_name(), os.getpid()))
 
 
 def _init(comm, store, backend: str, hosts: list[tuple[str, int]]) -> World:

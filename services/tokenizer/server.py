@@ -18,6 +18,7 @@ from .servicer import TokenizerServicer
 from .tokenizer import load_tokenizer
 
 SERVICE_NAME = "dbrx.serve.v1.TokenizerService"
+DEFAULT_PORT = 50051
 
 
 def build_server(config: TokenizerServiceConfig) -> tuple[grpc.aio.Server, int]:
@@ -28,9 +29,8 @@ def build_server(config: TokenizerServiceConfig) -> tuple[grpc.aio.Server, int]:
                             config.server)
 
 
-def add_serve_args(parser: argparse.ArgumentParser, server_flags: bool = True) -> None:
-    """The flags of `dbrx serve tokenizer`; server_flags=False when the caller adds
-    --host/--port/--auth_token/--tls_* itself."""
+def add_serve_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of `dbrx serve tokenizer`."""
     parser.add_argument("--tokenizer_dir", required=True, help="directory with a *.tiktoken file or tokenizer.json")
     parser.add_argument("--max_batch_size", type=int, default=TokenizerServiceConfig.max_batch_size,
                         help="most texts or sequences per request")
@@ -41,27 +41,14 @@ def add_serve_args(parser: argparse.ArgumentParser, server_flags: bool = True) -
     parser.add_argument("--system_prompt", default=AUTO,
                         help="chat template default system prompt: auto (from tokenizer_config.json), none, or a text")
     parser.add_argument("--num_threads", type=int, default=0, help="encoding threads (0: one per CPU)")
-    if server_flags:
-        add_server_flags(parser)
-
-
-def add_server_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=50051, help="0 picks a free port")
-    parser.add_argument("--auth_token", default=None, help="require 'authorization: Bearer <token>'")
-    parser.add_argument("--tls_cert", default=None)
-    parser.add_argument("--tls_key", default=None)
-    parser.add_argument("--metrics_port", type=int, default=None, help="serve Prometheus /metrics here (0: a free port)")
+    rpc.add_server_flags(parser, DEFAULT_PORT)
 
 
 def config_from_args(args: argparse.Namespace) -> TokenizerServiceConfig:
-    server = rpc.ServerConfig(host=getattr(args, "host", "127.0.0.1"), port=getattr(args, "port", 50051),
-                              auth_token=getattr(args, "auth_token", None),
-                              tls_cert=getattr(args, "tls_cert", None), tls_key=getattr(args, "tls_key", None),
-                              metrics_port=getattr(args, "metrics_port", None))
     return TokenizerServiceConfig(tokenizer_dir=args.tokenizer_dir, max_batch_size=args.max_batch_size,
                                   max_text_length=args.max_text_length, max_chat_messages=args.max_chat_messages,
-                                  system_prompt=args.system_prompt, num_threads=args.num_threads, server=server)
+                                  system_prompt=args.system_prompt, num_threads=args.num_threads,
+                                  server=rpc.server_config(args))
 
 
 async def serve_config(config: TokenizerServiceConfig) -> None:

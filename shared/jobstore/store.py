@@ -70,8 +70,12 @@ class JobStore:
     def __init__(self, config: StoreConfig):
         self.config = config
         self.engine = make_engine(config)
-        with self._answered():
-            upgrade(self.engine)
+        try:
+            with self._answered():  # no server there, a wrong password, no such database ...
+                upgrade(self.engine)
+        except StoreUnavailable:
+            self.engine.dispose()
+            raise
         self._writer = sessionmaker(self.engine, expire_on_commit=False).begin
         self._reader = sessionmaker(reader(self.engine), expire_on_commit=False).begin
 

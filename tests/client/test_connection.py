@@ -1,47 +1,26 @@
 """The SDK's connection: bearer-token auth (a call without the token is a typed
-UNAUTHENTICATED), TLS with a self-signed certificate made here, and retries on UNAVAILABLE
-for idempotent calls only."""
+UNAUTHENTICATED), TLS with a self-signed certificate made here, mutual TLS (the SDK and
+rpc.channel with a client certificate), and retries on UNAVAILABLE for idempotent calls only."""
 
 import asyncio
-import datetime
-import ipaddress
 import socket
 import threading
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from dbrx_serve.client import AsyncClient, Client, RetryPolicy, Unauthenticated, Unavailable
 from dbrx_serve.services.tokenizer.server import build_server as build_tokenizer_server
 from dbrx_serve.shared import rpc
+from dbrx_serve.shared.generated.dbrx.serve.v1 import tokenizer_pb2 as pb, tokenizer_pb2_grpc as pb_grpc
 
 from tests.serving import served_in_thread
+from tests.tls import self_signed
 
 from .conftest import tokenizer_config
 
 WAIT = 60
 TOKEN = "s3cret-token"
-
-
-def self_signed(directory) -> tuple[str, str]:
-    """A certificate for localhost and 127.0.0.1, signed by its own key: (cert.pem, key.pem)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    names = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1)).add_extension(names, critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
-    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                          serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
-    return str(directory / "cert.pem"), str(directory / "key.pem")
 
 
 def tokenizer_server(engine_dir, **server):
@@ -80,6 +59,31 @@ def test_tls_with_a_self_signed_certificate_sync_and_async(engine_dir, tmp_path)
         assert asyncio.run(call()) == ["Hello world"]
         with Client(target, timeout=5, retry=RetryPolicy(max_attempts=1)) as plaintext, pytest.raises(Unavailable):
             plaintext.encode(["Hello world"])  # a plaintext client cannot talk to a TLS server
+
+
+def test_mutual_tls_needs_a_client_certificate_the_ca_signed_sdk_and_rpc_channel(engine_dir, tmp_path):
+    """--tls_client_ca: the SDK (sync) and rpc.channel (asyncio, as the gateway's) get through with the
+    client certificate; without one, or with one the CA did not sign, the handshake fails."""
+    cert, key = self_signed(tmp_path, "server-")
+    client_cert, client_key = self_signed(tmp_path, "client-")
+    stranger_cert, stranger_key = self_signed(tmp_path, "stranger-")
+    with tokenizer_server(engine_dir, tls_cert=cert, tls_key=key, tls_client_ca=client_cert) as address:
+        target = f"localhost:{address.rsplit(':', 1)[1]}"
+        with Client(target, tls_ca=cert, tls_client_cert=client_cert, tls_client_key=client_key, timeout=WAIT) as ok:
+            ids = ok.encode(["Hello world"])
+        for identity in ({}, {"tls_client_cert": stranger_cert, "tls_client_key": stranger_key}):
+            with Client(target, tls_ca=cert, timeout=5, retry=RetryPolicy(max_attempts=1), **identity) as refused:
+                with pytest.raises(Unavailable):
+                    refused.encode(["Hello world"])
+
+        async def call(**identity):
+            async with rpc.channel(target, tls_ca=cert, **identity) as channel:
+                request = pb.DecodeRequest(sequences=[pb.TokenIds(ids=ids[0])])
+                return (await pb_grpc.TokenizerServiceStub(channel).Decode(request, timeout=WAIT)).texts
+        assert asyncio.run(call(tls_client_cert=client_cert, tls_client_key=client_key)) == ["Hello world"]
+        with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+            asyncio.run(call())
+    assert anonymous.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def free_port() -> int:

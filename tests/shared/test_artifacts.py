@@ -2,6 +2,7 @@
 
 import errno
 import json
+import shutil
 
 import pytest
 
@@ -59,6 +60,45 @@ def test_verify_names_the_bad_file(damage, match, tmp_path):
     damage(tmp_path / "out")
     with pytest.raises(InvalidInput, match=match):
         verify_manifest(tmp_path / "out")
+
+
+def tamper_manifest(root, name: str, **entry) -> None:
+    """Change the manifest's entry of `name` (as someone who can write the artifact could)."""
+    manifest = json.loads((root / MANIFEST).read_text())
+    next(f for f in manifest["files"] if f["path"] == name).update(entry)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("entry,match", [
+    ({"path": "../outside.txt"}, r"lists '\.\./outside\.txt', which is not a path inside the artifact"),
+    ({"path": "sub/../../outside.txt"}, "which is not a path inside the artifact"),
+    ({"path": "/etc/hostname"}, "which is not a path inside the artifact"),
+    ({"path": 7}, "lists 7, which is not a path inside the artifact"),
+    ({"size": "5"}, "the entry of 'a.txt' needs a size in bytes and a sha256"),
+    ({"size": -1}, "needs a size in bytes"),
+    ({"sha256": None}, "needs a size in bytes and a sha256"),
+])
+def test_a_tampered_manifest_is_refused_before_any_file_is_read(entry, match, tmp_path):
+    (tmp_path / "outside.txt").write_text("alpha")  # a.txt's bytes: an entry moved onto it would verify
+    write_artifact(tmp_path / "out")
+    tamper_manifest(tmp_path / "out", "a.txt", **entry)
+    with pytest.raises(InvalidInput, match=match):
+        verify_manifest(tmp_path / "out", checksums=False)
+
+
+@pytest.mark.parametrize("checksums", [True, False])
+@pytest.mark.parametrize("name,target", [("a.txt", "outside/a.txt"), ("sub", "outside")])
+def test_a_symbolic_link_out_of_the_artifact_is_refused(name, target, checksums, tmp_path):
+    """The link's target has the very bytes the manifest lists: only the link itself gives it away."""
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "a.txt").write_text("alpha")
+    (tmp_path / "outside" / "b.bin").write_text("beta")
+    write_artifact(tmp_path / "out")
+    shutil.rmtree(tmp_path / "out" / name) if name == "sub" else (tmp_path / "out" / name).unlink()
+    (tmp_path / "out" / name).symlink_to(tmp_path / target)
+    with pytest.raises(InvalidInput, match=rf"out/{name} is a symbolic link to .*{target}, outside .*out: an "
+                                           "artifact holds its own files"):
+        verify_manifest(tmp_path / "out", checksums=checksums)
 
 
 @pytest.mark.parametrize("error", [RuntimeError("boom"), Cancelled("cancelled"), KeyboardInterrupt()])

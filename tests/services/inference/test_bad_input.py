@@ -3,11 +3,13 @@ leave nothing behind in the engine."""
 
 import json
 import shutil
+import struct
 
 import pytest
 
 from dbrx_serve.services.inference.engine import Engine
 from dbrx_serve.services.inference.params import SamplingParams
+from dbrx_serve.shared.artifacts import MANIFEST, file_sha256
 from dbrx_serve.shared.errors import InvalidInput
 
 
@@ -74,6 +76,26 @@ def test_a_tampered_engine_is_refused(engine_dir, tmp_path):
         Engine.from_dir(copy)
     with pytest.raises(InvalidInput, match="does not exist"):
         Engine.from_dir(tmp_path / "missing")
+
+
+def test_an_engine_whose_rank_file_header_claims_a_huge_tensor_is_refused(engine_dir, tmp_path):
+    """The rank file and its manifest entry both rewritten, so that sizes and sha256 agree: the
+    header, whose tensor claims far more bytes than its offsets give it, is what is refused (not
+    left for the weights' loader to allocate or fail on)."""
+    copy = tmp_path / "engine"
+    shutil.copytree(engine_dir("fp32"), copy)
+    header = json.dumps({"transformer.vocab_embedding.weight": {"dtype": "F32", "shape": [1 << 40, 1 << 40],
+                                                                "data_offsets": [0, 16]}}).encode()
+    rank = copy / "rank0.safetensors"
+    rank.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+    manifest = json.loads((copy / MANIFEST).read_text())
+    entry = next(f for f in manifest["files"] if f["path"] == "rank0.safetensors")
+    entry.update(size=rank.stat().st_size, sha256=file_sha256(rank))
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    for checksums in (False, True):
+        with pytest.raises(InvalidInput, match=r"rank0.safetensors: tensor 'transformer.vocab_embedding.weight' "
+                                               r"claims shape \[1099511627776, 1099511627776\] of F32"):
+            Engine.from_dir(copy, verify_checksums=checksums)
 
 
 def test_a_multi_rank_engine_outside_an_mpi_world_is_refused_naming_both_sizes(engine_dir):
