@@ -45,6 +45,7 @@ from decode_model import (FULL, SMOKE, BASE_SEED, ModelSpec, bench_limits, bytes
                           copy_bandwidth, layout_name, make_engine, parse_layout, record_routing)
 
 from dbrx_serve.services.inference.executor import follow_main  # noqa: E402
+from dbrx_serve.shared.errors import DbrxServeError  # noqa: E402
 from dbrx_serve.services.inference.world import (launched_by_mpi, launched_rank, launched_size,  # noqa: E402
                                                     prepare_process, refuse, start)
 
@@ -205,7 +206,7 @@ def baselines(args, device, bandwidth: float) -> dict:
             "transformers": transformers_baseline(args.layers, [1, 64], 512, args.steps, device)}
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--precision", nargs="+", default=["bf16", "int8", "int4"], choices=["bf16", "int8", "int4"])
@@ -226,17 +227,30 @@ def main() -> None:
     parser.add_argument("--world", type=int, default=1, help="ranks: run under `mpirun -n WORLD`")
     parser.add_argument("--layouts", nargs="+", default=None,
                         help="how the ranks share the model: tp2, ep2, pp2, tp2pp2 ... (default: tpWORLD)")
+    return parser.parse_args()
+
+
+def world_layouts(args) -> list:
+    """The layouts asked for, each of --world ranks, in a world of that size; else the other ranks
+    are told to exit (they wait for rank 0's word) and so does this one, saying why."""
+    try:
+        layouts = [parse_layout(name) for name in args.layouts or [f"tp{args.world}" if args.world > 1 else "world1"]]
+        if launched_size() != args.world or any(m.world_size != args.world for m in layouts):
+            raise ValueError(f"--world {args.world}: run under `mpirun -n {args.world}` ({launched_size()} ranks "
+                             f"here), with layouts of {args.world} ranks")
+    except (ValueError, DbrxServeError) as error:
+        refuse(str(error)) if launched_by_mpi() else None
+        raise SystemExit(str(error)) from None
+    return layouts
+
+
+def main() -> None:
     if launched_by_mpi():  # every rank but 0 follows rank 0's engine commands, as a server's do
         prepare_process()
         if launched_rank() > 0:
             raise SystemExit(follow_main())
-    args = parser.parse_args()
-    layouts = [parse_layout(name) for name in args.layouts or [f"tp{args.world}" if args.world > 1 else "world1"]]
-    if launched_size() != args.world or any(m.world_size != args.world for m in layouts):
-        message = (f"--world {args.world}: run under `mpirun -n {args.world}` ({launched_size()} ranks here), "
-                   f"with layouts of {args.world} ranks")
-        refuse(message) if launched_by_mpi() else None  # the other ranks exit too
-        raise SystemExit(message)
+    args = arguments()
+    layouts = world_layouts(args)
     if args.smoke:
         args.batch, args.context, args.prefill, args.steps, args.warmup = [1, 4], [32], [48], 3, 1
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")

@@ -45,7 +45,7 @@ def parse_layout(name: str) -> Mapping:
     (tp_size 4: moe_tp 2 x moe_ep 2); `world1` or `tp1` is one rank."""
     parts = dict(re.findall(r"(tp|ep|pp|world)(\d+)", name))
     if not parts or "".join(f"{k}{v}" for k, v in re.findall(r"(tp|ep|pp|world)(\d+)", name)) != name:
-        raise SystemExit(f"layout {name!r}: write it as tpN, epN, ppN or a mix such as tp2pp2")
+        raise ValueError(f"layout {name!r}: write it as tpN, epN, ppN or a mix such as tp2pp2")
     tp, ep, pp = (int(parts.get(key, 1)) for key in ("tp", "ep", "pp"))
     return Mapping(tp * ep, pp, tp, ep)
 

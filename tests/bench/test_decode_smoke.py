@@ -51,3 +51,12 @@ def test_decode_smoke_under_mpiexec_runs_each_layout_on_its_share_of_the_model()
             assert d["tokens_per_s"] > 0 and d["bytes_per_step"] < one_rank["bytes_per_step"]
     assert all(n <= 2 for d in runs["bf16-2L-ep2"]["decode"] for n in d["active_experts_per_layer"])  # 2 of 4 here
     assert all(len(d["active_experts_per_layer"]) == 1 for d in runs["bf16-2L-pp2"]["decode"])  # 1 of 2 layers
+
+
+def test_a_layout_that_does_not_fit_the_world_is_refused_and_every_rank_exits():
+    from dbrx_serve.services.inference.launch import find_mpiexec
+
+    for layout, said in (("tp4", "with layouts of 2 ranks"), ("xx2", "write it as tpN, epN, ppN")):
+        out = subprocess.run([find_mpiexec(), "-n", "2", sys.executable, str(BENCH), "--smoke", "--world", "2",
+                              "--layouts", layout], capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0 and said in out.stderr
