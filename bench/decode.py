@@ -9,8 +9,11 @@
 
 Under `mpirun -n N` (`--world N`) the engine is a multi-rank one, each rank on its own GPU with its
 own share of the weights (`--layouts`: tp2, ep2 = experts over 2 ranks, pp2, tp2pp2 ...), stepped by
-rank 0 as `dbrx serve inference` steps it; the floor is then rank 0's bytes (a GPU's share), and
-each decode run also reports the GPU time of one eager step's NCCL kernels on rank 0 (`comm_ms`).
+rank 0 as `dbrx serve inference` steps it; the floor is then rank 0's bytes (a GPU's share; under
+ep, of the experts rank 0's routing took), and each decode run also reports the GPU time of one
+eager step's NCCL kernels on rank 0 (`comm_ms`). Pipeline layouts report speed only: their stages
+run one after another, so no one rank's bytes are the step's floor. All ranks on one host (the
+engine directory is a temporary one on rank 0's disk).
 
 The model is DBRX's width (d_model 6144, 48/8 heads, 16 experts top-4, ffn 10752,
 vocab 100352) with `--layers` layers (40 is the whole model) and random weights
@@ -89,15 +92,18 @@ def decode_run(engine, spec: ModelSpec, batch: int, context: int, args, bandwidt
     active = record_routing(engine)
     for request_id in ids:
         engine.abort(request_id)
-    comm = communication(engine, batch, context) if spec.mapping.world_size > 1 and device.type == "cuda" else {}
     ms = statistics.median(times)
-    moved = bytes_per_step(engine, spec, batch, context, active)
+    out = {"precision": spec.precision, "layers": spec.layers, "layout": layout_name(spec.mapping),
+           "batch": batch, "context": context, "ms_per_step": round(ms, 3), "ms_min": round(min(times), 3),
+           "tokens_per_s": round(batch / ms * 1e3, 1), "active_experts_per_layer": active}
+    if spec.mapping.pp_size > 1:  # stages run one after another: rank 0's bytes are no floor of the step
+        return out
+    if spec.mapping.world_size > 1 and device.type == "cuda":
+        out.update(communication(engine, batch, context))
+    moved = bytes_per_step(engine, batch, context, active)
     floor_ms = moved / bandwidth * 1e3
-    return {"precision": spec.precision, "layers": spec.layers, "layout": layout_name(spec.mapping),
-            "batch": batch, "context": context, **comm,
-            "ms_per_step": round(ms, 3), "ms_min": round(min(times), 3), "tokens_per_s": round(batch / ms * 1e3, 1),
-            "bytes_per_step": moved, "achieved_gbs": round(moved / ms / 1e6, 1), "floor_ms": round(floor_ms, 3),
-            "fraction_of_floor": round(floor_ms / ms, 3), "active_experts_per_layer": active}
+    return {**out, "bytes_per_step": moved, "achieved_gbs": round(moved / ms / 1e6, 1),
+            "floor_ms": round(floor_ms, 3), "fraction_of_floor": round(floor_ms / ms, 3)}
 
 
 def prefill_run(engine, spec: ModelSpec, length: int) -> dict:
@@ -144,11 +150,13 @@ def kernel_times(engine, batch: int, context: int) -> list[dict]:
 
     ids = seed_context(engine, batch, context, 8)
     graphs, engine.runner.graphs = engine.runner.graphs, None
-    engine.step()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    try:
         engine.step()
-        torch.cuda.synchronize()
-    engine.runner.graphs = graphs
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            engine.step()
+            torch.cuda.synchronize()
+    finally:
+        engine.runner.graphs = graphs
     for request_id in ids:
         engine.abort(request_id)
     rows = [{"kernel": e.key[:90], "calls": e.count, "us_total": round(e.device_time_total, 1)}
@@ -245,11 +253,11 @@ def world_layouts(args) -> list:
 
 
 def main() -> None:
+    args = arguments()  # on every rank: a bad command line ends them all alike
     if launched_by_mpi():  # every rank but 0 follows rank 0's engine commands, as a server's do
         prepare_process()
         if launched_rank() > 0:
             raise SystemExit(follow_main())
-    args = arguments()
     layouts = world_layouts(args)
     if args.smoke:
         args.batch, args.context, args.prefill, args.steps, args.warmup = [1, 4], [32], [48], 3, 1

@@ -43,8 +43,10 @@ class ModelSpec:
 def parse_layout(name: str) -> Mapping:
     """`tp2`, `ep2` (experts over 2 ranks: tp_size 2, moe_tp 1, moe_ep 2), `pp2`, `tp2pp2`, `tp2ep2`
     (tp_size 4: moe_tp 2 x moe_ep 2); `world1` or `tp1` is one rank."""
-    parts = dict(re.findall(r"(tp|ep|pp|world)(\d+)", name))
-    if not parts or "".join(f"{k}{v}" for k, v in re.findall(r"(tp|ep|pp|world)(\d+)", name)) != name:
+    pieces = re.findall(r"(tp|ep|pp|world)(\d+)", name)
+    parts = dict(pieces)
+    if (not parts or "".join(k + v for k, v in pieces) != name or len(parts) != len(pieces)
+            or parts.get("world", "1") != "1"):
         raise ValueError(f"layout {name!r}: write it as tpN, epN, ppN or a mix such as tp2pp2")
     tp, ep, pp = (int(parts.get(key, 1)) for key in ("tp", "ep", "pp"))
     return Mapping(tp * ep, pp, tp, ep)
@@ -96,12 +98,12 @@ def module_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
-def bytes_per_step(engine: Engine, spec: ModelSpec, batch: int, context: int, active: list[int]) -> int:
-    """Bytes a decode step must read: per layer the attention weights, router and norms, the experts
-    the routing took; the LM head and final norm; the embedding rows; the KV cache (read, and one
-    token written per sequence and layer)."""
+def bytes_per_step(engine: Engine, batch: int, context: int, active: list[int]) -> int:
+    """Bytes a decode step must read on this rank (its share of the model): per layer the attention
+    weights, router and norms, the experts the routing took; the LM head and final norm; the
+    embedding rows; the KV cache (read, and one token written per sequence and layer)."""
     model = engine.runner.model
-    total = module_bytes(model.lm_head) + module_bytes(model.transformer.ln_f) if model.shape.has_lm_head else 0
+    total = (module_bytes(model.lm_head) + module_bytes(model.transformer.ln_f)) if model.shape.has_lm_head else 0
     if model.shape.has_embedding:
         total += batch * model.cfg.d_model * model.transformer.vocab_embedding.weight.element_size()
     for block, experts in zip(model.transformer.layers, active):
@@ -115,7 +117,7 @@ def bytes_per_step(engine: Engine, spec: ModelSpec, batch: int, context: int, ac
 
 
 def record_routing(engine: Engine) -> list[int]:
-    """Distinct experts of this rank's (all, but under expert parallelism) that each of its layers'
+    """How many of this rank's experts (under expert parallelism, its share) each of its layers'
     routing took in one untimed eager step of the current batch."""
     model = engine.runner.model
     first, count = model.shape.expert_offset, model.shape.n_experts

@@ -17,10 +17,11 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --prefix /tmp/mpi .whl/mpich-*.whl
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site \
-    $(ls .whl/*.whl | grep -v /mpich-)
+  others=$(ls .whl/*.whl | grep -v /mpich-)
+  [ -z "$others" ] || python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site $others
   site=$(ls -d /tmp/mpi/lib/python3*/site-packages)
-  export PATH=/tmp/mpi/bin:$PATH LD_LIBRARY_PATH=/tmp/mpi/lib:${LD_LIBRARY_PATH:-} PYTHONPATH=/tmp/site:$site
+  export PATH=/tmp/mpi/bin:$PATH LD_LIBRARY_PATH=/tmp/mpi/lib:${LD_LIBRARY_PATH:-} \
+    PYTHONPATH=/tmp/site:$site${PYTHONPATH:+:$PYTHONPATH}
 fi
 # The project without its dependencies: the GPU machine has torch, triton, safetensors, tiktoken.
 python3 -m pip install -q -e . --no-deps --no-build-isolation 2>&1 | tail -2

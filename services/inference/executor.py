@@ -14,7 +14,6 @@ import itertools
 import logging
 import os
 import weakref
-from functools import partial
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,7 +84,8 @@ class WorldExecutor:
         command = Open(self.id, str(engine.path), engine.mapping, limits, device.type, backend, *verify)
         self.runner = world.run(command, lambda: open_runner(world, command, engine))
         weakref.finalize(self, world.release, self.id)
-        world.on_close(partial(drop_graphs, weakref.ref(self.runner)))
+        runner = weakref.ref(self.runner)
+        world.on_close(lambda: drop_graphs(runner()))
 
     def run(self, plan: StepPlan) -> torch.Tensor:
         return self.world.run(Step(self.id, plan).pack(), lambda: self.runner.parallel.step(self.runner, plan))
@@ -158,7 +158,7 @@ def follow(world: mpi_world.World) -> None:
         else:
             run_step(runners, Step.unpack(command))
     for runner in runners.values():
-        drop_graphs(lambda: runner)
+        drop_graphs(runner)
     runners.clear()
     world.say_goodbye()
 
@@ -168,10 +168,9 @@ def run_step(runners: dict[int, ModelRunner], step: Step) -> None:
     runner.parallel.step(runner, step.plan)
 
 
-def drop_graphs(runner_ref) -> None:
+def drop_graphs(runner: ModelRunner | None) -> None:
     """Before the world ends: a runner's CUDA graphs go, with the NCCL work captured in them, and
     their memory; else the process group's teardown hangs in ncclCommDestroy (pytorch/pytorch#115388)."""
-    runner = runner_ref()
     if runner is not None and runner.graphs is not None:
         runner.graphs = None
         free_device_memory()

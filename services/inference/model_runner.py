@@ -72,7 +72,8 @@ def empty_model(engine: EngineDir, backend: Backend, rank: int = 0) -> DbrxModel
 
 def load_model(engine: EngineDir, device: torch.device, backend: Backend, rank: int = 0) -> DbrxModel:
     model = empty_model(engine, backend, rank)
-    if engine.dummy_weights:
+    if engine.dummy_weights:  # no converter checked this split of the model: check it here
+        engine.mapping.check_fits(engine.config)
         state = dummy_state(model, torch_dtype(engine.config.torch_dtype), device)
     else:
         state = rank_state(engine, rank, device)

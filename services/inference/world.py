@@ -249,9 +249,13 @@ class World:
         middle of a command, is aborted instead."""
         if self.lost is not None or self.busy or not self.lock.acquire(timeout=5.0):
             self.abort()
+        faulthandler.dump_traceback_later(LEAVE_SECONDS, exit=True)  # see leave
         try:
             for callback in self.close_callbacks:
-                callback()
+                try:
+                    callback()
+                except Exception:  # the world still ends: the others wait for its Exit
+                    log.exception("rank 0: a callback before the world's end failed")
             self.closing = True
             self.send(Exit())
             for peer in range(1, self.size):
