@@ -16,7 +16,10 @@ PROMPTS = [list(range(200, 260)), [5, 6, 7], list(range(1000, 1017))]
 GREEDY = SamplingParams(max_new_tokens=10, temperature=0)
 
 
-@pytest.mark.parametrize("name", ["fp32", "int8", "int4", "int8kv"])
+# Under Triton's interpreter (CPU) each engine takes ~23 s: there the float and int4 engines (every
+# kernel, weight-only GEMMs included); on a GPU all four. int8 weights and the int8 KV cache are also
+# covered kernel by kernel on the CPU (test_gemm.py, test_moe.py, test_attention.py).
+@pytest.mark.parametrize("name", ["fp32", "int4"] + (["int8", "int8kv"] if torch.cuda.is_available() else []))
 def test_triton_backend_gives_the_plain_paths_greedy_tokens(name, engine_dir, reference_model, banned):
     plain = Engine.from_dir(engine_dir(name)).generate(PROMPTS, GREEDY)
     triton = Engine.from_dir(engine_dir(name), device=DEVICE, backend="triton", num_kv_blocks=64)
