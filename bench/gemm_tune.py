@@ -17,7 +17,8 @@ from dataclasses import replace
 import torch
 import triton
 
-from dbrx_serve.services.inference.kernels.gemm import GemmConfig, Weights, gemm, linear_config, moe_config
+from dbrx_serve.services.inference.kernels.gemm import (FORMATS, GEMV_TILES, SMALL_TILES, GemmConfig, Weights, gemm,
+                                                        linear_config, moe_config)
 from dbrx_serve.services.inference.kernels.moe import align, route
 from dbrx_serve.shared.quantization import SCHEMES
 
@@ -25,10 +26,19 @@ H, FFN, E, TOP_K, QKV = 6144, 10752, 16, 4, 8192
 SHAPES = {"qkv": (QKV, H, 1), "dense": (H, H, 1), "moe_up": (2 * FFN, H, E), "moe_down": (H, FFN, E)}
 
 
-def candidates(default: GemmConfig, precision: str, gated: bool) -> list[GemmConfig]:
-    """Tiles, K splits and (for int weights) the ways to dequantize, around the default."""
-    tiles = [(64, 128, 4), (128, 128, 4), (64, 256, 3)]
+def candidates(default: GemmConfig, precision: str, gated: bool, one_row: bool) -> list[GemmConfig]:
+    """Tiles, K splits and (for int weights) the ways to dequantize, around the default; at one row
+    of int weights also gemv_kernel's tiles, warps and splits, and the 16-row tensor-core tile."""
+    if one_row and precision != "bf16":
+        gemv = GemmConfig(block_m=1, **GEMV_TILES.get(FORMATS[precision], {}), split_k=default.split_k)
+        tensor_core = GemmConfig(block_m=16, **SMALL_TILES[FORMATS[precision]], split_k=default.split_k)
+        if precision == "int4":
+            tensor_core = replace(tensor_core, dequant=3)
+        splits = sorted({max(1, default.split_k // 2), default.split_k, 2 * default.split_k, 4 * default.split_k})
+        return [tensor_core] + [replace(gemv, block_n=n, block_k=k, num_warps=w, split_k=s)
+                                for n in (64, 128, 256) for k in (32, 64, 128) for w in (4, 8) for s in splits]
     splits = {default.split_k} if gated else {default.split_k, 2 * default.split_k}
+    tiles = [(64, 128, 4), (128, 128, 4), (64, 256, 3)]
     dequant = {"bf16": [0], "int8": [0, 1], "int4": [1, 2, 3]}[precision]
     return [replace(default, block_n=n, block_k=k, num_stages=st, split_k=s, dequant=d)
             for n, k, st in tiles for s in sorted(splits) for d in dequant]
@@ -56,24 +66,24 @@ def case(name: str, precision: str, tokens: int, device) -> dict:
     w = make_weights(n, k, experts, precision, device)
     gated, moe = name == "moe_up", experts > 1
     x = torch.randn(tokens * (TOP_K if name == "moe_down" else 1), k, dtype=torch.bfloat16, device=device)
-    rows, route_args = tokens, None
+    rows, ids = tokens, None
     if moe:
         router = torch.randn(E, H, device=device)
         _, ids = route(torch.randn(tokens, H, dtype=torch.bfloat16, device=device), router, TOP_K, 1.0)
         rows = tokens * TOP_K
         default = moe_config(rows, w, experts)
-        route_args = align(ids, E, 0, default.block_m)
         active = int(ids.unique().numel())
     else:
         default = linear_config(tokens, w)
         active = 1
     bytes_read = w.tensor.numel() * w.tensor.element_size() // experts * active
     results = []
-    for config in [default] + candidates(default, precision, gated):
-        out = torch.empty(config.split_k, rows, w.n // 2 if gated else w.n, dtype=torch.float32 if config.split_k > 1
-                          else torch.bfloat16, device=device)
+    for config in [default] + candidates(default, precision, gated, one_row=max(1, rows // experts) == 1):
+        columns = w.n if gated and config.block_m == 1 and config.split_k > 1 else w.n // 2 if gated else w.n
+        out = torch.empty(config.split_k, rows, columns, dtype=torch.float32 if config.split_k > 1 else torch.bfloat16,
+                          device=device)
         target = out if config.split_k > 1 else out[0]
-        moe_args = (*route_args, rows) if moe else None
+        moe_args = (*align(ids, E, 0, config.block_m), rows) if moe else None
         try:
             ms = timed(lambda: gemm(x, w, target, config, moe=moe_args, x_row_div=TOP_K if gated else 1,
                                     gated=gated))

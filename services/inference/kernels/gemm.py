@@ -31,6 +31,7 @@ from dbrx_serve.shared.weight_only import WeightOnlyLinear
 FLOAT, INT8, INT4 = 0, 1, 2
 SHARED_MEMORY_BYTES = 160 * 1024  # what the pipeline stages of one program may take (the H200 has 227 KB)
 FORMATS = {"int8": INT8, "int4": INT4}
+BITS = {INT8: 8, INT4: 4}
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,30 @@ def _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_
 
 
 @triton.jit
+def _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, M, K, num_pairs,
+           MOE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """What program (pid_m, pid_k) works on: its rows (pair indices for the experts, num_pairs on
+    padding), which of them are real, their expert, and its K range (empty past the routing)."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    if MOE:
+        rows = tl.load(sorted_ids_ptr + offs_m)
+        row_ok = rows < num_pairs
+        expert = tl.load(block_experts_ptr + pid_m).to(tl.int64)
+        if pid_m * BLOCK_M >= tl.load(num_sorted_ptr):  # a block past the routing: no K loop, no store
+            k_end = k_start
+            row_ok = rows < 0
+            expert = expert * 0  # block_experts holds nothing meaningful here
+    else:
+        rows = offs_m
+        row_ok = rows < M
+        expert = 0
+    return rows, row_ok, expert, k_start, k_end
+
+
+@triton.jit
 def gemm_kernel(
     x_ptr, w_ptr, scale_ptr, out_ptr,
     sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, topk_weights_ptr,
@@ -141,22 +166,8 @@ def gemm_kernel(
     tl.static_assert(DEQ != 3 or (FMT == 2 and x_ptr.dtype.element_ty == tl.bfloat16),
                      "DEQ 3 converts int4 weights to bfloat16 only")
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
-    k_start = pid_k * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, K)
-    if MOE:
-        rows = tl.load(sorted_ids_ptr + offs_m)  # pair indices, num_pairs on padding
-        row_ok = rows < num_pairs
-        expert = tl.load(block_experts_ptr + pid_m).to(tl.int64)
-        if pid_m * BLOCK_M >= tl.load(num_sorted_ptr):  # a block past the routing: no K loop, no store
-            k_end = k_start
-            row_ok = rows < 0
-            expert = expert * 0  # block_experts holds nothing meaningful here
-    else:
-        rows = offs_m
-        row_ok = rows < M
-        expert = 0
+    rows, row_ok, expert, k_start, k_end = _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr,
+                                                  M, K, num_pairs, MOE, BLOCK_M, BLOCK_K, SPLIT_K)
     x_rows = rows // X_ROW_DIV
     DTYPE = x_ptr.dtype.element_ty
     PLANES: tl.constexpr = FMT == 2 and DEQ >= 2
@@ -203,6 +214,126 @@ def gemm_kernel(
                 topk_weights_ptr, out_ptrs, stride_on, N, FMT, GATED, WEIGHTED)
 
 
+# gemv_kernel's constants per bit width: a 32-bit word holds 32 / BITS values (value i at bit BITS * i,
+# column VALUES * word + i); values whose bits would reach a float's exponent (bit 23) are read from
+# the word shifted right by SHIFT; XOR turns two's complement into offset binary (u = q + 2^(BITS-1)).
+GEMV_SHIFT = {8: 16, 4: 12}
+GEMV_XOR = {8: -0x7F7F7F80, 4: -0x77777778}  # 0x80808080, 0x88888888 as int32
+
+
+@triton.jit
+def gemv_kernel(
+    x_ptr, w_ptr, scale_ptr, out_ptr,
+    sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, topk_weights_ptr,
+    M, N, K, num_pairs,
+    stride_xm, stride_xk,
+    stride_we, stride_wk, stride_wn,
+    stride_se, stride_sn,
+    stride_os, stride_om, stride_on,
+    gate_offset,
+    MOE: tl.constexpr, X_ROW_DIV: tl.constexpr, WEIGHTED: tl.constexpr, GATED: tl.constexpr,
+    BITS: tl.constexpr, SHIFT: tl.constexpr, XOR: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    """gemm_kernel for one row a program (BLOCK_M 1) and int8/int4 weights, without tensor cores; gated
+    with SPLIT_K > 1 it writes the scaled partial sums of up [.., :N] and gate [.., N:] (SwiGLU needs
+    whole sums: FusedMoE applies it). W is
+    read as 32-bit words [E, K, N * BITS / 32] (w_ptr and strides in words, gate_offset in words), and
+    value i of a word becomes a float32 in place: (word & mask_i) | 0x4B000000 is 2^23 + u * 2^pos_i
+    exactly, so one LOP3 and one FADD (which also removes the offset) give (u - 2^(BITS-1)) * 2^pos_i,
+    and an FFMA adds it times x into float32 [BLOCK_K, words] accumulators, one per value position;
+    2^-pos_i and the sum over K come once, after the loop. No dot-operand layout, no int-to-float
+    conversion."""
+    VALUES: tl.constexpr = 32 // BITS
+    WORDS: tl.constexpr = BLOCK_N // VALUES
+    pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows, row_ok, expert, k_start, k_end = _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr,
+                                                  M, K, num_pairs, MOE, 1, BLOCK_K, SPLIT_K)
+    words = pid_n * WORDS + tl.arange(0, WORDS)
+    offs_k = k_start + tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + (rows // X_ROW_DIV) * stride_xm + offs_k[:, None] * stride_xk  # [BLOCK_K, 1]
+    w_ptrs = w_ptr + expert * stride_we + offs_k[:, None] * stride_wk + words[None, :] * stride_wn
+    word_ok = words[None, :] < N // VALUES
+    zero = tl.zeros((BLOCK_K, WORDS), dtype=tl.float32)
+    a0, a1, a2, a3, a4, a5, a6, a7 = zero, zero, zero, zero, zero, zero, zero, zero
+    g0, g1, g2, g3, g4, g5, g6, g7 = zero, zero, zero, zero, zero, zero, zero, zero
+    # The next tile's words are loaded before this one's arithmetic: two tiles in flight a program.
+    w = tl.load(w_ptrs, mask=(offs_k[:, None] < k_end) & word_ok, other=0)
+    g = tl.load(w_ptrs + gate_offset * stride_wn, mask=(offs_k[:, None] < k_end) & word_ok, other=0) if GATED else w
+    for k in range(k_start, k_end, BLOCK_K):
+        x = tl.load(x_ptrs, mask=row_ok[None, :] & (offs_k[:, None] < K - (k - k_start)), other=0.0).to(tl.float32)
+        w_ptrs += BLOCK_K * stride_wk
+        next_ok = (offs_k[:, None] < k_end - (k + BLOCK_K - k_start)) & word_ok
+        w_next = tl.load(w_ptrs, mask=next_ok, other=0)
+        g_next = tl.load(w_ptrs + gate_offset * stride_wn, mask=next_ok, other=0) if GATED else w_next
+        a0, a1, a2, a3, a4, a5, a6, a7 = _accumulate(x, w ^ XOR, a0, a1, a2, a3, a4, a5, a6, a7, BITS, SHIFT)
+        if GATED:
+            g0, g1, g2, g3, g4, g5, g6, g7 = _accumulate(x, g ^ XOR, g0, g1, g2, g3, g4, g5, g6, g7, BITS, SHIFT)
+        w, g = w_next, g_next
+        x_ptrs += BLOCK_K * stride_xk
+    acc = _columns(a0, a1, a2, a3, a4, a5, a6, a7, BITS, SHIFT)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    out_ptrs = out_ptr + pid_k * stride_os + rows[:, None] * stride_om
+    if GATED and SPLIT_K > 1:  # partial sums of up and gate, scaled, apart: SwiGLU comes after their sum
+        gate = _columns(g0, g1, g2, g3, g4, g5, g6, g7, BITS, SHIFT)
+        _finish(acc, acc, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, 0, topk_weights_ptr,
+                out_ptrs, stride_on, N, 1, False, WEIGHTED)
+        _finish(gate, gate, cols + N, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, 0, topk_weights_ptr,
+                out_ptrs, stride_on, 2 * N, 1, False, WEIGHTED)
+    else:
+        gate = _columns(g0, g1, g2, g3, g4, g5, g6, g7, BITS, SHIFT) if GATED else acc
+        _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset * VALUES,
+                topk_weights_ptr, out_ptrs, stride_on, N, 1, GATED, WEIGHTED)
+
+@triton.jit
+def _value(w, i: tl.constexpr, BITS: tl.constexpr, SHIFT: tl.constexpr):
+    """Value i of offset-binary words w as float32 (q * 2^pos, exact): a LOP3 and an FADD. Its bit pos
+    is in the word itself, or (when its bits would reach the float's exponent at bit 23) in the word
+    shifted right by SHIFT."""
+    high: tl.constexpr = i * BITS + BITS > 23
+    pos: tl.constexpr = i * BITS - SHIFT * high
+    if high:
+        w = w >> SHIFT
+    bits = (w & (((1 << BITS) - 1) << pos)) | 0x4B000000
+    return bits.to(tl.float32, bitcast=True) - (8388608.0 + (1 << (BITS - 1 + pos)))
+
+
+@triton.jit
+def _accumulate(x, w, a0, a1, a2, a3, a4, a5, a6, a7, BITS: tl.constexpr, SHIFT: tl.constexpr):
+    """a_i += x * value i of w (int8 words hold four: a4..a7 stay zero)."""
+    a0 += x * _value(w, 0, BITS, SHIFT)
+    a1 += x * _value(w, 1, BITS, SHIFT)
+    a2 += x * _value(w, 2, BITS, SHIFT)
+    a3 += x * _value(w, 3, BITS, SHIFT)
+    if BITS == 4:
+        a4 += x * _value(w, 4, BITS, SHIFT)
+        a5 += x * _value(w, 5, BITS, SHIFT)
+        a6 += x * _value(w, 6, BITS, SHIFT)
+        a7 += x * _value(w, 7, BITS, SHIFT)
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@triton.jit
+def _sum_k(a, i: tl.constexpr, BITS: tl.constexpr, SHIFT: tl.constexpr):
+    """Accumulator i summed over K, times 2^-pos (_value's pos)."""
+    pos: tl.constexpr = i * BITS - SHIFT * (i * BITS + BITS > 23)
+    return tl.sum(a, axis=0) * (1.0 / (1 << pos))
+
+
+@triton.jit
+def _columns(a0, a1, a2, a3, a4, a5, a6, a7, BITS: tl.constexpr, SHIFT: tl.constexpr):
+    """The accumulators summed over K, unscaled, in column order (VALUES * word + i): [1, BLOCK_N]."""
+    s0, s1, s2, s3 = _sum_k(a0, 0, BITS, SHIFT), _sum_k(a1, 1, BITS, SHIFT), _sum_k(a2, 2, BITS, SHIFT), \
+        _sum_k(a3, 3, BITS, SHIFT)
+    if BITS == 4:
+        s4, s5, s6, s7 = _sum_k(a4, 4, BITS, SHIFT), _sum_k(a5, 5, BITS, SHIFT), _sum_k(a6, 6, BITS, SHIFT), \
+            _sum_k(a7, 7, BITS, SHIFT)
+        even = tl.interleave(tl.interleave(s0, s4), tl.interleave(s2, s6))  # values 0, 2, 4, 6 of each word
+        odd = tl.interleave(tl.interleave(s1, s5), tl.interleave(s3, s7))
+    else:
+        even, odd = tl.interleave(s0, s2), tl.interleave(s1, s3)
+    return tl.interleave(even, odd)[None, :]
+
 @dataclass(frozen=True)
 class Weights:
     """A layer's weight as the kernel reads it: the tensor, its format and, when quantized, its scales.
@@ -248,20 +379,26 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
     out3 = out if out.dim() == 3 else out[None]
     gate_offset = n_out if gated else 0  # in columns; the kernel halves it for int4 bytes
     grid = (grid_m, triton.cdiv(n_out, config.block_n), config.split_k)
+    args = [x, w.tensor, scale, out3, sorted_ids, block_experts, num_sorted,
+            topk_weights if topk_weights is not None else x, m, n_out, w.k, num_pairs,
+            x.stride(0), x.stride(1), *w.strides(),
+            scale.stride(0) if w.scale is not None else 0, scale.stride(-1) if w.scale is not None else 0,
+            out3.stride(0), out3.stride(1), out3.stride(2), gate_offset]
+    flags = dict(MOE=moe is not None, X_ROW_DIV=x_row_div, WEIGHTED=topk_weights is not None, GATED=gated,
+                 BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=config.split_k, num_warps=config.num_warps)
+    if config.block_m == 1:  # one row a program: the weights as 32-bit words
+        if w.fmt == FLOAT:
+            raise ValueError("block_m 1 (gemv_kernel) reads int8 or int4 weights; float weights take block_m >= 16")
+        bits = BITS[w.fmt]
+        words = w.tensor.view(torch.int32)
+        args[1], args[14:17], args[-1] = words, words.stride(), gate_offset * bits // 32
+        gemv_kernel[grid](*args, BITS=bits, SHIFT=GEMV_SHIFT[bits], XOR=GEMV_XOR[bits], **flags,
+                          num_stages=config.num_stages)
+        return out
     stage = (config.block_m + config.block_n * (2 if gated else 1)) * config.block_k * x.element_size()
     stages = max(1, min(config.num_stages, SHARED_MEMORY_BYTES // stage))  # float32 tiles need fewer
-    gemm_kernel[grid](
-        x, w.tensor, scale, out3, sorted_ids, block_experts, num_sorted,
-        topk_weights if topk_weights is not None else x,
-        m, n_out, w.k, num_pairs,
-        x.stride(0), x.stride(1), *w.strides(),
-        scale.stride(0) if w.scale is not None else 0, scale.stride(-1) if w.scale is not None else 0,
-        out3.stride(0), out3.stride(1), out3.stride(2), gate_offset,
-        MOE=moe is not None, X_ROW_DIV=x_row_div, WEIGHTED=topk_weights is not None, GATED=gated,
-        FMT=w.fmt, DEQ=config.dequant if w.fmt != FLOAT else 0, PRECISION=precision_of(x.dtype),
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=config.split_k,
-        num_warps=config.num_warps, num_stages=stages,
-    )
+    gemm_kernel[grid](*args, FMT=w.fmt, DEQ=config.dequant if w.fmt != FLOAT else 0,
+                      PRECISION=precision_of(x.dtype), BLOCK_M=config.block_m, **flags, num_stages=stages)
     return out
 
 
@@ -275,9 +412,11 @@ def block_m_for(rows: int) -> int:
 
 
 def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int) -> GemmConfig:
-    """Split K while the grid has fewer than ~4 programs per multiprocessor (small batches)."""
+    """Split K while the grid has fewer than ~4 programs per multiprocessor (small batches); one-row
+    programs (gemv_kernel) keep few bytes in flight each, so ~16 there."""
+    per_sm, most = (16, 16) if config.block_m == 1 else (4, 8)
     split = 1
-    while tiles * split * 2 <= 4 * sms and k // (split * 2) >= 2 * config.block_k and split < 8:
+    while tiles * split * 2 <= per_sm * sms and k // (split * 2) >= 2 * config.block_k and split < most:
         split *= 2
     return replace(config, split_k=split)
 
@@ -289,11 +428,18 @@ def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int) -> GemmConfig
 SMALL_TILES = {FLOAT: dict(block_n=64, block_k=256, num_stages=3, dequant=0),
                INT8: dict(block_n=128, block_k=128, num_stages=4, dequant=0),
                INT4: dict(block_n=64, block_k=256, num_stages=3, dequant=2)}
+# gemv_kernel's tile where it is the default (one row a program), from bench/gemm_tune.py on an H200
+# at one token: int4 moe_up 141 us (1.87 TB/s; the 16-row DEQ 3 tile 182 us), moe_down 78 us (95),
+# qkv 22.7 us (25.4), dense 20.0 us (24.1). int8 runs it too (tests) but is not measured yet: its
+# default stays the tensor-core tile.
+GEMV_TILES = {INT4: dict(block_n=128, block_k=32)}
 
 
 def tile_config(rows: int, w: Weights) -> GemmConfig:
-    """Taller tiles (block_m 32 and up) take int4 by the mantissa bits (DEQ 1): two planes there
-    double the code and spill (bench/notes-gpu.md, bench/gemm_sass.py)."""
+    """One row of int weights: gemv_kernel. Taller tiles (block_m 32 and up) take int4 by the mantissa
+    bits (DEQ 1): two planes there double the code and spill (bench/notes-gpu.md, bench/gemm_sass.py)."""
+    if rows == 1 and w.fmt in GEMV_TILES and w.n % (32 // BITS[w.fmt]) == 0:
+        return GemmConfig(block_m=1, **GEMV_TILES[w.fmt])
     bm = block_m_for(rows)
     if bm == 16:
         config = GemmConfig(block_m=bm, **SMALL_TILES[w.fmt])
@@ -313,8 +459,13 @@ def linear_config(m: int, w: Weights) -> GemmConfig:
 
 def moe_config(num_pairs: int, w: Weights, num_experts: int) -> GemmConfig:
     """Tiles by the pairs an expert gets on average (the same block_m for both expert GEMMs, which
-    share the sorted pairs); no K split: all active experts fill the grid."""
-    return tile_config(max(1, num_pairs // num_experts), w)
+    share the sorted pairs). No K split for tiles of 16 rows and up: all active experts fill the grid;
+    one-row programs (a program a pair) split K."""
+    config = tile_config(max(1, num_pairs // num_experts), w)
+    if config.block_m > 1:
+        return config
+    return with_split_k(config, num_pairs * triton.cdiv(w.n, config.block_n), w.k, num_sms(w.tensor.device))
+
 class TritonWeightOnlyLinear(WeightOnlyLinear):
     """WeightOnlyLinear, same buffers; `forward` runs the kernel on the int8/int4 weight as stored."""
 

@@ -124,11 +124,20 @@ class FusedMoE(MoE):
         weights, ids = route(x, self.router.weight, k, self.norm_p)
         sorted_ids, block_experts, num_sorted = align(ids, num_experts, self.expert_offset, up_config.block_m)
         moe = (sorted_ids, block_experts, num_sorted, n * k)
-        act = torch.empty(n * k, self.ffn_size, dtype=x.dtype, device=x.device)  # [N*K,Il]
-        gemm(x, fc, act, up_config, moe=moe, x_row_div=k, gated=True)
+        act = self.activation(x, fc, up_config, moe)  # [N*K,Il]
         y = self.down_buffer(n * k, x, down_config)  # [S,N*K,H]
         gemm(act, proj, y, down_config, moe=moe, topk_weights=weights)
         return y.view(-1, n, k, shape[-1]).sum((0, 2)).to(x.dtype).view(shape)
+
+    def activation(self, x: torch.Tensor, fc: Weights, config: GemmConfig, moe: tuple) -> torch.Tensor:
+        """SwiGLU of gate+up for every pair: in the GEMM, or after the sum of its K-split partials."""
+        num_pairs = moe[3]
+        if config.split_k == 1:
+            act = torch.empty(num_pairs, self.ffn_size, dtype=x.dtype, device=x.device)
+            return gemm(x, fc, act, config, moe=moe, x_row_div=self.top_k, gated=True)
+        parts = torch.empty(config.split_k, num_pairs, 2 * self.ffn_size, dtype=torch.float32, device=x.device)
+        up, gate = gemm(x, fc, parts, config, moe=moe, x_row_div=self.top_k, gated=True).sum(0).chunk(2, dim=-1)
+        return (up * F.silu(gate)).to(x.dtype)
 
     def down_buffer(self, num_pairs: int, x: torch.Tensor, config: GemmConfig) -> torch.Tensor:
         """Zeros where pairs may go to another rank's experts (never written here), else uninitialized."""

@@ -39,6 +39,23 @@ def test_gemm_matches_the_float_product(precision, config, dtype, device):
     assert relative_error(got.cpu(), want) <= BOUND[dtype]
 
 
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+@pytest.mark.parametrize("config", [GemmConfig(1, 32, 32, 1, 4, 2), GemmConfig(1, 64, 16, 3, 4, 2)],
+                         ids=["bn32bk32", "bn64bk16s3"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_one_row_gemv_matches_the_float_product(precision, config, dtype, device):
+    """gemv_kernel (block_m 1): each value placed in a float's mantissa at its bit position; every
+    value position of a word, split K, masked edges (n a multiple of a word's values, k and m ragged)."""
+    n, k, m = 96, 208, 3
+    w, ref_w = weights(n, k, precision, dtype, device, seed=n + m)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).to(dtype)
+    split = config.split_k > 1
+    out = torch.full((config.split_k, m, n), float("nan"), dtype=torch.float32 if split else dtype, device=device)
+    gemm(x.to(device), w, out if split else out[0], config)
+    got = out.sum(0) if split else out[0]
+    assert relative_error(got.cpu(), x.float() @ ref_w.T) <= BOUND[dtype]
+
+
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="inline PTX runs on a CUDA GPU only")
 @pytest.mark.parametrize("config", [GemmConfig(16, 64, 128, 1, 4, 3, dequant=3),
                                     GemmConfig(64, 64, 64, 2, 4, 3, dequant=3)], ids=["bm16", "bm64-split2"])

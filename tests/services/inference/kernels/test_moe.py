@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dbrx_serve.services.inference.kernels import moe as moe_module
+from dbrx_serve.services.inference.kernels.gemm import GemmConfig
 from dbrx_serve.services.inference.kernels.moe import FusedMoE, align, route
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.model import LocalShape, MoE
@@ -54,6 +55,22 @@ def test_fused_moe_matches_the_per_expert_loop(precision, dequant, tokens, dtype
     with torch.no_grad():
         want = plain.float()(x.float()) if precision is None else plain(x)
         got = fused(x.to(device))
+    assert got.dtype == dtype and relative_error(got.cpu(), want) <= 2 * BOUND[dtype]
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+@pytest.mark.parametrize("split_k", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_one_row_programs_match_the_per_expert_loop(precision, split_k, dtype, device, monkeypatch):
+    """gemv_kernel for both expert GEMMs (a program a pair); split K: gate+up's partial sums come
+    back apart and SwiGLU follows their sum (FusedMoE.activation)."""
+    monkeypatch.setattr(moe_module, "moe_config", lambda *a, **kw: GemmConfig(1, 32, 16, split_k))
+    plain = plain_moe(precision, dtype, seed=split_k)
+    fused = plain_moe(precision, dtype, seed=split_k).to(device)
+    fused.__class__ = FusedMoE
+    x = torch.randn(5, CFG.d_model, generator=torch.Generator().manual_seed(3)).to(dtype)
+    with torch.no_grad():
+        want, got = plain(x), fused(x.to(device))
     assert got.dtype == dtype and relative_error(got.cpu(), want) <= 2 * BOUND[dtype]
 
 
