@@ -9,7 +9,7 @@ processes) -- and the KV pool, which takes what the memory budget leaves, in who
              at most what max_batch_size sequences of max_seq_len use; num_kv_blocks instead, when given
 
 On CUDA, when the pool is to be sized, a profiling pass measures the activations and graph pools: one
-step of plan.largest_step on a cache of the few blocks it needs (and, on rank 0, the sampler's costliest
+step of plan.largest_step on a cache of the few blocks it writes into (and, on rank 0, the sampler's costliest
 work on its logits), then the decode CUDA graphs captured on that cache; both are dropped before the
 pool is made, and the graphs captured again over it (model_runner.py). The CPU has no allocator
 statistics: nothing is measured there. The ranks of a world agree on the fewest blocks any rank holds;
@@ -25,7 +25,7 @@ import torch
 from dbrx_serve.shared.errors import InvalidInput
 
 from .limits import EngineLimits
-from .plan import largest_step
+from .plan import StepPlan, largest_step
 
 CPU_KV_CACHE_BYTES = 1 << 30  # the pool on the CPU when no memory budget is given
 
@@ -138,13 +138,15 @@ def plan_memory(runner, sample=None) -> MemoryPlan:
 
 def profile(runner, limits: EngineLimits, sample=None) -> tuple[int, int]:
     """The profiling pass on CUDA: (activations, graph pools) in bytes: what the largest step reserves at
-    its peak above what the device held before it, then what capturing the decode CUDA graphs reserves.
-    Reserved, not allocated, bytes: the allocator's rounding and fragmentation count."""
-    device = runner.device
+    its peak above what the device held before it (its cache of a few blocks made first), then what
+    capturing the decode CUDA graphs reserves. Reserved, not allocated, bytes: the allocator's rounding
+    and fragmentation count."""
+    device, step = runner.device, largest_step(limits)
+    runner.cache = runner.new_cache(step.block_tables.shape[1])  # the few blocks the step writes into
     free_device_memory()
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_reserved(device)
-    run_largest_step(runner, limits, sample)
+    run_profile_step(runner, step, sample)
     torch.cuda.synchronize(device)
     activations = torch.cuda.max_memory_reserved(device) - before
     before = torch.cuda.memory_reserved(device)  # the step's cached blocks stay: the graphs' warm-up reuses them
@@ -157,11 +159,8 @@ def profile(runner, limits: EngineLimits, sample=None) -> tuple[int, int]:
     return activations, graph_pools
 
 
-def run_largest_step(runner, limits: EngineLimits, sample=None) -> None:
-    """One step of plan.largest_step (every rank's share of it) on a cache of the few blocks it needs,
-    left in runner.cache; `sample` runs on its logits (rank 0)."""
-    step = largest_step(limits)
-    runner.cache = runner.new_cache(step.block_tables.shape[1])
+def run_profile_step(runner, step: StepPlan, sample=None) -> None:
+    """`step` on every rank (each its share of it), and `sample` on its logits (rank 0)."""
     logits = runner.parallel.step(runner, step)
     if logits is not None and sample is not None:
         sample(logits)

@@ -10,7 +10,7 @@ from dbrx_serve.services.inference.engine import Engine
 from dbrx_serve.services.inference.engine_dir import load_engine_dir
 from dbrx_serve.services.inference.kv_cache import PagedKVCache
 from dbrx_serve.services.inference.limits import EngineLimits
-from dbrx_serve.services.inference.memory import run_largest_step, size
+from dbrx_serve.services.inference.memory import run_profile_step, size
 from dbrx_serve.services.inference.model_runner import ModelRunner
 from dbrx_serve.services.inference.plan import largest_step
 from dbrx_serve.services.inference.sampler import Sampler
@@ -69,10 +69,11 @@ def test_a_given_num_kv_blocks_wins_over_the_budget(engine_dir):
 def test_the_profiling_pass_runs_the_largest_step_and_samples_every_row(engine_dir):
     engine = load_engine_dir(engine_dir("fp32"))
     limits = EngineLimits.from_build_config(engine.build, num_kv_blocks=1)
-    runner, sampled = ModelRunner(engine, limits, "cpu"), []
-    run_largest_step(runner, limits, lambda logits: sampled.append(Sampler().sample_costliest(logits) or logits.shape))
+    runner, step, sampled = ModelRunner(engine, limits, "cpu"), largest_step(limits), []
+    assert step.block_tables.shape[1] == 1  # 256 tokens over 64 rows: 4 each, one block
+    runner.cache = runner.new_cache(1)  # as memory.profile does
+    run_profile_step(runner, step, lambda logits: sampled.append(Sampler().sample_costliest(logits) or logits.shape))
     assert sampled == [(64, engine.config.vocab_size)]  # min(max_batch_size, max_num_tokens) rows
-    assert runner.cache.k.shape[1] == LIMITS["tokens_per_block"]  # 256 tokens over 64 rows: 4 each, one block
 
 
 @pytest.mark.parametrize("limits,tokens,rows", [
