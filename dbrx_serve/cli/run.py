@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from dbrx_serve.services.inference.memory import add_memory_args
 from dbrx_serve.shared.errors import InvalidInput, NotFound
 from dbrx_serve.shared.reference import greedy_tokens, load_hf_model, torch_dtype
 
@@ -38,6 +39,7 @@ def add_parser(subparsers):
     p.add_argument("--stop_words", nargs="+", default=None, help="--engine_dir/--server only: stop strings")
     p.add_argument("--streaming", action="store_true", help="print tokens as they are generated")
     p.add_argument("--device", default="auto", help="--engine_dir only: cpu, cuda[:N], or auto (cuda if present)")
+    add_memory_args(p)  # --engine_dir only
     p.add_argument("--hostfile", default=None, help="--engine_dir of several ranks: the hosts of the MPI world "
                    "this command starts (passed to mpiexec)")
     p.add_argument("--dtype", default="float32", help="--hf_model_dir only: float32, float16 or bfloat16")

@@ -10,6 +10,7 @@ With `--server`, text goes to the service as text unless `--tokenizer_dir`
 is given, in which case it is encoded (and cut to `--max_input_length`) here
 as in-process."""
 
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,7 +47,11 @@ def opened_engine(args):
         with RemoteEngine(args.server, args.auth_token, args.tls_ca) as remote:
             yield remote
     else:
-        yield Engine.from_dir(args.engine_dir, device_of(args.device), tokenizer_dir=args.tokenizer_dir)
+        budget = {"gpu_memory_fraction": args.gpu_memory_fraction, "memory_budget_bytes": args.memory_budget_bytes}
+        engine = Engine.from_dir(args.engine_dir, device_of(args.device), tokenizer_dir=args.tokenizer_dir,
+                                 **{name: value for name, value in budget.items() if value is not None})
+        print(engine.runner.memory.describe(), file=sys.stderr, flush=True)
+        yield engine
 
 
 def local_tokenizer(args, engine):

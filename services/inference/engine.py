@@ -55,14 +55,15 @@ class Engine:
         device (benchmarks), else the engine's rank file; `verify`: how the other ranks of a
         multi-rank engine check the directory (quick check, every sha256)."""
         self.engine_dir, self.limits = engine, limits
-        self.executor = open_executor(engine, limits, torch.device(device), backend, model, verify)
-        self.runner = self.executor.runner  # this process's rank (rank 0 of a multi-rank engine)
-        self.blocks = BlockManager(self.runner.num_blocks, limits.tokens_per_block)
-        self.scheduler = Scheduler(limits, self.blocks)
         self.tokenizer = load_tokenizer_of(engine)
         self.vocab_size = engine.config.vocab_size
         banned = self.tokenizer.unassigned_mask(self.vocab_size) if self.tokenizer else None
-        self.sampler = Sampler(torch.tensor(banned, device=self.runner.device) if banned is not None else None)
+        self.sampler = Sampler(torch.tensor(banned, device=device) if banned is not None else None)
+        self.executor = open_executor(engine, limits, torch.device(device), backend, model, verify,
+                                      self.sampler.sample_costliest)
+        self.runner = self.executor.runner  # this process's rank (rank 0 of a multi-rank engine)
+        self.blocks = BlockManager(self.runner.memory.num_blocks, limits.tokens_per_block)
+        self.scheduler = Scheduler(limits, self.blocks)
         self.sequences: dict[str, Sequence] = {}
 
     @classmethod

@@ -3,13 +3,13 @@ process, or rank 0 of an MPI world, which sends each command to the other ranks 
 does its own share; the scheduler and the sampler never learn how many ranks there are.
 
     rank 0                                        every other rank: follow()
-    Open(engine dir, limits)  ---- mpi4py --->    load its own rank file; all agree on the KV pool
+    Open(engine dir, limits)  ---- mpi4py --->    load its own rank file; all agree it loaded, profile
+                                                  the largest step, agree on the KV pool (memory.py)
     Step(plan)                ---- mpi4py --->    its share of the step (parallel.py)
     logits of the sampled rows  <- torch.distributed -  the last pipeline stage's first rank
     Exit (rank 0's exit)      ---- mpi4py --->    leave
 """
 
-import gc
 import itertools
 import logging
 import os
@@ -25,6 +25,7 @@ from dbrx_serve.shared.mapping import Mapping
 from . import world as mpi_world
 from .engine_dir import EngineDir, load_engine_dir
 from .limits import EngineLimits
+from .memory import free_device_memory
 from .model_runner import ModelRunner
 from .parallel import RankOfWorld
 from .plan import StepPlan
@@ -79,10 +80,10 @@ class WorldExecutor:
     """Rank 0 of an MPI world: each step's plan goes to every rank, the logits come back here."""
 
     def __init__(self, world: mpi_world.World, engine: EngineDir, limits: EngineLimits, device: torch.device,
-                 backend: str | None, verify: tuple[bool, bool]):
+                 backend: str | None, verify: tuple[bool, bool], sample=None):
         self.world, self.id = world, next(EXECUTOR_IDS)
         command = Open(self.id, str(engine.path), engine.mapping, limits, device.type, backend, *verify)
-        self.runner = world.run(command, lambda: open_runner(world, command, engine))
+        self.runner = world.run(command, lambda: open_runner(world, command, engine, sample))
         weakref.finalize(self, world.release, self.id)
         runner = weakref.ref(self.runner)
         world.on_close(lambda: drop_graphs(runner()))
@@ -98,20 +99,21 @@ class WorldExecutor:
 
 
 def open_executor(engine: EngineDir, limits: EngineLimits, device: torch.device, backend: str | None = None,
-                  model=None, verify: tuple[bool, bool] = (True, False)):
+                  model=None, verify: tuple[bool, bool] = (True, False), sample=None):
     """The executor for this engine in this process: a local runner for a one-rank engine outside
     any MPI world, rank 0's side of the world for a multi-rank one launched with as many ranks.
-    `verify`: how the other ranks check the engine directory (quick check, every sha256)."""
+    `verify`: how the other ranks check the engine directory (quick check, every sha256);
+    `sample(logits)`: the sampler's costliest work, for the memory plan's profiling pass."""
     size = mpi_world.launched_size()
     if engine.world_size == 1 and size == 1:
-        return LocalExecutor(ModelRunner(engine, limits, device, backend, model))
+        return LocalExecutor(ModelRunner(engine, limits, device, backend, model, sample=sample))
     if engine.world_size != size:
         message = mismatch(engine, size)
         mpi_world.refuse(message) if size > 1 else None
         raise InvalidInput(message)
     if model is not None:
         raise InvalidInput("a model given in memory runs on one rank only")
-    return WorldExecutor(mpi_world.start(device.type), engine, limits, device, backend, verify)
+    return WorldExecutor(mpi_world.start(device.type), engine, limits, device, backend, verify, sample)
 
 
 def mismatch(engine: EngineDir, size: int) -> str:
@@ -123,9 +125,11 @@ def mismatch(engine: EngineDir, size: int) -> str:
     return f"{ranks} but the MPI world has {size}: start it with mpirun -n {engine.world_size}"
 
 
-def open_runner(world: mpi_world.World, command: Open, engine: EngineDir | None = None) -> ModelRunner:
-    """This rank's runner of the engine (every rank at once); a rank that fails tells the others,
-    so that all raise the same InvalidInput."""
+def open_runner(world: mpi_world.World, command: Open, engine: EngineDir | None = None, sample=None) -> ModelRunner:
+    """This rank's runner of the engine (every rank at once); a rank that fails to load tells the others,
+    so that all raise the same InvalidInput. After the first agreement (every rank loaded) only the
+    profiling pass runs before the second, and it raises no domain error: a rank that fails there
+    ends the world, as a failed step does."""
     parallel = RankOfWorld(world, command.mapping)
     verify = command.verify and world.local_rank == 0  # once a host: rank 0 checked its own host's files
     try:
@@ -134,10 +138,10 @@ def open_runner(world: mpi_world.World, command: Open, engine: EngineDir | None 
             raise InvalidInput(f"{engine.path} on rank {world.rank} has mapping {engine.mapping}, "
                                f"not rank 0's {command.mapping}")
         return ModelRunner(engine, command.limits, world.device(command.device_type), command.backend,
-                           parallel=parallel)
+                           parallel=parallel, sample=sample)
     except Exception as error:
-        if not parallel.agreed:  # the others wait for this rank's word
-            parallel.agree_blocks(None, error)
+        if parallel.agreements == 0:  # the others wait for this rank's word that it loaded
+            parallel.agree(None, error)
         raise
 
 
@@ -174,14 +178,6 @@ def drop_graphs(runner: ModelRunner | None) -> None:
     if runner is not None and runner.graphs is not None:
         runner.graphs = None
         free_device_memory()
-
-
-def free_device_memory() -> None:
-    """Dropped runners' memory back to the device now (a runner and its CUDA graphs refer to each
-    other: only the collector frees them), so that the next engine fits."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def follow_main() -> int:

@@ -38,6 +38,7 @@ def load_warm_engine(config: InferenceServiceConfig) -> tuple[Engine, pb.ModelIn
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     engine = Engine.from_dir(config.engine_dir, device, verify_checksums=config.verify_checksums,
                              tokenizer_dir=config.tokenizer_dir, **config.runtime_limits)
+    log.info("%s", engine.runner.memory.describe())
     engine.warm_up()
     return engine, model_info_to_pb(engine)
 

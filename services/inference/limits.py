@@ -1,5 +1,6 @@
 """The engine's limits: the build's (`build_config`) plus what the runtime
-adds (queue length, KV pool size), one frozen value checked when made."""
+adds (queue length, KV pool size and the memory budget it is sized under),
+one frozen value checked when made."""
 
 from dataclasses import dataclass, fields
 
@@ -7,7 +8,14 @@ from dbrx_serve.shared.errors import InvalidInput
 
 BUILD_LIMITS = ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "tokens_per_block")
 LOWERABLE = ("max_batch_size", "max_num_tokens")
-RUNTIME_LIMITS = LOWERABLE + ("max_queue_size", "num_kv_blocks", "max_graph_batch_size")
+RUNTIME_LIMITS = LOWERABLE + ("max_queue_size", "num_kv_blocks", "max_graph_batch_size", "gpu_memory_fraction",
+                              "memory_budget_bytes")
+OPTIONAL = ("num_kv_blocks", "memory_budget_bytes")
+
+
+def check_fraction(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise InvalidInput(f"{name} must lie in (0, 1], got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -18,13 +26,16 @@ class EngineLimits:
     max_num_tokens: int = 8192
     tokens_per_block: int = 32
     max_queue_size: int = 4096  # waiting requests beyond this: CapacityExhausted
-    num_kv_blocks: int | None = None  # None: sized by the model runner
+    num_kv_blocks: int | None = None  # None: what the memory plan leaves (memory.py)
     max_graph_batch_size: int = 256  # decode steps up to this batch replay CUDA graphs (0: none)
+    gpu_memory_fraction: float = 0.9  # of a GPU's memory, the engine's in all (weights, activations, KV pool...)
+    memory_budget_bytes: int | None = None  # in place of the fraction: each rank's bytes in all (the CPU's too)
 
     def __post_init__(self):
+        check_fraction("gpu_memory_fraction", self.gpu_memory_fraction)
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None and f.name == "num_kv_blocks":
+            if (value is None and f.name in OPTIONAL) or f.name == "gpu_memory_fraction":
                 continue
             low = 0 if f.name == "max_graph_batch_size" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -39,7 +50,7 @@ class EngineLimits:
     @classmethod
     def from_build_config(cls, build: dict, **runtime) -> "EngineLimits":
         """The build's limits; `runtime` may lower max_batch_size and max_num_tokens (never raise them)
-        and set max_queue_size and num_kv_blocks."""
+        and set the others of RUNTIME_LIMITS (queue, KV pool, CUDA graphs, memory budget)."""
         missing = [name for name in BUILD_LIMITS if name not in build]
         if missing:
             raise InvalidInput(f"engine config.json build_config lacks {', '.join(missing)}")

@@ -4,10 +4,13 @@ kernels, then the rank's parallel wiring: parallel.py), owns the paged KV cache
 (of the rank's own layers) and the step's device tensors, and runs a step --
 prefill chunks and decode rows flattened into one row of tokens -- returning
 the logits of the rows that sample (an earlier pipeline stage hands its hidden
-states on instead). Decode steps of a CUDA backend replay CUDA graphs (graphs.py)."""
+states on instead). Decode steps of a CUDA backend replay CUDA graphs (graphs.py).
+The pool's size is the memory plan's (memory.py), made once the weights are loaded."""
 
 import logging
 import time
+from dataclasses import replace
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file
@@ -24,14 +27,13 @@ from .engine_dir import EngineDir
 from .graphs import CudaGraphs
 from .kv_cache import PagedKVCache
 from .limits import EngineLimits
+from .memory import plan_memory
 from .parallel import ONE_RANK, OneRank
 from .plan import StepPlan
 from .step_tensors import StepTensors
 
 log = logging.getLogger("dbrx_serve.inference")
 
-CPU_KV_CACHE_BYTES = 1 << 30  # the pool's memory on the CPU when num_kv_blocks is not given
-GPU_FREE_MEMORY_FRACTION = 0.9
 PREFILL_BLOCK_Q = 16  # query tokens per attention program outside decode steps
 TRTLLM_ONLY_SUFFIXES = (".kv_cache_scaling_factor",)  # TensorRT-LLM's; ours come from kv_cache_scales.json
 
@@ -84,45 +86,54 @@ def load_model(engine: EngineDir, device: torch.device, backend: Backend, rank: 
     return model.eval()
 
 
-def num_kv_blocks(limits: EngineLimits, bytes_per_block: int, device: torch.device) -> int:
-    """As many blocks as the limits could use, capped by memory (free GPU memory on CUDA)."""
-    if limits.num_kv_blocks is not None:
-        return limits.num_kv_blocks
-    wanted = limits.max_batch_size * limits.max_blocks_per_seq
-    if device.type == "cuda":
-        budget = int(torch.cuda.mem_get_info(device)[0] * GPU_FREE_MEMORY_FRACTION)
-    else:
-        budget = CPU_KV_CACHE_BYTES
-    return max(1, min(wanted, budget // bytes_per_block))
-
-
 class ModelRunner:
     def __init__(self, engine: EngineDir, limits: EngineLimits, device: str | torch.device = "cpu",
-                 backend: str | None = None, model: DbrxModel | None = None, parallel: OneRank = ONE_RANK):
+                 backend: str | None = None, model: DbrxModel | None = None, parallel: OneRank = ONE_RANK,
+                 sample: Callable[[torch.Tensor], None] | None = None):
         """`model`: weights already on the device (benchmarks), else the rank's file is loaded;
-        `parallel`: the rank's share of a multi-rank engine (parallel.py)."""
+        `parallel`: the rank's share of a multi-rank engine (parallel.py); `sample(logits)`: the
+        sampler's costliest work, which the memory plan's profiling pass runs (rank 0's)."""
         self.device = torch.device(device)
         self.backend = backend_for(backend, self.device)
-        self.parallel = parallel
+        self.parallel, self.engine, self.limits = parallel, engine, limits
         model = model if model is not None else load_model(engine, self.device, self.backend, parallel.rank)
         self.model = parallel.apply(model)
-        cfg, shape, dtype = engine.config, self.model.shape, torch_dtype(engine.config.torch_dtype)
-        element = 1 if engine.kv_scales else dtype.itemsize
-        per_block = PagedKVCache.bytes_per_block(len(shape.layers), limits.tokens_per_block, shape.n_kv_heads,
-                                                 cfg.head_dim, element)
         self.tensors = StepTensors(limits.max_num_tokens, limits.max_batch_size, limits.max_blocks_per_seq,
                                    self.device)
-        self.num_blocks = parallel.agree_blocks(num_kv_blocks(limits, per_block, self.device))
+        self.cache, self.graphs = None, None
+        parallel.agree(1)  # every rank has its weights: the profiling pass's collectives may start
+        plan = plan_memory(self, sample)
+        self.memory = replace(plan, num_blocks=parallel.agree(plan.num_blocks))  # the fewest of any rank
+        self.memory.check_holds_one_sequence()  # the same answer on every rank
+        self.cache = self.new_cache(self.memory.num_blocks)
+        self.graphs = self.capture_graphs()
+
+    @property
+    def bytes_per_block(self) -> int:
+        cfg, shape = self.engine.config, self.model.shape
+        element = 1 if self.engine.kv_scales else torch_dtype(cfg.torch_dtype).itemsize
+        return PagedKVCache.bytes_per_block(len(shape.layers), self.limits.tokens_per_block, shape.n_kv_heads,
+                                            cfg.head_dim, element)
+
+    def new_cache(self, num_blocks: int):
+        """The backend's paged cache of `num_blocks` blocks for this rank's layers (and their int8 KV scales)."""
+        engine, shape = self.engine, self.model.shape
         scales = engine.kv_scales.of_layers(shape.layers) if engine.kv_scales else None  # this stage's layers
-        self.cache = self.backend.make_cache(cfg, shape, self.num_blocks, limits.tokens_per_block, dtype,
-                                             self.device, scales, self.tensors)
-        self.graphs = None
-        graph_batch = min(limits.max_graph_batch_size, limits.max_batch_size, limits.max_num_tokens)
-        if self.backend.graphs and parallel.graphs and self.device.type == "cuda" and graph_batch > 0:
-            started = time.perf_counter()
-            self.graphs = CudaGraphs(self, graph_batch)
-            log.info("captured decode CUDA graphs for batch sizes %s in %.1f s", self.graphs.sizes,
-                     time.perf_counter() - started)
+        return self.backend.make_cache(engine.config, shape, num_blocks, self.limits.tokens_per_block,
+                                       torch_dtype(engine.config.torch_dtype), self.device, scales, self.tensors)
+
+    def capture_graphs(self) -> CudaGraphs | None:
+        """Decode CUDA graphs over the current cache, where the backend, the ranks' layout and the device
+        allow them; None elsewhere."""
+        limits = self.limits
+        size = min(limits.max_graph_batch_size, limits.max_batch_size, limits.max_num_tokens)
+        if not (self.backend.graphs and self.parallel.graphs and self.device.type == "cuda" and size > 0):
+            return None
+        started = time.perf_counter()
+        graphs = CudaGraphs(self, size)
+        log.info("captured decode CUDA graphs for batch sizes %s in %.1f s", graphs.sizes,
+                 time.perf_counter() - started)
+        return graphs
 
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> torch.Tensor | None:

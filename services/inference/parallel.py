@@ -40,8 +40,12 @@ class OneRank:
     def apply(self, model: DbrxModel) -> DbrxModel:
         return model
 
-    def agree_blocks(self, num_blocks: int) -> int:
-        return num_blocks
+    def agree(self, count: int) -> int:
+        """A count the same on every rank: alone, this rank's."""
+        return count
+
+    def step(self, runner, plan: StepPlan) -> torch.Tensor | None:
+        return runner.run(plan)
 
 
 ONE_RANK = OneRank()
@@ -88,7 +92,7 @@ class RankOfWorld(OneRank):
         self.last_stage_first_rank = (mapping.pp_size - 1) * t
         self.graphs = mapping.pp_size == 1  # NCCL all-reduces may be captured; stage-to-stage sends are not
         self.sends: list = []
-        self.agreed = False
+        self.agreements = 0  # opening an engine agrees twice (model_runner.py): weights loaded, then KV blocks
 
     def apply(self, model: DbrxModel) -> DbrxModel:
         cfg = model.cfg
@@ -103,10 +107,11 @@ class RankOfWorld(OneRank):
             model.transformer.vocab_embedding = ReceiveHidden(self.previous, cfg.d_model, torch_dtype(cfg.torch_dtype))
         return model
 
-    def agree_blocks(self, num_blocks: int | None, error: BaseException | None = None) -> int:
-        """The KV pool's size, the same on every rank (the fewest any rank can hold)."""
-        self.agreed = True
-        return self.world.agree(num_blocks, error)
+    def agree(self, count: int | None, error: BaseException | None = None) -> int:
+        """A count the same on every rank (the fewest any rank gives), or InvalidInput on every rank when
+        one of them gives an error instead."""
+        self.agreements += 1
+        return self.world.agree(count, error)
 
     def head(self, model: DbrxModel, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
         """The last stage's logits; an earlier stage sends its hidden states on (x [1,N,H])."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .limits import EngineLimits
 from .scheduler import Chunk
 
 
@@ -111,3 +112,20 @@ def empty_decode(batch_size: int) -> StepPlan:
     nothing = np.zeros(0, dtype=np.int32)
     return padded_decode(StepPlan(nothing, nothing, nothing, np.zeros(1, dtype=np.int32), nothing,
                                   np.zeros((0, 1), dtype=np.int32), nothing), batch_size)
+
+
+def largest_step(limits: EngineLimits) -> StepPlan:
+    """The step of the most tokens and the most sampled rows the limits allow at once, which the memory
+    plan's profiling pass runs (memory.py): B = min(max_batch_size, max_num_tokens) prefills from position 0
+    share N = min(max_num_tokens, B * max_input_len) tokens, and every one samples. All write into the
+    same blocks 0..W-1 (W = block_tables.shape[1], what a cache for it needs): the values are thrown away."""
+    num_seqs = min(limits.max_batch_size, limits.max_num_tokens)
+    num_tokens = min(limits.max_num_tokens, num_seqs * limits.max_input_len)
+    lengths = np.full(num_seqs, num_tokens // num_seqs, dtype=np.int32)
+    lengths[:num_tokens % num_seqs] += 1
+    query_start = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    positions = (np.arange(num_tokens) - np.repeat(query_start[:-1], lengths)).astype(np.int32)
+    width = -(-int(lengths[0]) // limits.tokens_per_block)
+    tables = np.tile(np.arange(width, dtype=np.int32), (num_seqs, 1))  # [B, W]: so each slot is its position
+    return StepPlan(np.zeros(num_tokens, dtype=np.int32), positions, positions.copy(), query_start, lengths, tables,
+                    query_start[1:] - 1)

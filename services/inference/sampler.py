@@ -22,6 +22,7 @@ from .params import SamplingParams
 
 NEG_INF = float("-inf")
 MASK32 = 0xFFFFFFFF
+COSTLIEST = SamplingParams(temperature=1.0, top_k=50, top_p=0.9, return_logprobs=True)  # every filter, logprobs
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -123,3 +124,9 @@ class Sampler:
             scaled = keep_top_p(scaled, top_p)
         gumbel = -torch.log(-torch.log(uniforms(seeds, steps, logits.shape[-1])))
         return torch.where(greedy, logits.argmax(-1), (scaled + gumbel).argmax(-1))
+
+    def sample_costliest(self, logits: torch.Tensor) -> None:
+        """Every row of logits [B,V] sampled as the costliest request asks (what the memory plan's
+        profiling pass measures: memory.py)."""
+        num_rows = logits.shape[0]
+        self.sample(logits, SamplingRows((COSTLIEST,) * num_rows, (0,) * num_rows, (0,) * num_rows))

@@ -1,10 +1,11 @@
 """The inference server: `build_server(config)` apart from `serve_config(config)`.
 
     dbrx serve inference --engine_dir E --port N [--device cuda|cpu] [--max_queue_size N]
+                         [--gpu_memory_fraction F | --memory_budget_bytes B]
                          [--verify_checksums] [--auth_token T] [--tls_cert C --tls_key K]
 
-It listens at once with health NOT_SERVING, loads and warms up the engine,
-then serves (SERVING). On SIGINT/SIGTERM: NOT_SERVING, no new calls, the
+It listens at once with health NOT_SERVING, loads the engine (logging its
+memory plan: memory.py), warms it up, then serves (SERVING). On SIGINT/SIGTERM: NOT_SERVING, no new calls, the
 requests in flight get the grace period to finish, then end CANCELLED; then
 the engine stops. An engine of several ranks runs as rank 0 of an MPI world
 (launch.py starts it when no mpirun did); when a rank dies, open streams end
@@ -26,6 +27,7 @@ from dbrx_serve.shared.metrics import InferenceMetrics
 from .config import InferenceServiceConfig
 from .host import EngineHost
 from .launch import as_world
+from .memory import add_memory_args
 from .metrics import EngineGauges
 from .servicer import InferenceServicer
 from .supervisor import supervise
@@ -84,6 +86,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_queue_size", type=int, default=None, help="waiting requests beyond this: "
                         "RESOURCE_EXHAUSTED (default 4096)")
     parser.add_argument("--max_batch_size", type=int, default=None, help="lower the engine's built batch size")
+    add_memory_args(parser)
     parser.add_argument("--verify_checksums", action="store_true",
                         help="hash every byte of the engine at start (default: sizes and headers only)")
     parser.add_argument("--tokenizer_dir", default=None, help="in place of the engine's tokenizer/")
@@ -97,8 +100,10 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> InferenceServiceConfig:
     server = rpc.server_config(args, grace_seconds=args.grace_seconds)
     return InferenceServiceConfig(engine_dir=args.engine_dir, device=args.device, max_queue_size=args.max_queue_size,
-                                  max_batch_size=args.max_batch_size, verify_checksums=args.verify_checksums,
-                                  tokenizer_dir=args.tokenizer_dir, server=server)
+                                  max_batch_size=args.max_batch_size, gpu_memory_fraction=args.gpu_memory_fraction,
+                                  memory_budget_bytes=args.memory_budget_bytes,
+                                  verify_checksums=args.verify_checksums, tokenizer_dir=args.tokenizer_dir,
+                                  server=server)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,9 +100,10 @@ class Hello:
 
 @dataclass(frozen=True)
 class Agreement:
-    """One rank's part of opening an engine: KV blocks it can hold, or why it could not open."""
+    """One rank's part of opening an engine: a count (that its weights loaded, the KV blocks it can
+    hold), or why it could not open."""
 
-    num_blocks: int | None
+    count: int | None
     error: str | None
 
 
@@ -146,16 +147,16 @@ class World:
             self.tp_groups[t] = groups[self.rank // t]
         return self.tp_groups[t]
 
-    def agree(self, num_blocks: int | None, error: BaseException | None = None) -> int:
-        """Every rank's KV blocks -> the fewest, the same on every rank; or, when a rank could not
-        open the engine, InvalidInput on every rank naming each rank's error."""
+    def agree(self, count: int | None, error: BaseException | None = None) -> int:
+        """Every rank's count -> the fewest, the same on every rank; or, when a rank could not open
+        the engine, InvalidInput on every rank naming each rank's error."""
         from dbrx_serve.shared.errors import InvalidInput
 
-        parts = allgather(self.comm, Agreement(num_blocks, None if error is None else str(error)))
+        parts = allgather(self.comm, Agreement(count, None if error is None else str(error)))
         errors = [f"rank {rank}: {part.error}" for rank, part in enumerate(parts) if part.error is not None]
         if errors:
             raise InvalidInput("; ".join(errors))
-        return min(part.num_blocks for part in parts)
+        return min(part.count for part in parts)
 
     def watch(self, peer: int) -> None:
         """Wait on `peer` in the watch group: a goodbye ends the wait quietly, the peer's death in an

@@ -1,12 +1,13 @@
 """The engine on CUDA (skipped without a GPU; run on the lent GPU): greedy tokens
 as on the CPU up to float32 near-ties, seeded sampling reproducible, int8 KV,
-the KV pool sized from free GPU memory and empty after."""
+the KV pool sized by the memory plan (its profiling pass measured, its budget kept) and empty after."""
 
 import pytest
 import torch
 
 from dbrx_serve.services.inference.engine import Engine
 from dbrx_serve.services.inference.params import SamplingParams
+from dbrx_serve.shared.errors import InvalidInput
 
 from .conftest import LIMITS
 from .helpers import assert_same_greedy
@@ -40,3 +41,18 @@ def test_int8_kv_and_weight_only_engines_run_on_cuda(engine_dir):
         assert engine.stats().kv_blocks_total == LIMITS["max_batch_size"] * blocks_per_seq  # memory allows
         result = engine.generate([PROMPTS[2]], GREEDY)[0]
         assert len(result.output_ids) == 32 and engine.stats().kv_blocks_used == 0
+
+
+def test_the_memory_plan_measures_the_largest_step_and_the_graph_pools_and_keeps_to_its_budget(engine_dir):
+    engine = Engine.from_dir(engine_dir("fp32"), device="cuda", gpu_memory_fraction=0.5)
+    plan, cache = engine.runner.memory, engine.runner.cache
+    assert plan.measured and plan.activation_bytes > 0 and plan.graph_pool_bytes > 0, plan.describe()
+    assert plan.budget_bytes == int(torch.cuda.mem_get_info()[1] * 0.5)
+    assert plan.num_blocks == engine.stats().kv_blocks_total and cache.k.nbytes + cache.v.nbytes == plan.kv_bytes
+    torch.cuda.reset_peak_memory_stats()
+    costly = SamplingParams(max_new_tokens=4, temperature=1.0, top_k=50, top_p=0.9, return_logprobs=True)
+    engine.generate([[1] * LIMITS["max_input_len"]] * LIMITS["max_batch_size"], costly)  # the largest prefills
+    held = plan.weight_bytes + plan.other_bytes + plan.activation_bytes + plan.graph_pool_bytes + plan.kv_bytes
+    assert torch.cuda.max_memory_reserved() <= held, plan.describe()
+    with pytest.raises(InvalidInput, match="cannot hold one sequence of max_seq_len 256 tokens on cuda"):
+        Engine.from_dir(engine_dir("fp32"), device="cuda", memory_budget_bytes=plan.weight_bytes + plan.other_bytes)
