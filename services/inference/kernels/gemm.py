@@ -232,7 +232,7 @@ def gemv_kernel(
     stride_os, stride_om, stride_on,
     gate_offset,
     MOE: tl.constexpr, X_ROW_DIV: tl.constexpr, WEIGHTED: tl.constexpr, GATED: tl.constexpr,
-    BITS: tl.constexpr, SHIFT: tl.constexpr, XOR: tl.constexpr,
+    BITS: tl.constexpr, SHIFT: tl.constexpr, XOR: tl.constexpr, EVEN_N: tl.constexpr, PTX: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     """gemm_kernel for one row a program (BLOCK_M 1) and int8/int4 weights, without tensor cores; gated
@@ -253,7 +253,7 @@ def gemv_kernel(
     offs_k = k_start + tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + (rows // X_ROW_DIV) * stride_xm + offs_k[:, None] * stride_xk  # [BLOCK_K, 1]
     w_ptrs = w_ptr + expert * stride_we + offs_k[:, None] * stride_wk + words[None, :] * stride_wn
-    word_ok = words[None, :] < N // VALUES
+    word_ok = words[None, :] < N // VALUES if not EVEN_N else words[None, :] >= 0  # EVEN_N: loads of 16 bytes
     zero = tl.zeros((BLOCK_K, WORDS), dtype=tl.float32)
     a0, a1, a2, a3, a4, a5, a6, a7 = zero, zero, zero, zero, zero, zero, zero, zero
     g0, g1, g2, g3, g4, g5, g6, g7 = zero, zero, zero, zero, zero, zero, zero, zero
@@ -266,9 +266,10 @@ def gemv_kernel(
         next_ok = (offs_k[:, None] < k_end - (k + BLOCK_K - k_start)) & word_ok
         w_next = tl.load(w_ptrs, mask=next_ok, other=0)
         g_next = tl.load(w_ptrs + gate_offset * stride_wn, mask=next_ok, other=0) if GATED else w_next
-        a0, a1, a2, a3, a4, a5, a6, a7 = _accumulate(x, w ^ XOR, a0, a1, a2, a3, a4, a5, a6, a7, BITS, SHIFT)
+        a0, a1, a2, a3, a4, a5, a6, a7 = _accumulate(x, w ^ XOR, a0, a1, a2, a3, a4, a5, a6, a7, BITS, SHIFT, PTX)
         if GATED:
-            g0, g1, g2, g3, g4, g5, g6, g7 = _accumulate(x, g ^ XOR, g0, g1, g2, g3, g4, g5, g6, g7, BITS, SHIFT)
+            g0, g1, g2, g3, g4, g5, g6, g7 = _accumulate(x, g ^ XOR, g0, g1, g2, g3, g4, g5, g6, g7, BITS, SHIFT,
+                                                          PTX)
         w, g = w_next, g_next
         x_ptrs += BLOCK_K * stride_xk
     acc = _columns(a0, a1, a2, a3, a4, a5, a6, a7, BITS, SHIFT)
@@ -286,30 +287,36 @@ def gemv_kernel(
                 topk_weights_ptr, out_ptrs, stride_on, N, 1, GATED, WEIGHTED)
 
 @triton.jit
-def _value(w, i: tl.constexpr, BITS: tl.constexpr, SHIFT: tl.constexpr):
-    """Value i of offset-binary words w as float32 (q * 2^pos, exact): a LOP3 and an FADD. Its bit pos
-    is in the word itself, or (when its bits would reach the float's exponent at bit 23) in the word
-    shifted right by SHIFT."""
+def _value(w, i: tl.constexpr, BITS: tl.constexpr, SHIFT: tl.constexpr, PTX: tl.constexpr):
+    """Value i of offset-binary words w as float32 (q * 2^pos, exact): one LOP3 ((w & mask) | exponent,
+    by inline PTX on CUDA: the compiler otherwise spends an AND and an OR) and one FADD. Its bit pos is in the
+    word itself, or (when its bits would reach the float's exponent at bit 23) in the word shifted
+    right by SHIFT."""
     high: tl.constexpr = i * BITS + BITS > 23
     pos: tl.constexpr = i * BITS - SHIFT * high
     if high:
         w = w >> SHIFT
-    bits = (w & (((1 << BITS) - 1) << pos)) | 0x4B000000
+    mask: tl.constexpr = ((1 << BITS) - 1) << pos
+    if PTX:
+        bits = tl.inline_asm_elementwise(f"lop3.b32 $0, $1, {mask}, 1258291200, 0xEA;", "=r,r", [w],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+    else:  # Triton's interpreter (CPU tests)
+        bits = (w & mask) | 0x4B000000
     return bits.to(tl.float32, bitcast=True) - (8388608.0 + (1 << (BITS - 1 + pos)))
 
 
 @triton.jit
-def _accumulate(x, w, a0, a1, a2, a3, a4, a5, a6, a7, BITS: tl.constexpr, SHIFT: tl.constexpr):
+def _accumulate(x, w, a0, a1, a2, a3, a4, a5, a6, a7, BITS: tl.constexpr, SHIFT: tl.constexpr, PTX: tl.constexpr):
     """a_i += x * value i of w (int8 words hold four: a4..a7 stay zero)."""
-    a0 += x * _value(w, 0, BITS, SHIFT)
-    a1 += x * _value(w, 1, BITS, SHIFT)
-    a2 += x * _value(w, 2, BITS, SHIFT)
-    a3 += x * _value(w, 3, BITS, SHIFT)
+    a0 += x * _value(w, 0, BITS, SHIFT, PTX)
+    a1 += x * _value(w, 1, BITS, SHIFT, PTX)
+    a2 += x * _value(w, 2, BITS, SHIFT, PTX)
+    a3 += x * _value(w, 3, BITS, SHIFT, PTX)
     if BITS == 4:
-        a4 += x * _value(w, 4, BITS, SHIFT)
-        a5 += x * _value(w, 5, BITS, SHIFT)
-        a6 += x * _value(w, 6, BITS, SHIFT)
-        a7 += x * _value(w, 7, BITS, SHIFT)
+        a4 += x * _value(w, 4, BITS, SHIFT, PTX)
+        a5 += x * _value(w, 5, BITS, SHIFT, PTX)
+        a6 += x * _value(w, 6, BITS, SHIFT, PTX)
+        a7 += x * _value(w, 7, BITS, SHIFT, PTX)
     return a0, a1, a2, a3, a4, a5, a6, a7
 
 
@@ -392,8 +399,8 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
         bits = BITS[w.fmt]
         words = w.tensor.view(torch.int32)
         args[1], args[14:17], args[-1] = words, words.stride(), gate_offset * bits // 32
-        gemv_kernel[grid](*args, BITS=bits, SHIFT=GEMV_SHIFT[bits], XOR=GEMV_XOR[bits], **flags,
-                          num_stages=config.num_stages)
+        gemv_kernel[grid](*args, BITS=bits, SHIFT=GEMV_SHIFT[bits], XOR=GEMV_XOR[bits],
+                          EVEN_N=n_out % config.block_n == 0, PTX=x.is_cuda, **flags, num_stages=config.num_stages)
         return out
     stage = (config.block_m + config.block_n * (2 if gated else 1)) * config.block_k * x.element_size()
     stages = max(1, min(config.num_stages, SHARED_MEMORY_BYTES // stage))  # float32 tiles need fewer
