@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dbrx_serve.shared.quantization import (dequantize_weight, pack_int4, quantize_tensors,
-                                                    quantize_weight, unpack_int4)
+                                                    quantize_weight, scheme, unpack_int4)
 from dbrx_serve.shared.errors import InvalidInput
 
 BOUND = {"int8": 254, "int4": 14}  # |dequantized - w| <= amax / BOUND per output column
@@ -61,7 +61,7 @@ def test_zero_column_gets_scale_one():
 def test_only_the_four_gemm_weights_change():
     group = {"transformer.layers.0.attention.qkv.weight": weight(16, 8), "lm_head.weight": weight(10, 8),
              "transformer.layers.0.mlp.router.weight": weight(4, 8), "transformer.layers.0.mlp.fc.weight": weight(2, 8, 8)}
-    out = quantize_tensors(group, "int4")
+    out = quantize_tensors(group, scheme("int4"))
     assert out["lm_head.weight"] is group["lm_head.weight"]
     assert out["transformer.layers.0.mlp.router.weight"] is group["transformer.layers.0.mlp.router.weight"]
     assert out["transformer.layers.0.attention.qkv.weight"].shape == (8, 8)
