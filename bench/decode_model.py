@@ -63,7 +63,7 @@ def write_engine_dir(path: Path, spec: ModelSpec, dtype: str, limits: EngineLimi
     build = {name: getattr(limits, name) for name in ("max_batch_size", "max_seq_len")}
     path.mkdir(parents=True, exist_ok=True)
     write_json(path / "config.json", {"pretrained_config": checkpoint_config(spec.config(dtype), spec.mapping, dtype,
-                                                                              SCHEMES.get(spec.precision)),
+                                                                              weight_only=SCHEMES.get(spec.precision)),
                                       "build_config": {**build, "dummy_weights": True}})
     return path
 
