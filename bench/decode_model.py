@@ -60,11 +60,10 @@ def layout_name(mapping: Mapping) -> str:
 def write_engine_dir(path: Path, spec: ModelSpec, dtype: str, limits: EngineLimits) -> Path:
     """An engine directory with no rank files: its config says every rank makes dummy weights
     (services/inference/dummy_weights.py), so each rank of a world builds its own share."""
-    quant = SCHEMES[spec.precision].quant_algo if spec.precision in SCHEMES else None
     build = {name: getattr(limits, name) for name in ("max_batch_size", "max_seq_len")}
     path.mkdir(parents=True, exist_ok=True)
     write_json(path / "config.json", {"pretrained_config": checkpoint_config(spec.config(dtype), spec.mapping, dtype,
-                                                                              quant_algo=quant),
+                                                                              weight_only=SCHEMES.get(spec.precision)),
                                       "build_config": {**build, "dummy_weights": True}})
     return path
 

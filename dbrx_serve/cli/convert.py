@@ -23,6 +23,8 @@ def add_parser(subparsers):
     p.add_argument("--moe_ep_size", type=int, default=None)
     p.add_argument("--use_weight_only", action="store_true")
     p.add_argument("--weight_only_precision", default="int8", help="int8 or int4")
+    p.add_argument("--group_size", type=int, default=None,
+                   help="int4 only: one scale per 64 or 128 input columns (W4A16_GPTQ); default: per channel")
     p.add_argument("--quantize_at_build", action="store_true", help="float weights + quant_algo, for trtllm-build")
     p.add_argument("--int8_kv_cache", action="store_true")
     p.add_argument("--calib_dataset", default=None, help="jsonl with an 'article' field")
@@ -46,7 +48,7 @@ def options_from_args(args):
         model_dir=absolute(args.model_dir), output_dir=absolute(args.output_dir), dtype=args.dtype,
         tp_size=args.tp_size, pp_size=args.pp_size, moe_tp_size=args.moe_tp_size, moe_ep_size=args.moe_ep_size,
         use_weight_only=args.use_weight_only, weight_only_precision=args.weight_only_precision,
-        quantize_at_build=args.quantize_at_build, int8_kv_cache=args.int8_kv_cache,
+        group_size=args.group_size, quantize_at_build=args.quantize_at_build, int8_kv_cache=args.int8_kv_cache,
         calib_dataset=absolute(args.calib_dataset), calib_size=args.calib_size, logits_dtype=args.logits_dtype,
         workers=args.workers, overwrite=args.overwrite)
 

@@ -20,12 +20,12 @@ from dbrx_serve.shared.artifacts import MANIFEST, rank_file, read_json, verify_m
 from dbrx_serve.shared.config import DTYPES, DbrxConfig
 from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.mapping import Mapping
+from dbrx_serve.shared.quantization import WeightOnly, scheme_of
 from dbrx_serve.shared.reference import torch_dtype
 
 from .layout import Layout, float_layout, kv_scaling_names, weight_only_layout
 from dbrx_serve.shared.safetensors_header import TensorInfo, read_header
 
-PRECISION_OF_ALGO = {"W8A16": "int8", "W4A16": "int4"}
 KV_CACHE_ALGOS = (None, "INT8")
 FLOAT, WEIGHT_ONLY, QUANTIZE_AT_BUILD = "float", "weight_only", "quantize_at_build"
 
@@ -38,7 +38,7 @@ class Checkpoint:
     mapping: Mapping
     dtype: torch.dtype
     form: str  # FLOAT, WEIGHT_ONLY (our plain int8 tensors) or QUANTIZE_AT_BUILD (float tensors + quant_algo)
-    precision: str | None  # int8 / int4 for quantized checkpoints
+    weight_only: WeightOnly | None  # the scheme of quantized checkpoints (quant_algo, group_size)
     manifest: dict | None
     headers: tuple[dict[str, TensorInfo], ...]  # per rank
 
@@ -52,7 +52,8 @@ class Checkpoint:
     def engine_layout(self, rank: int) -> Layout:
         """The tensors the engine's rank file holds: float, or weight-only for quantized models."""
         layout = float_layout(self.model, self.mapping, rank, self.dtype)
-        return layout if self.precision is None else weight_only_layout(layout, self.precision)
+        s = self.weight_only
+        return layout if s is None else weight_only_layout(layout, s.precision, s.group_size)
 
 
 def rank_path(root: Path, rank: int) -> Path:
@@ -68,10 +69,10 @@ def read_checkpoint(root: str | Path) -> Checkpoint:
     config = read_config(root)
     model, mapping = DbrxConfig.from_checkpoint_dict(config), checkpoint_mapping(root, config)
     mapping.check_fits(model)
-    precision = quantization(root, config)
+    weight_only = quantization(root, config)
     headers = tuple(rank_header(root, r) for r in range(mapping.world_size))
-    form = checkpoint_form(root, config, precision, headers[0])
-    ckpt = Checkpoint(root, config, model, mapping, torch_dtype(config["dtype"]), form, precision, manifest, headers)
+    form = checkpoint_form(root, config, weight_only, headers[0])
+    ckpt = Checkpoint(root, config, model, mapping, torch_dtype(config["dtype"]), form, weight_only, manifest, headers)
     for rank in range(mapping.world_size):
         check_rank(ckpt, rank)
     return ckpt
@@ -94,17 +95,17 @@ def checkpoint_mapping(root: Path, config: dict) -> Mapping:
     return mapping
 
 
-def quantization(root: Path, config: dict) -> str | None:
-    """The weight-only precision of quant_algo (None for float); other algorithms are refused."""
+def quantization(root: Path, config: dict) -> WeightOnly | None:
+    """The weight-only scheme of quant_algo and group_size (None for float); other algorithms are refused."""
     quant = config.get("quantization") or {}
-    algo, kv_algo = quant.get("quant_algo"), quant.get("kv_cache_quant_algo")
-    if algo is not None and algo not in PRECISION_OF_ALGO:
-        raise InvalidInput(f"{root / 'config.json'}: quant_algo {algo!r} is not supported: our engine runs "
-                           f"float or weight-only ({', '.join(PRECISION_OF_ALGO)}) checkpoints")
+    kv_algo = quant.get("kv_cache_quant_algo")
     if kv_algo not in KV_CACHE_ALGOS:
         raise InvalidInput(f"{root / 'config.json'}: kv_cache_quant_algo {kv_algo!r} is not supported "
                            "(null or 'INT8')")
-    return PRECISION_OF_ALGO.get(algo)
+    try:
+        return scheme_of(quant)
+    except InvalidInput as err:
+        raise InvalidInput(f"{root / 'config.json'}: {err}") from None
 
 
 def rank_header(root: Path, rank: int) -> dict[str, TensorInfo]:
@@ -114,9 +115,9 @@ def rank_header(root: Path, rank: int) -> dict[str, TensorInfo]:
     return read_header(path)
 
 
-def checkpoint_form(root: Path, config: dict, precision: str | None, header: dict[str, TensorInfo]) -> str:
+def checkpoint_form(root: Path, config: dict, weight_only: WeightOnly | None, header: dict[str, TensorInfo]) -> str:
     """Float; our plain weight-only tensors; or float tensors for the builder to quantize."""
-    if precision is None:
+    if weight_only is None:
         return FLOAT
     qkv = header.get("transformer.layers.0.attention.qkv.weight")
     if qkv is not None and qkv.dtype.is_floating_point:

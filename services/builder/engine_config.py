@@ -11,7 +11,7 @@ WEIGHT_LAYOUT = "plain"  # int8 [in, out], int4 [in, out/2] two columns a byte (
 
 
 def engine_config(plan: BuildPlan) -> dict:
-    limits, options = plan.limits, plan.options
+    limits, options, weight_only = plan.limits, plan.options, plan.checkpoint.weight_only
     build_config = {
         "max_batch_size": limits.max_batch_size,
         "max_input_len": limits.max_input_len,
@@ -24,6 +24,7 @@ def engine_config(plan: BuildPlan) -> dict:
         "plugin_config": options.plugin_config(),  # TensorRT's kernel choices: recorded, not used by our backend
         "backend": BACKEND,
         "weight_layout": WEIGHT_LAYOUT,  # what services/inference/kernels/gemm.py reads as stored
+        "weight_only": weight_only and {"precision": weight_only.precision, "group_size": weight_only.group_size},
         "kernel_tuning": {},
         "build_options": options.to_dict(),
     }

@@ -11,6 +11,7 @@ import re
 import torch
 
 from dbrx_serve.shared.quantization import QUANTIZED_SUFFIXES, scheme
+from dbrx_serve.shared.weight_only import scale_shape
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.mapping import Mapping
 from dbrx_serve.shared.model import DbrxModel, LocalShape
@@ -28,14 +29,15 @@ def float_layout(cfg: DbrxConfig, mapping: Mapping, rank: int, dtype: torch.dtyp
             for name, t in model.state_dict().items()}
 
 
-def weight_only_layout(layout: Layout, precision: str) -> Layout:
-    """The four GEMMs as int8 [.., in, out*bits/8] plus per_channel_scale [.., out] in D."""
-    bits, out = scheme(precision).bits, {}
+def weight_only_layout(layout: Layout, precision: str, group_size: int | None = None) -> Layout:
+    """The four GEMMs as int8 [.., in, out*bits/8] plus, in D, per_channel_scale [.., out] or
+    group-wise weights_scaling_factor [.., in/group_size, out]."""
+    s, out = scheme(precision, group_size), {}
     for name, (dtype, shape) in layout.items():
         if name.endswith(QUANTIZED_SUFFIXES):
             *lead, rows, cols = shape
-            out[name] = (torch.int8, (*lead, cols, rows * bits // 8))
-            out[name.removesuffix("weight") + "per_channel_scale"] = (dtype, (*lead, rows))
+            out[name] = (torch.int8, (*lead, cols, rows * s.bits // 8))
+            out[name.removesuffix("weight") + s.scale_name] = (dtype, (*lead, *scale_shape(cols, rows, group_size)))
         else:
             out[name] = (dtype, shape)
     return out

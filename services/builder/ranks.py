@@ -13,7 +13,7 @@ from safetensors import safe_open
 from dbrx_serve.shared.artifacts import rank_file
 from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.parallel import Events
-from dbrx_serve.shared.quantization import quantize_tensors
+from dbrx_serve.shared.quantization import WeightOnly, quantize_tensors
 from dbrx_serve.shared.rank_file import RankFileWriter
 
 from .checkpoint import QUANTIZE_AT_BUILD, Checkpoint, stored_layout
@@ -29,7 +29,7 @@ class RankTask:
     rank: int
     groups: tuple[tuple[str, ...], ...]  # tensor names, one group per step
     layers: tuple[int, ...]  # global index of each local layer
-    precision: str | None  # quantize the GEMMs to this precision (quantize-at-build form)
+    weight_only: WeightOnly | None  # quantize the GEMMs to this scheme (quantize-at-build form)
 
     def label(self, group: tuple[str, ...]) -> str:
         match = LAYER_NAME.match(group[0])
@@ -39,10 +39,10 @@ class RankTask:
 
 
 def rank_tasks(ckpt: Checkpoint, engine_dir) -> list[RankTask]:
-    precision = ckpt.precision if ckpt.form == QUANTIZE_AT_BUILD else None
+    weight_only = ckpt.weight_only if ckpt.form == QUANTIZE_AT_BUILD else None
     return [RankTask(str(ckpt.rank_path(rank)), str(rank_file(engine_dir, rank)), rank,
                      tuple(tuple(g) for g in group_names(stored_layout(ckpt, rank))),
-                     tuple(ckpt.mapping.layers(rank, ckpt.model.n_layers)), precision)
+                     tuple(ckpt.mapping.layers(rank, ckpt.model.n_layers)), weight_only)
             for rank in range(ckpt.mapping.world_size)]
 
 
@@ -53,7 +53,7 @@ def build_rank(task: RankTask, events: Events) -> None:
         for group in task.groups:
             events.check()
             tensors = check_finite(read_group(task.source, group), task.source)
-            writer.add_all(quantize_tensors(tensors, task.precision) if task.precision else tensors)
+            writer.add_all(quantize_tensors(tensors, task.weight_only) if task.weight_only else tensors)
             del tensors
             events.step(task.label(group))
         writer.finish()

@@ -2,12 +2,13 @@
 
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.mapping import Mapping
+from dbrx_serve.shared.quantization import WeightOnly
 
 FORMAT_VERSION = 1
 
 
 def checkpoint_config(cfg: DbrxConfig, mapping: Mapping, dtype: str, logits_dtype: str = "float32",
-                      quant_algo: str | None = None, int8_kv_cache: bool = False) -> dict:
+                      weight_only: WeightOnly | None = None, int8_kv_cache: bool = False) -> dict:
     return {
         "architecture": "DbrxForCausalLM",
         "dtype": dtype,
@@ -25,7 +26,8 @@ def checkpoint_config(cfg: DbrxConfig, mapping: Mapping, dtype: str, logits_dtyp
         "rotary_base": cfg.rope_theta,
         "rotary_scaling": None,
         "clip_qkv": cfg.clip_qkv,
-        "quantization": {"quant_algo": quant_algo, "kv_cache_quant_algo": "INT8" if int8_kv_cache else None},
+        "quantization": {**(weight_only.config() if weight_only else {"quant_algo": None}),
+                         "kv_cache_quant_algo": "INT8" if int8_kv_cache else None},
         "moe": {"num_experts": cfg.moe_num_experts, "top_k": cfg.moe_top_k,
                 "normalization_mode": 0 if cfg.moe_normalize_expert_weights is None else 1},
         "mapping": mapping.to_dict(),

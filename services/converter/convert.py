@@ -49,16 +49,15 @@ def run_calibration(plan: ConvertPlan, reporter: Reporter) -> KVScales | None:
 
 
 def rank_tasks(plan: ConvertPlan, root: Path, scales: KVScales | None) -> list[RankTask]:
-    precision = plan.options.weight_only_precision if plan.options.quantize_now else None
+    weight_only = plan.options.weight_only if plan.options.quantize_now else None
     kv_scaling = scales.trtllm if scales else None
     return [RankTask(str(plan.options.model_dir), plan.mapping, rank, plan.dtype, rank_path(root, rank),
-                     precision, kv_scaling) for rank in range(plan.mapping.world_size)]
+                     weight_only, kv_scaling) for rank in range(plan.mapping.world_size)]
 
 
 def write_configs(plan: ConvertPlan, root: Path, scales: KVScales | None) -> None:
-    weight_only = plan.options.weight_only
     config = checkpoint_config(plan.config, plan.mapping, plan.dtype, plan.options.logits_dtype,
-                               weight_only.quant_algo if weight_only else None, plan.options.int8_kv_cache)
+                               plan.options.weight_only, plan.options.int8_kv_cache)
     write_json(root / "config.json", config)
     if scales is not None:
         write_json(root / SCALES_FILE, scales.to_json())

@@ -14,7 +14,8 @@ PB_OF_DTYPE = {name: value for value, name in DTYPE_OF_PB.items()}
 PRECISION_OF_PB = {common_pb2.WEIGHT_ONLY_PRECISION_UNSPECIFIED: "int8",
                    common_pb2.WEIGHT_ONLY_PRECISION_INT8: "int8", common_pb2.WEIGHT_ONLY_PRECISION_INT4: "int4"}
 PB_OF_PRECISION = {"int8": common_pb2.WEIGHT_ONLY_PRECISION_INT8, "int4": common_pb2.WEIGHT_ONLY_PRECISION_INT4}
-OPTIONAL = ("tp_size", "pp_size", "moe_tp_size", "moe_ep_size", "calib_dataset", "calib_size", "workers")
+OPTIONAL = ("tp_size", "pp_size", "moe_tp_size", "moe_ep_size", "calib_dataset", "calib_size", "workers",
+            "group_size")
 FLAGS = ("use_weight_only", "quantize_at_build", "int8_kv_cache", "overwrite")
 PATHS = ("model_dir", "output_dir", "calib_dataset")
 

@@ -26,6 +26,7 @@ class ConvertOptions:
     moe_ep_size: int | None = None
     use_weight_only: bool = False
     weight_only_precision: str = "int8"
+    group_size: int | None = None  # int4 group-wise scales (64 or 128 input columns a scale); None: per channel
     quantize_at_build: bool = False
     int8_kv_cache: bool = False
     calib_dataset: str | None = None  # jsonl with an "article" field; None: the built-in prompts
@@ -45,6 +46,10 @@ class ConvertOptions:
         self._check_combinations()
 
     def _check_combinations(self) -> None:
+        if self.group_size is not None:
+            if not self.use_weight_only:
+                raise InvalidInput("--group_size needs --use_weight_only --weight_only_precision int4")
+            self.weight_only  # validates the precision and group size together
         if self.quantize_at_build and not self.use_weight_only:
             raise InvalidInput("--quantize_at_build needs --use_weight_only (it names the weight-only precision)")
         if not self.int8_kv_cache and (self.calib_dataset or self.calib_size is not None):
@@ -61,7 +66,7 @@ class ConvertOptions:
     @property
     def weight_only(self) -> WeightOnly | None:
         """The weight-only scheme in effect, or None (the precision has no effect without use_weight_only)."""
-        return scheme(self.weight_only_precision) if self.use_weight_only else None
+        return scheme(self.weight_only_precision, self.group_size) if self.use_weight_only else None
 
     @property
     def quantize_now(self) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dbrx_serve.shared.artifacts import check_output_dir
 from dbrx_serve.shared.config import DbrxConfig
+from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.hf_checkpoint import HFCheckpoint
 from dbrx_serve.shared.mapping import Mapping
 
@@ -38,9 +39,22 @@ def plan_conversion(options: ConvertOptions) -> ConvertPlan:
     config = DbrxConfig.from_hf_dir(options.model_dir)
     mapping = options.mapping
     mapping.check_fits(config)
+    if options.group_size is not None:
+        check_group_size(config, mapping, options.group_size)
     with HFCheckpoint(options.model_dir) as ckpt:
         ckpt.check_layout()
     calibration = None
     if options.int8_kv_cache:
         calibration = calibration_set(options.model_dir, options.calib_dataset, options.calib_size)
     return ConvertPlan(options, config, mapping, options.dtype or config.torch_dtype, output_dir, calibration)
+
+
+def check_group_size(config: DbrxConfig, mapping: Mapping, group_size: int) -> None:
+    """Each GEMM's input width on a rank must be a whole number of groups (docs/trtllm-checkpoint.md)."""
+    widths = {"attention.qkv and mlp.fc (hidden size)": config.d_model,
+              "attention.dense (hidden size / tp_size)": config.d_model // mapping.tp_size,
+              "mlp.proj (ffn_hidden_size / moe_tp_size)": config.ffn_hidden_size // mapping.moe_tp_size}
+    for gemm, width in widths.items():
+        if width % group_size:
+            raise InvalidInput(f"--group_size {group_size} does not divide the input width {width} of {gemm}: "
+                               "choose a group size that divides it, or int4 per channel (no --group_size)")

@@ -20,7 +20,7 @@ from dbrx_serve.shared.parallel import Events
 from dbrx_serve.shared.reference import torch_dtype
 from dbrx_serve.shared.sharding import rank_tensors
 
-from dbrx_serve.shared.quantization import quantize_tensors
+from dbrx_serve.shared.quantization import WeightOnly, quantize_tensors
 from dbrx_serve.shared.rank_file import RankFileWriter
 
 LAYER_QKV = re.compile(r"transformer\.layers\.(\d+)\.attention\.qkv\.weight")
@@ -33,7 +33,7 @@ class RankTask:
     rank: int
     dtype: str
     path: str  # the rank file to write
-    precision: str | None = None  # weight-only precision when the converter quantizes
+    weight_only: WeightOnly | None = None  # the weight-only scheme when the converter quantizes
     kv_scaling: tuple[float, ...] | None = None  # kv_cache_scaling_factor per global layer
 
 
@@ -57,7 +57,7 @@ def finish_group(group: dict[str, torch.Tensor], task: RankTask) -> dict[str, to
         if layers is not None and (match := LAYER_QKV.fullmatch(name)) is not None:
             factor = task.kv_scaling[layers[int(match.group(1))]]
             group[name.removesuffix("qkv.weight") + "kv_cache_scaling_factor"] = torch.tensor([factor])
-    return quantize_tensors(group, task.precision) if task.precision else group
+    return quantize_tensors(group, task.weight_only) if task.weight_only else group
 
 
 def convert_rank(task: RankTask, events: Events) -> None:

@@ -9,6 +9,7 @@ every rank and tensor-parallel ranks route their tokens alike."""
 import torch
 
 from dbrx_serve.shared.model import DbrxModel
+from dbrx_serve.shared.quantization import SCALE_SUFFIXES
 
 SEED = 1234
 WEIGHT_STD = 0.02
@@ -20,7 +21,7 @@ def dummy_tensor(name: str, like: torch.Tensor, dtype: torch.dtype, device, gene
     if like.dtype == torch.int8:
         return torch.randint(-128, 128, like.shape, dtype=torch.int8, device=device, generator=generator)
     dtype = torch.float32 if name.endswith("router.weight") else dtype
-    if name.endswith("per_channel_scale"):
+    if name.endswith(SCALE_SUFFIXES):
         return torch.full(like.shape, WEIGHT_STD / 50, dtype=dtype, device=device)
     if "layernorm" in name or name.endswith("ln_f.weight"):
         return torch.ones(like.shape, dtype=dtype, device=device)

@@ -14,6 +14,7 @@ from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.kv_scales import SCALES_FILE, KVScales
 from dbrx_serve.shared.mapping import Mapping
+from dbrx_serve.shared.quantization import WeightOnly, scheme_of
 
 BACKEND = "dbrx-serve-torch"
 KV_CACHE_DTYPES = ("model", "int8")
@@ -33,6 +34,11 @@ class EngineDir:
     @property
     def quant_algo(self) -> str | None:
         return (self.pretrained.get("quantization") or {}).get("quant_algo")
+
+    @property
+    def weight_only(self) -> WeightOnly | None:
+        """The weight-only scheme of the checkpoint's `quantization` (quant_algo, group_size), or None."""
+        return scheme_of(self.pretrained.get("quantization"))
 
     @property
     def kv_cache_quant_algo(self) -> str | None:

@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.model import DbrxModel, LocalShape, rotary
 from dbrx_serve.shared.reference import torch_dtype
-from dbrx_serve.shared.weight_only import precision_of, swap_weight_only
+from dbrx_serve.shared.weight_only import swap_weight_only
 
 from .backends import Backend, backend_for
 from .dummy_weights import dummy_state
@@ -67,8 +67,8 @@ def empty_model(engine: EngineDir, backend: Backend, rank: int = 0) -> DbrxModel
     weight-only scheme and the backend's kernels."""
     with torch.device("meta"), SkipRandomInit():
         model = DbrxModel(engine.config, LocalShape.of(engine.config, engine.mapping, rank))
-        if engine.quant_algo:
-            swap_weight_only(model, precision_of(engine.quant_algo), torch_dtype(engine.config.torch_dtype))
+        if engine.weight_only is not None:
+            swap_weight_only(model, engine.weight_only, torch_dtype(engine.config.torch_dtype))
     return backend.swap(model)
 
 

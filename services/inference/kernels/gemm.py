@@ -7,7 +7,8 @@ Weights are read as the engine stores them (docs/trtllm-checkpoint.md, "Engine
 directory"): float [E, N, K] (nn.Linear's [out, in]); int8 [E, K, N]; int4
 [E, K, N/2], two columns a byte (column 2j in the low nibble, 2j+1 in the high
 one, two's complement); a per-channel scale [E, N] is applied once, after the
-K loop. Small batches are bandwidth-bound, so how int weights become floats is
+K loop; group-wise int4 scales [E, K/GROUP, N] inside it, one product per
+BLOCK_K chunk (BLOCK_K divides GROUP, so a chunk lies in one group). Small batches are bandwidth-bound, so how int weights become floats is
 a choice (`GemmConfig.dequant`, measured by bench/gemm_tune.py).
 
 For the experts (`moe=True`) rows come sorted by expert and padded to blocks of
@@ -106,10 +107,10 @@ def _load_weight_tile(w_ptrs, mask, FMT: tl.constexpr, DEQ: tl.constexpr, DTYPE:
 
 @triton.jit
 def _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset, topk_weights_ptr,
-            out_ptrs, stride_on, N, FMT: tl.constexpr, GATED: tl.constexpr, WEIGHTED: tl.constexpr):
-    """Scales (once per tile), SwiGLU, the router weight; store the columns `cols`."""
+            out_ptrs, stride_on, N, SCALED: tl.constexpr, GATED: tl.constexpr, WEIGHTED: tl.constexpr):
+    """Per-channel scales (once per tile), SwiGLU, the router weight; store the columns `cols`."""
     n_ok = cols < N
-    if FMT != 0:
+    if SCALED:
         s_ptrs = scale_ptr + expert * stride_se + cols * stride_sn
         acc *= tl.load(s_ptrs, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         if GATED:
@@ -147,22 +148,32 @@ def _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, M, K
 
 
 @triton.jit
+def _dot(x, w, acc, k, s_ptrs, s_ok, stride_sg, GROUP: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + x @ w; group-wise (GROUP > 0): the chunk at K offset k alone, times its group's scales."""
+    if GROUP == 0:
+        return tl.dot(x, w, acc, input_precision=PRECISION)
+    scale = tl.load(s_ptrs + (k // GROUP) * stride_sg, mask=s_ok, other=0.0).to(tl.float32)
+    return acc + tl.dot(x, w, input_precision=PRECISION) * scale[None, :]
+
+
+@triton.jit
 def gemm_kernel(
     x_ptr, w_ptr, scale_ptr, out_ptr,
     sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, topk_weights_ptr,
     M, N, K, num_pairs,
     stride_xm, stride_xk,
     stride_we, stride_wk, stride_wn,
-    stride_se, stride_sn,
+    stride_se, stride_sg, stride_sn,
     stride_os, stride_om, stride_on,
     gate_offset,
     MOE: tl.constexpr, X_ROW_DIV: tl.constexpr, WEIGHTED: tl.constexpr, GATED: tl.constexpr,
-    FMT: tl.constexpr, DEQ: tl.constexpr, PRECISION: tl.constexpr,
+    FMT: tl.constexpr, DEQ: tl.constexpr, PRECISION: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     """DEQ: how int weights become floats: 0 casts, 1 places bits in a float's mantissa, 2 (int4) also
     keeps low and high nibbles apart (even and odd columns in two accumulators: no interleave), 3 (int4,
-    bfloat16, CUDA) is 2 with eight nibbles converted per register (NIBBLES_TO_BF16)."""
+    bfloat16, CUDA) is 2 with eight nibbles converted per register (NIBBLES_TO_BF16). GROUP: the K rows
+    of a group-wise scale (0: per channel)."""
     tl.static_assert(DEQ != 3 or (FMT == 2 and x_ptr.dtype.element_ty == tl.bfloat16),
                      "DEQ 3 converts int4 weights to bfloat16 only")
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -184,34 +195,40 @@ def gemm_kernel(
     acc_odd = tl.zeros((BLOCK_M, ACC_N), dtype=tl.float32)  # PLANES: the odd columns
     gate = tl.zeros((BLOCK_M, ACC_N), dtype=tl.float32)
     gate_odd = tl.zeros((BLOCK_M, ACC_N), dtype=tl.float32)
+    s_cols = pid_n * BLOCK_N + tl.arange(0, ACC_N) * (2 if PLANES else 1)  # GROUP: acc's columns, each chunk
+    s_ptrs = scale_ptr + expert * stride_se + s_cols * stride_sn
+    s_ok = s_cols < N
+    sg_ptrs = s_ptrs + gate_offset * stride_sn
     for k in range(k_start, k_end, BLOCK_K):
         k_ok = offs_k < K - (k - k_start)
         x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w_mask = k_ok[:, None] & w_col_ok[None, :]
         if PLANES:
             low, high = _nibbles(tl.load(w_ptrs, mask=w_mask, other=0), DEQ, DTYPE)
-            acc = tl.dot(x, low, acc, input_precision=PRECISION)
-            acc_odd = tl.dot(x, high, acc_odd, input_precision=PRECISION)
+            acc = _dot(x, low, acc, k, s_ptrs, s_ok, stride_sg, GROUP, PRECISION)
+            acc_odd = _dot(x, high, acc_odd, k, s_ptrs + stride_sn, s_ok, stride_sg, GROUP, PRECISION)
             if GATED:
                 low, high = _nibbles(tl.load(g_ptrs, mask=w_mask, other=0), DEQ, DTYPE)
-                gate = tl.dot(x, low, gate, input_precision=PRECISION)
-                gate_odd = tl.dot(x, high, gate_odd, input_precision=PRECISION)
+                gate = _dot(x, low, gate, k, sg_ptrs, s_ok, stride_sg, GROUP, PRECISION)
+                gate_odd = _dot(x, high, gate_odd, k, sg_ptrs + stride_sn, s_ok, stride_sg, GROUP, PRECISION)
         else:
-            acc = tl.dot(x, _load_weight_tile(w_ptrs, w_mask, FMT, DEQ, DTYPE), acc, input_precision=PRECISION)
+            acc = _dot(x, _load_weight_tile(w_ptrs, w_mask, FMT, DEQ, DTYPE), acc, k, s_ptrs, s_ok, stride_sg,
+                       GROUP, PRECISION)
             if GATED:
-                gate = tl.dot(x, _load_weight_tile(g_ptrs, w_mask, FMT, DEQ, DTYPE), gate,
-                              input_precision=PRECISION)
+                gate = _dot(x, _load_weight_tile(g_ptrs, w_mask, FMT, DEQ, DTYPE), gate, k, sg_ptrs, s_ok,
+                            stride_sg, GROUP, PRECISION)
         g_ptrs += BLOCK_K * stride_wk
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
 
     out_ptrs = out_ptr + pid_k * stride_os + rows[:, None] * stride_om
     cols = pid_n * BLOCK_N + tl.arange(0, ACC_N) * (2 if PLANES else 1)
+    SCALED: tl.constexpr = FMT != 0 and GROUP == 0  # per-channel scales, applied once
     _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset, topk_weights_ptr,
-            out_ptrs, stride_on, N, FMT, GATED, WEIGHTED)
+            out_ptrs, stride_on, N, SCALED, GATED, WEIGHTED)
     if PLANES:
         _finish(acc_odd, gate_odd, cols + 1, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset,
-                topk_weights_ptr, out_ptrs, stride_on, N, FMT, GATED, WEIGHTED)
+                topk_weights_ptr, out_ptrs, stride_on, N, SCALED, GATED, WEIGHTED)
 
 
 # gemv_kernel's constants per bit width: a 32-bit word holds 32 / BITS values (value i at bit BITS * i,
@@ -228,7 +245,7 @@ def gemv_kernel(
     M, N, K, num_pairs,
     stride_xm, stride_xk,
     stride_we, stride_wk, stride_wn,
-    stride_se, stride_sn,
+    stride_se, stride_sg, stride_sn,
     stride_os, stride_om, stride_on,
     gate_offset,
     MOE: tl.constexpr, X_ROW_DIV: tl.constexpr, WEIGHTED: tl.constexpr, GATED: tl.constexpr,
@@ -351,15 +368,18 @@ class Weights:
     n: int  # output columns
     k: int  # input columns
     scale: torch.Tensor | None = None
+    group_size: int = 0  # K rows per group-wise scale; 0: per channel
 
     @classmethod
     def of(cls, weight: torch.Tensor, scale: torch.Tensor | None = None, precision: str | None = None) -> "Weights":
-        """float [E?, N, K] (nn.Linear); int8 [E?, K, N] or int4 [E?, K, N/2] with scale [E?, N]."""
+        """float [E?, N, K] (nn.Linear); int8 [E?, K, N] or int4 [E?, K, N/2] with scale [E?, N], or
+        group-wise int4 [E?, K/group_size, N] (a scale of the weight's rank)."""
         w = weight if weight.dim() == 3 else weight[None]
         if precision is None:
             return cls(w, FLOAT, w.shape[1], w.shape[2])
-        s = scale if scale.dim() == 2 else scale[None]
-        return cls(w, FORMATS[precision], s.shape[-1], w.shape[1], s)
+        grouped = scale.dim() == weight.dim()
+        s = scale if scale.dim() == 2 + grouped else scale[None]
+        return cls(w, FORMATS[precision], s.shape[-1], w.shape[1], s, w.shape[1] // s.shape[1] if grouped else 0)
 
     def strides(self) -> tuple[int, int, int]:
         e, a, b = self.tensor.stride()
@@ -376,6 +396,9 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
     """Launch the kernel: x [rows, K] -> out [M, N] (or [split_k, M, N] float32 partials).
     `moe` = (sorted_ids, block_experts, num_sorted, num_pairs) for the experts."""
     n_out = w.n // 2 if gated else w.n
+    if w.group_size % config.block_k:
+        raise ValueError(f"block_k {config.block_k} must divide the group size {w.group_size} of group-wise "
+                         "weights (fit_groups)")
     if moe is None:
         m, sorted_ids, block_experts, num_sorted, num_pairs = x.shape[0], x, x, x, 0
         grid_m = triton.cdiv(m, config.block_m)
@@ -389,13 +412,14 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
     args = [x, w.tensor, scale, out3, sorted_ids, block_experts, num_sorted,
             topk_weights if topk_weights is not None else x, m, n_out, w.k, num_pairs,
             x.stride(0), x.stride(1), *w.strides(),
-            scale.stride(0) if w.scale is not None else 0, scale.stride(-1) if w.scale is not None else 0,
-            out3.stride(0), out3.stride(1), out3.stride(2), gate_offset]
+            scale.stride(0) if w.scale is not None else 0, scale.stride(1) if w.group_size else 0,
+            scale.stride(-1) if w.scale is not None else 0, out3.stride(0), out3.stride(1), out3.stride(2), gate_offset]
     flags = dict(MOE=moe is not None, X_ROW_DIV=x_row_div, WEIGHTED=topk_weights is not None, GATED=gated,
                  BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=config.split_k, num_warps=config.num_warps)
     if config.block_m == 1:  # one row a program: the weights as 32-bit words
-        if w.fmt == FLOAT:
-            raise ValueError("block_m 1 (gemv_kernel) reads int8 or int4 weights; float weights take block_m >= 16")
+        if w.fmt == FLOAT or w.group_size:
+            raise ValueError("block_m 1 (gemv_kernel) reads int8 or int4 weights with per-channel scales; float "
+                             "and group-wise weights take block_m >= 16")
         bits = BITS[w.fmt]
         words = w.tensor.view(torch.int32)
         args[1], args[14:17], args[-1] = words, words.stride(), gate_offset * bits // 32
@@ -405,7 +429,8 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
     stage = (config.block_m + config.block_n * (2 if gated else 1)) * config.block_k * x.element_size()
     stages = max(1, min(config.num_stages, SHARED_MEMORY_BYTES // stage))  # float32 tiles need fewer
     gemm_kernel[grid](*args, FMT=w.fmt, DEQ=config.dequant if w.fmt != FLOAT else 0,
-                      PRECISION=precision_of(x.dtype), BLOCK_M=config.block_m, **flags, num_stages=stages)
+                      PRECISION=precision_of(x.dtype), GROUP=w.group_size, BLOCK_M=config.block_m, **flags,
+                      num_stages=stages)
     return out
 
 
@@ -443,9 +468,9 @@ GEMV_TILES = {INT4: dict(block_n=128, block_k=32)}
 
 
 def tile_config(rows: int, w: Weights) -> GemmConfig:
-    """One row of int weights: gemv_kernel. Taller tiles (block_m 32 and up) take int4 by the mantissa
+    """One row of int weights with per-channel scales: gemv_kernel. Taller tiles (block_m 32 and up) take int4 by the mantissa
     bits (DEQ 1): two planes there double the code and spill (bench/notes-gpu.md, bench/gemm_sass.py)."""
-    if rows == 1 and w.fmt in GEMV_TILES and w.n % (32 // BITS[w.fmt]) == 0:
+    if rows == 1 and w.fmt in GEMV_TILES and not w.group_size and w.n % (32 // BITS[w.fmt]) == 0:
         return GemmConfig(block_m=1, **GEMV_TILES[w.fmt])
     bm = block_m_for(rows)
     if bm == 16:
@@ -458,8 +483,13 @@ def tile_config(rows: int, w: Weights) -> GemmConfig:
     return GemmConfig(block_m=bm, block_n=128, block_k=64, num_warps=8, num_stages=3, dequant=dequant)
 
 
+def fit_groups(config: GemmConfig, w: Weights) -> GemmConfig:
+    """Group-wise weights: BLOCK_K no larger than a group (both powers of two), so a chunk lies in one."""
+    return replace(config, block_k=min(config.block_k, w.group_size)) if w.group_size else config
+
+
 def linear_config(m: int, w: Weights) -> GemmConfig:
-    config = tile_config(m, w)
+    config = fit_groups(tile_config(m, w), w)
     tiles = triton.cdiv(m, config.block_m) * triton.cdiv(w.n, config.block_n)
     return with_split_k(config, tiles, w.k, num_sms(w.tensor.device))
 
@@ -468,17 +498,18 @@ def moe_config(num_pairs: int, w: Weights, num_experts: int) -> GemmConfig:
     """Tiles by the pairs an expert gets on average (the same block_m for both expert GEMMs, which
     share the sorted pairs). No K split for tiles of 16 rows and up: all active experts fill the grid;
     one-row programs (a program a pair) split K."""
-    config = tile_config(max(1, num_pairs // num_experts), w)
+    config = fit_groups(tile_config(max(1, num_pairs // num_experts), w), w)
     if config.block_m > 1:
         return config
     return with_split_k(config, num_pairs * triton.cdiv(w.n, config.block_n), w.k, num_sms(w.tensor.device))
+
 
 class TritonWeightOnlyLinear(WeightOnlyLinear):
     """WeightOnlyLinear, same buffers; `forward` runs the kernel on the int8/int4 weight as stored."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # [M,K]
-        w = Weights.of(self.weight, self.per_channel_scale, self.precision)
+        w = Weights.of(self.weight, self.scale, self.precision)
         config = linear_config(rows.shape[0], w)
         split = config.split_k > 1
         out = torch.empty(config.split_k, rows.shape[0], w.n, dtype=torch.float32 if split else x.dtype,

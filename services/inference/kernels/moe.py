@@ -107,7 +107,7 @@ def align(ids: torch.Tensor, num_experts: int, expert_offset: int, block_m: int)
 
 def expert_weights(module) -> Weights:
     """An ExpertLinear (float [El, out, in]) or WeightOnlyExpertLinear as the kernel reads it."""
-    return Weights.of(module.weight, getattr(module, "per_channel_scale", None), getattr(module, "precision", None))
+    return Weights.of(module.weight, getattr(module, "scale", None), getattr(module, "precision", None))
 
 
 class FusedMoE(MoE):

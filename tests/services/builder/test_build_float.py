@@ -18,7 +18,8 @@ from .conftest import BUILD_SPEC, read_engine, read_ranks, run_build
 
 DEFAULT_BUILD = {"max_batch_size": 2048, "max_input_len": BUILD_SPEC.max_seq_len, "max_seq_len": BUILD_SPEC.max_seq_len,
                  "max_num_tokens": 8192, "max_beam_width": 1, "kv_cache_type": "paged", "tokens_per_block": 32,
-                 "kv_cache_dtype": "model", "backend": BACKEND, "weight_layout": "plain", "kernel_tuning": {},
+                 "kv_cache_dtype": "model", "backend": BACKEND, "weight_layout": "plain", "weight_only": None,
+                 "kernel_tuning": {},
                  "plugin_config": {"gpt_attention_plugin": "auto", "gemm_plugin": None, "moe_plugin": "auto",
                                    "context_fmha": "enable", "remove_input_padding": "enable"}}
 

@@ -1,5 +1,5 @@
-"""Weight-only engines hold the plain int8 / packed int4 tensors; the
---quantize_at_build form gives the same engine as a weight-only checkpoint;
+"""Weight-only engines hold the plain int8 / packed int4 tensors (per channel or
+group-wise); the --quantize_at_build form gives the same engine as a weight-only checkpoint;
 TensorRT-LLM's own checkpoints: float ones (no manifest) are built, its
 pre-shuffled quantized ones are refused with the spec's message."""
 
@@ -12,9 +12,16 @@ from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.mapping import Mapping
 
+from dbrx_serve.services.converter.convert import convert
+from dbrx_serve.services.converter.options import ConvertOptions
+from dbrx_serve.shared.testing import TinySpec, save_tiny_model
+
 from .conftest import copy_without_manifest, leftovers, read_engine, read_ranks, run_build
 
 GEMM = "transformer.layers.0.mlp.fc"
+# Input widths of whole 64-row groups at tp2: H 128, H/t 64, Il 64.
+GROUPED_SPEC = TinySpec(d_model=128, n_heads=4, kv_n_heads=2, n_layers=2, ffn_hidden_size=128, moe_num_experts=4,
+                        moe_top_k=2, vocab_size=511, seed=5)
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
@@ -74,3 +81,25 @@ def test_trtllm_quantize_at_build_form_without_our_section_is_built(checkpoints,
                                  drop_our_section)
     _, ranks = read_engine(run_build(ckpt, tmp_path / "engine"))
     assert ranks[0][f"{GEMM}.weight"].dtype == torch.int8
+
+
+def test_group_wise_int4_engine_and_its_quantize_at_build_form(tmp_path):
+    """weights_scaling_factor [.., in/64, out] per GEMM, build_config.weight_only recorded; the builder's
+    quantization of the float form gives the same bytes as the converter's."""
+    save_tiny_model(tmp_path / "hf", GROUPED_SPEC, tokenizer=False)
+    flags = dict(dtype="float32", tp_size=2, use_weight_only=True, weight_only_precision="int4", group_size=64)
+    convert(ConvertOptions(str(tmp_path / "hf"), str(tmp_path / "plain"), **flags))
+    convert(ConvertOptions(str(tmp_path / "hf"), str(tmp_path / "qab"), quantize_at_build=True, **flags))
+    config, want = read_engine(run_build(tmp_path / "plain", tmp_path / "e-plain"))
+    _, got = read_engine(run_build(tmp_path / "qab", tmp_path / "e-qab"))
+    assert config["pretrained_config"]["quantization"] == {"quant_algo": "W4A16_GPTQ", "group_size": 64,
+                                                          "has_zero_point": False, "pre_quant_scale": False,
+                                                          "kv_cache_quant_algo": None}
+    assert config["build_config"]["weight_only"] == {"precision": "int4", "group_size": 64}
+    cfg = DbrxConfig.from_checkpoint_dict(config["pretrained_config"])
+    for rank, (g, w) in enumerate(zip(got, want)):
+        layout = weight_only_layout(float_layout(cfg, Mapping(2, 1, 2, 1), rank, torch.float32), "int4", 64)
+        assert {k: (t.dtype, tuple(t.shape)) for k, t in w.items()} == layout
+        assert g.keys() == w.keys() and all(torch.equal(g[k], w[k]) for k in w)
+    assert want[0]["transformer.layers.0.attention.dense.weights_scaling_factor"].shape == (1, 128)  # H/t = 64
+    assert want[0][f"{GEMM}.weights_scaling_factor"].shape == (4, 2, 128)  # [El, H/64, 2*Il] (moe_tp 2)

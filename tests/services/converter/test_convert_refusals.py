@@ -93,6 +93,10 @@ def test_config_missing_or_not_dbrx(shard_model, tmp_path):
     (dict(dtype="float8"), "unknown dtype 'float8': choose one of float32, float16, bfloat16"),
     (dict(use_weight_only=True, weight_only_precision="int2"), "weight_only_precision 'int2'"),
     (dict(quantize_at_build=True), "--quantize_at_build needs --use_weight_only"),
+    (dict(use_weight_only=True, weight_only_precision="int4", group_size=128),
+     "--group_size 128 does not divide the input width 64 of attention.qkv and mlp.fc"),
+    (dict(use_weight_only=True, weight_only_precision="int4", group_size=64),
+     "--group_size 64 does not divide the input width 32 of mlp.proj"),
     (dict(calib_size=4), "only apply with --int8_kv_cache"),
     (dict(workers=0), "workers must be a positive integer, got 0"),
 ])

@@ -16,6 +16,8 @@ def test_defaults_and_mapping_rules():
     assert not ConvertOptions("/m", "/o", use_weight_only=True, quantize_at_build=True).quantize_now
     assert ConvertOptions("/m", "/o", use_weight_only=True, weight_only_precision="int4").weight_only.quant_algo \
         == "W4A16"
+    grouped = ConvertOptions("/m", "/o", use_weight_only=True, weight_only_precision="int4", group_size=64)
+    assert (grouped.weight_only.quant_algo, grouped.weight_only.group_size) == ("W4A16_GPTQ", 64)
 
 
 def test_dict_round_trip_and_unknown_keys():
@@ -32,6 +34,10 @@ def test_dict_round_trip_and_unknown_keys():
     (dict(logits_dtype="bfloat16"), "unknown logits_dtype 'bfloat16': choose one of float32, float16"),
     (dict(int8_kv_cache=True, calib_size=0), "calib_size must be a positive integer, got 0"),
     (dict(calib_dataset="/d.jsonl"), "only apply with --int8_kv_cache"),
+    (dict(group_size=128), "--group_size needs --use_weight_only --weight_only_precision int4"),
+    (dict(use_weight_only=True, group_size=128), "group_size applies to int4 weight-only only, not int8"),
+    (dict(use_weight_only=True, weight_only_precision="int4", group_size=32),
+     "group_size 32 is not supported: choose one of 64, 128"),
 ])
 def test_refusals_name_the_numbers(values, match):
     with pytest.raises(InvalidInput, match=match):

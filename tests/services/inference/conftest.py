@@ -19,6 +19,7 @@ from dbrx_serve.services.converter.options import ConvertOptions
 from dbrx_serve.services.inference.engine import Engine
 from dbrx_serve.services.tokenizer.tokenizer import load_tokenizer
 from dbrx_serve.shared.reference import load_hf_model
+from dbrx_serve.shared.testing import TinySpec, save_tiny_model
 
 LIMITS = dict(max_batch_size=64, max_input_len=128, max_seq_len=256, max_num_tokens=256, tokens_per_block=8)
 ENGINES = {  # name -> converter flags
@@ -35,7 +36,11 @@ ENGINES = {  # name -> converter flags
     "ep4": dict(dtype="float32", tp_size=4, moe_ep_size=4),
     "moe_tp2ep2": dict(dtype="float32", tp_size=4, moe_tp_size=2, moe_ep_size=2),
     "pp2int8kv": dict(dtype="float32", pp_size=2, int8_kv_cache=True),
+    "int4g128": dict(dtype="float32", use_weight_only=True, weight_only_precision="int4", group_size=128),
 }
+# Engines of the wide tiny model: the demo's is 64 wide, less than one group of 128.
+WIDE_ENGINES = {"int4g128"}
+WIDE_SPEC = TinySpec(d_model=256, ffn_hidden_size=128, init_std=0.05, seed=2)  # qkv, fc, dense: 2 groups of 128; proj: 1
 WORLD_FLAGS = json.loads(os.environ.get("DBRX_TEST_WORLD_FLAGS", "{}"))
 if WORLD_FLAGS:
     ENGINES = {name: {**flags, **WORLD_FLAGS} for name, flags in ENGINES.items()}
@@ -57,11 +62,20 @@ def engine_dirs() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def engine_dir(tiny_model_dir, tmp_path_factory, engine_dirs):
+def wide_model_dir(tmp_path_factory) -> Path:
+    """The tiny DBRX of WIDE_SPEC, with the same tokenizer files and vocabulary."""
+    path = tmp_path_factory.mktemp("wide-dbrx")
+    save_tiny_model(path, WIDE_SPEC)
+    return path
+
+
+@pytest.fixture(scope="session")
+def engine_dir(tiny_model_dir, tmp_path_factory, engine_dirs, request):
     def make(name: str) -> Path:
         if name not in engine_dirs:
             root = tmp_path_factory.mktemp(f"engine-{name}")
-            convert(ConvertOptions(str(tiny_model_dir), str(root / "ckpt"), **ENGINES[name]))
+            model_dir = request.getfixturevalue("wide_model_dir") if name in WIDE_ENGINES else tiny_model_dir
+            convert(ConvertOptions(str(model_dir), str(root / "ckpt"), **ENGINES[name]))
             build(BuildOptions(str(root / "ckpt"), str(root / "engine"), **LIMITS))
             engine_dirs[name] = root / "engine"
         return engine_dirs[name]

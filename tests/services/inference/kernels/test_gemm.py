@@ -1,5 +1,6 @@
-"""The GEMM kernel against the plain path: float, int8 and int4 weights as the
-engine stores them, ragged shapes, split K, the weight-only module swap."""
+"""The GEMM kernel against the plain path: float, int8 and int4 weights (per
+channel and group-wise) as the engine stores them, ragged shapes, split K, the
+weight-only module swap."""
 
 import pytest
 import torch
@@ -14,13 +15,14 @@ CONFIGS = [GemmConfig(16, 32, 64, 1, 4, 2, dequant=0), GemmConfig(32, 64, 32, 2,
            GemmConfig(16, 32, 32, 3, 4, 3, dequant=2)]
 
 
-def weights(n: int, k: int, precision: str | None, dtype, device, seed: int) -> tuple[Weights, torch.Tensor]:
+def weights(n: int, k: int, precision: str | None, dtype, device, seed: int,
+            group_size: int | None = None) -> tuple[Weights, torch.Tensor]:
     """The kernel's view of a random weight, and the float [n, k] weight it stands for."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(n, k, generator=g).to(dtype)
     if precision is None:
         return Weights.of(w.to(device)), w.float()
-    q, scale = quantize_weight(w, precision)
+    q, scale = quantize_weight(w, precision, group_size)
     return Weights.of(q.to(device), scale.to(device), precision), dequantize_weight(q, scale, precision)
 
 
@@ -56,6 +58,30 @@ def test_one_row_gemv_matches_the_float_product(precision, config, dtype, device
     assert relative_error(got.cpu(), x.float() @ ref_w.T) <= BOUND[dtype]
 
 
+@pytest.mark.parametrize("group_size", [64, 128])
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"bm{c.block_m}bn{c.block_n}bk{c.block_k}s{c.split_k}d{c.dequant}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_group_wise_int4_matches_the_dequantized_product(group_size, config, dtype, device):
+    """One scale per group of K rows, applied per BLOCK_K chunk inside the K loop; a split of K
+    starts on a chunk, so every chunk lies in one group."""
+    n, k, m = 80, 384, 37  # K: 6 or 3 whole groups; N and M ragged
+    w, ref_w = weights(n, k, "int4", dtype, device, seed=n + m, group_size=group_size)
+    assert w.group_size == group_size and w.scale.shape == (1, k // group_size, n)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).to(dtype)
+    split = config.split_k > 1
+    out = torch.full((config.split_k, m, n), float("nan"), dtype=torch.float32 if split else dtype, device=device)
+    gemm(x.to(device), w, out if split else out[0], config)
+    got = out.sum(0) if split else out[0]
+    assert relative_error(got.cpu(), x.float() @ ref_w.T) <= BOUND[dtype]
+
+
+def test_group_wise_weights_refuse_a_block_k_past_the_group(device):
+    w, _ = weights(32, 128, "int4", torch.float32, device, seed=0, group_size=64)
+    x, out = torch.zeros(4, 128, device=device), torch.zeros(4, 32, device=device)
+    with pytest.raises(ValueError, match="block_k 128 must divide the group size 64"):
+        gemm(x, w, out, GemmConfig(16, 32, 128))
+
+
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="inline PTX runs on a CUDA GPU only")
 @pytest.mark.parametrize("config", [GemmConfig(16, 64, 128, 1, 4, 3, dequant=3),
                                     GemmConfig(64, 64, 64, 2, 4, 3, dequant=3)], ids=["bm16", "bm64-split2"])
@@ -72,16 +98,17 @@ def test_packed_int4_conversion_matches_the_float_product(config, device):
     assert relative_error(got.cpu(), x.float() @ ref_w.T) <= BOUND[torch.bfloat16]
 
 
-@pytest.mark.parametrize("precision", ["int8", "int4"])
+@pytest.mark.parametrize("precision, group_size", [("int8", None), ("int4", None), ("int4", 64)])
 @pytest.mark.parametrize("rows", [1, 5, 40])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_weight_only_module_swap_computes_the_same_function(precision, rows, dtype, device):
-    plain = WeightOnlyLinear(192, 96, precision, dtype)
+def test_weight_only_module_swap_computes_the_same_function(precision, group_size, rows, dtype, device):
+    """Group-wise int4 too: the tiles of linear_config, with BLOCK_K fitted to the group (fit_groups)."""
+    plain = WeightOnlyLinear(192, 96, precision, dtype, group_size)
     q, scale = quantize_weight(torch.randn(96, 192, generator=torch.Generator().manual_seed(rows)).to(dtype),
-                               precision)
+                               precision, group_size)
     plain.weight.copy_(q)
-    plain.per_channel_scale.copy_(scale)
-    swapped = WeightOnlyLinear(192, 96, precision, dtype).to(device)
+    plain.scale.copy_(scale)
+    swapped = WeightOnlyLinear(192, 96, precision, dtype, group_size).to(device)
     swapped.load_state_dict(plain.state_dict())
     swapped.__class__ = TritonWeightOnlyLinear
     x = torch.randn(1, rows, 192, generator=torch.Generator().manual_seed(0)).to(dtype)

@@ -1,5 +1,6 @@
 """The fused mixture of experts against the model's per-expert loop: routing,
-sorting, SwiGLU and the weighted sum, for float, int8 and int4 experts."""
+sorting, SwiGLU and the weighted sum, for float, int8 and int4 experts (int4 per
+channel and group-wise)."""
 
 from dataclasses import replace
 
@@ -18,11 +19,12 @@ from .conftest import BOUND, DTYPES, relative_error
 
 CFG = DbrxConfig(vocab_size=64, d_model=96, n_heads=4, n_layers=1, kv_n_heads=2, ffn_hidden_size=80,
                  moe_num_experts=6, moe_top_k=3, torch_dtype="float32")
+GROUPED_CFG = replace(CFG, d_model=256, ffn_hidden_size=128)  # whole groups of 64 and 128, two or more in fc
 
 
-def plain_moe(precision: str | None, dtype, seed: int) -> MoE:
+def plain_moe(precision: str | None, dtype, seed: int, group_size: int | None = None, cfg: DbrxConfig = CFG) -> MoE:
     torch.manual_seed(seed)
-    moe = MoE(CFG, LocalShape.of(CFG))
+    moe = MoE(cfg, LocalShape.of(cfg))
     with torch.no_grad():
         for p in moe.parameters():
             p.normal_(0, 0.2)
@@ -30,10 +32,10 @@ def plain_moe(precision: str | None, dtype, seed: int) -> MoE:
     if precision:
         for name in ("fc", "proj"):
             float_weight = getattr(moe, name).weight.data
-            q, scale = quantize_weight(float_weight, precision)
+            q, scale = quantize_weight(float_weight, precision, group_size)
             e, out, inp = float_weight.shape
-            module = WeightOnlyExpertLinear(e, out, inp, precision, dtype)
-            module.weight.copy_(q), module.per_channel_scale.copy_(scale)
+            module = WeightOnlyExpertLinear(e, out, inp, precision, dtype, group_size)
+            module.weight.copy_(q), module.scale.copy_(scale)
             setattr(moe, name, module)
     return moe
 
@@ -71,6 +73,24 @@ def test_one_row_programs_match_the_per_expert_loop(precision, split_k, dtype, d
     x = torch.randn(5, CFG.d_model, generator=torch.Generator().manual_seed(3)).to(dtype)
     with torch.no_grad():
         want, got = plain(x), fused(x.to(device))
+    assert got.dtype == dtype and relative_error(got.cpu(), want) <= 2 * BOUND[dtype]
+
+
+@pytest.mark.parametrize("group_size, dequant", [(64, 0), (128, 1), (64, 2)], ids=lambda v: f"{v}")
+@pytest.mark.parametrize("tokens", [1, 37])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fused_moe_group_wise_int4_matches_the_per_expert_loop(group_size, dequant, tokens, dtype, device,
+                                                                monkeypatch):
+    """Group scales in the gated up GEMM and the plain down GEMM, against the plain modules' dequantize."""
+    config = moe_module.moe_config
+    monkeypatch.setattr(moe_module, "moe_config", lambda *a, **kw: replace(config(*a, **kw), dequant=dequant))
+    plain = plain_moe("int4", dtype, tokens, group_size, GROUPED_CFG)
+    fused = plain_moe("int4", dtype, tokens, group_size, GROUPED_CFG).to(device)
+    fused.__class__ = FusedMoE
+    x = torch.randn(tokens, GROUPED_CFG.d_model, generator=torch.Generator().manual_seed(2)).to(dtype)
+    with torch.no_grad():
+        want, got = plain(x), fused(x.to(device))
+    assert fused.fc.weights_scaling_factor.shape == (6, 256 // group_size, 2 * 128)
     assert got.dtype == dtype and relative_error(got.cpu(), want) <= 2 * BOUND[dtype]
 
 

@@ -27,7 +27,7 @@ from . import common_pb2 as dbrx_dot_serve_dot_v1_dot_common__pb2
 from . import jobs_pb2 as dbrx_dot_serve_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64\x62rx/serve/v1/converter.proto\x12\rdbrx.serve.v1\x1a\x1a\x64\x62rx/serve/v1/common.proto\x1a\x18\x64\x62rx/serve/v1/jobs.proto\"\xca\x03\n\x0e\x43onvertRequest\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\x12\x12\n\noutput_dir\x18\x02 \x01(\t\x12#\n\x05\x64type\x18\x03 \x01(\x0e\x32\x14.dbrx.serve.v1.DType\x12\x0f\n\x07tp_size\x18\x04 \x01(\x05\x12\x0f\n\x07pp_size\x18\x05 \x01(\x05\x12\x13\n\x0bmoe_tp_size\x18\x06 \x01(\x05\x12\x13\n\x0bmoe_ep_size\x18\x07 \x01(\x05\x12\x17\n\x0fuse_weight_only\x18\x08 \x01(\x08\x12\x41\n\x15weight_only_precision\x18\t \x01(\x0e\x32\".dbrx.serve.v1.WeightOnlyPrecision\x12\x15\n\rint8_kv_cache\x18\n \x01(\x08\x12\x15\n\rcalib_dataset\x18\x0b \x01(\t\x12\x0f\n\x07workers\x18\x0c \x01(\x05\x12\x17\n\x0fidempotency_key\x18\r \x01(\t\x12\x19\n\x11quantize_at_build\x18\x0e \x01(\x08\x12\x12\n\ncalib_size\x18\x0f \x01(\x05\x12*\n\x0clogits_dtype\x18\x10 \x01(\x0e\x32\x14.dbrx.serve.v1.DType\x12\x11\n\toverwrite\x18\x11 \x01(\x08\x32V\n\x10\x43onverterService\x12\x42\n\rSubmitConvert\x12\x1d.dbrx.serve.v1.ConvertRequest\x1a\x12.dbrx.serve.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64\x62rx/serve/v1/converter.proto\x12\rdbrx.serve.v1\x1a\x1a\x64\x62rx/serve/v1/common.proto\x1a\x18\x64\x62rx/serve/v1/jobs.proto\"\xde\x03\n\x0e\x43onvertRequest\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\x12\x12\n\noutput_dir\x18\x02 \x01(\t\x12#\n\x05\x64type\x18\x03 \x01(\x0e\x32\x14.dbrx.serve.v1.DType\x12\x0f\n\x07tp_size\x18\x04 \x01(\x05\x12\x0f\n\x07pp_size\x18\x05 \x01(\x05\x12\x13\n\x0bmoe_tp_size\x18\x06 \x01(\x05\x12\x13\n\x0bmoe_ep_size\x18\x07 \x01(\x05\x12\x17\n\x0fuse_weight_only\x18\x08 \x01(\x08\x12\x41\n\x15weight_only_precision\x18\t \x01(\x0e\x32\".dbrx.serve.v1.WeightOnlyPrecision\x12\x15\n\rint8_kv_cache\x18\n \x01(\x08\x12\x15\n\rcalib_dataset\x18\x0b \x01(\t\x12\x0f\n\x07workers\x18\x0c \x01(\x05\x12\x17\n\x0fidempotency_key\x18\r \x01(\t\x12\x19\n\x11quantize_at_build\x18\x0e \x01(\x08\x12\x12\n\ncalib_size\x18\x0f \x01(\x05\x12*\n\x0clogits_dtype\x18\x10 \x01(\x0e\x32\x14.dbrx.serve.v1.DType\x12\x11\n\toverwrite\x18\x11 \x01(\x08\x12\x12\n\ngroup_size\x18\x12 \x01(\x05\x32V\n\x10\x43onverterService\x12\x42\n\rSubmitConvert\x12\x1d.dbrx.serve.v1.ConvertRequest\x1a\x12.dbrx.serve.v1.Jobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dbrx.serve.v1.converter_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CONVERTREQUEST']._serialized_start=103
-  _globals['_CONVERTREQUEST']._serialized_end=561
-  _globals['_CONVERTERSERVICE']._serialized_start=563
-  _globals['_CONVERTERSERVICE']._serialized_end=649
+  _globals['_CONVERTREQUEST']._serialized_end=581
+  _globals['_CONVERTERSERVICE']._serialized_start=583
+  _globals['_CONVERTERSERVICE']._serialized_end=669
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,7 @@ class ConvertRequest(_message.Message):
     CALIB_SIZE_FIELD_NUMBER: _builtins.int
     LOGITS_DTYPE_FIELD_NUMBER: _builtins.int
     OVERWRITE_FIELD_NUMBER: _builtins.int
+    GROUP_SIZE_FIELD_NUMBER: _builtins.int
     model_dir: _builtins.str
     output_dir: _builtins.str
     dtype: _common_pb2.DType.ValueType
@@ -57,6 +58,8 @@ class ConvertRequest(_message.Message):
     calib_size: _builtins.int
     logits_dtype: _common_pb2.DType.ValueType
     overwrite: _builtins.bool
+    group_size: _builtins.int
+    """int4 group-wise scales: 64 or 128; 0: per channel"""
     def __init__(
         self,
         *,
@@ -77,10 +80,11 @@ class ConvertRequest(_message.Message):
         calib_size: _builtins.int = ...,
         logits_dtype: _common_pb2.DType.ValueType = ...,
         overwrite: _builtins.bool = ...,
+        group_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calib_dataset", b"calib_dataset", "calib_size", b"calib_size", "dtype", b"dtype", "idempotency_key", b"idempotency_key", "int8_kv_cache", b"int8_kv_cache", "logits_dtype", b"logits_dtype", "model_dir", b"model_dir", "moe_ep_size", b"moe_ep_size", "moe_tp_size", b"moe_tp_size", "output_dir", b"output_dir", "overwrite", b"overwrite", "pp_size", b"pp_size", "quantize_at_build", b"quantize_at_build", "tp_size", b"tp_size", "use_weight_only", b"use_weight_only", "weight_only_precision", b"weight_only_precision", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calib_dataset", b"calib_dataset", "calib_size", b"calib_size", "dtype", b"dtype", "group_size", b"group_size", "idempotency_key", b"idempotency_key", "int8_kv_cache", b"int8_kv_cache", "logits_dtype", b"logits_dtype", "model_dir", b"model_dir", "moe_ep_size", b"moe_ep_size", "moe_tp_size", b"moe_tp_size", "output_dir", b"output_dir", "overwrite", b"overwrite", "pp_size", b"pp_size", "quantize_at_build", b"quantize_at_build", "tp_size", b"tp_size", "use_weight_only", b"use_weight_only", "weight_only_precision", b"weight_only_precision", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
