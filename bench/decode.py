@@ -218,6 +218,8 @@ def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--precision", nargs="+", default=["bf16", "int8", "int4"], choices=["bf16", "int8", "int4"])
+    parser.add_argument("--group_size", type=int, default=None, choices=[64, 128],
+                        help="also run int4 with group-wise scales of this many input rows")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32, 64, 128])
     parser.add_argument("--context", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--prefill", type=int, nargs="*", default=[2048])
@@ -270,8 +272,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dbrx-decode-") as workdir:
         args.workdir = Path(workdir)
         for precision, mapping in itertools.product(args.precision, layouts):
-            spec = ModelSpec(SMOKE if args.smoke else FULL, args.layers if not args.smoke else 2, precision, mapping)
-            result["runs"][spec.name] = run_precision(spec, args, bandwidth, device)
+            groups = [None] + ([args.group_size] if args.group_size and precision == "int4" else [])
+            for group_size in groups:  # int4 per channel, then group-wise beside it
+                spec = ModelSpec(SMOKE if args.smoke else FULL, args.layers if not args.smoke else 2, precision,
+                                 mapping, group_size)
+                result["runs"][spec.name] = run_precision(spec, args, bandwidth, device)
         if args.baselines and device.type == "cuda" and args.world == 1:
             result["baselines"] = baselines(args, device, bandwidth)
     text = json.dumps(result)

@@ -15,12 +15,12 @@ from dbrx_serve.services.inference.limits import EngineLimits
 from dbrx_serve.shared.artifacts import write_json
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.mapping import Mapping
-from dbrx_serve.shared.quantization import SCHEMES
+from dbrx_serve.shared.quantization import SCHEMES, WeightOnly, scheme
 
 BASE_SEED = 1234
 FULL = dict(vocab_size=100352, d_model=6144, n_heads=48, kv_n_heads=8, ffn_hidden_size=10752, moe_num_experts=16,
             moe_top_k=4, max_seq_len=32768, rope_theta=500000.0, clip_qkv=8.0)
-SMOKE = dict(vocab_size=512, d_model=64, n_heads=4, kv_n_heads=2, ffn_hidden_size=32, moe_num_experts=4,
+SMOKE = dict(vocab_size=512, d_model=64, n_heads=4, kv_n_heads=2, ffn_hidden_size=64, moe_num_experts=4,
              moe_top_k=2, max_seq_len=2048, rope_theta=500000.0, clip_qkv=8.0)
 TOKENS_PER_BLOCK = 32
 
@@ -31,13 +31,16 @@ class ModelSpec:
     layers: int
     precision: str  # bf16, int8, int4
     mapping: Mapping = Mapping()
+    group_size: int | None = None  # int4 with group-wise scales (shared/quantization.py)
 
     def config(self, dtype: str) -> DbrxConfig:
         return DbrxConfig(n_layers=self.layers, torch_dtype=dtype, **self.width)
 
     @property
     def name(self) -> str:
-        return f"{self.precision}-{self.layers}L" + (f"-{layout_name(self.mapping)}" if self.mapping.world_size > 1 else "")
+        group = f"g{self.group_size}" if self.group_size else ""
+        return (f"{self.precision}{group}-{self.layers}L"
+                + (f"-{layout_name(self.mapping)}" if self.mapping.world_size > 1 else ""))
 
 
 def parse_layout(name: str) -> Mapping:
@@ -63,9 +66,13 @@ def write_engine_dir(path: Path, spec: ModelSpec, dtype: str, limits: EngineLimi
     build = {name: getattr(limits, name) for name in ("max_batch_size", "max_seq_len")}
     path.mkdir(parents=True, exist_ok=True)
     write_json(path / "config.json", {"pretrained_config": checkpoint_config(spec.config(dtype), spec.mapping, dtype,
-                                                                              weight_only=SCHEMES.get(spec.precision)),
+                                                                              weight_only=weight_only_of(spec)),
                                       "build_config": {**build, "dummy_weights": True}})
     return path
+
+
+def weight_only_of(spec: ModelSpec) -> WeightOnly | None:
+    return scheme(spec.precision, spec.group_size) if spec.precision in SCHEMES else None
 
 
 def bench_limits(runs: list[tuple[int, int]], new_tokens: int, prefill: int, graphs: bool) -> EngineLimits:

@@ -11,11 +11,12 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "decode.py"
 
 
 def test_decode_smoke_prints_one_json_object_with_every_run(tmp_path):
-    out = subprocess.run([sys.executable, str(BENCH), "--smoke", "--precision", "bf16", "int4", "--summarize",
-                          "--plot", str(tmp_path / "plot.png")], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, str(BENCH), "--smoke", "--precision", "bf16", "int4", "--group_size", "64",
+                          "--summarize", "--plot", str(tmp_path / "plot.png")], capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(result["runs"]) == {"bf16-2L", "int4-2L"} and result["copy_bandwidth_gbs"] > 0
+    assert set(result["runs"]) == {"bf16-2L", "int4-2L", "int4g64-2L"} and result["copy_bandwidth_gbs"] > 0
     for run in result["runs"].values():
         assert [(d["batch"], d["context"]) for d in run["decode"]] == [(1, 32), (4, 32)]
         for d in run["decode"]:
