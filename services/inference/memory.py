@@ -149,7 +149,8 @@ def profile(runner, limits: EngineLimits, sample=None) -> tuple[int, int]:
     run_profile_step(runner, step, sample)
     torch.cuda.synchronize(device)
     activations = torch.cuda.max_memory_reserved(device) - before
-    before = torch.cuda.memory_reserved(device)  # the step's cached blocks stay: the graphs' warm-up reuses them
+    free_device_memory()  # as torch.cuda.graph does when a capture starts: the pools are what comes after
+    before = torch.cuda.memory_reserved(device)
     graphs = runner.capture_graphs()
     torch.cuda.synchronize(device)
     graph_pools = torch.cuda.memory_reserved(device) - before

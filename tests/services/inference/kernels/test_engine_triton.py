@@ -1,6 +1,7 @@
 """The engine on the triton backend: the same greedy tokens as the plain path
 for float, weight-only and int8-KV engines (compiled on a GPU, interpreted on
-the CPU); on a GPU, decode steps replayed from CUDA graphs give the tokens of
+the CPU; group-wise int4 on the wide tiny model: its logits within the bound of
+test_engine_quantized.py of its dequantized reference); on a GPU, decode steps replayed from CUDA graphs give the tokens of
 eager steps, and a batch's seeded draws do not depend on the graph bucket."""
 
 import pytest
@@ -9,10 +10,9 @@ import torch
 from dbrx_serve.services.inference.engine import Engine
 from dbrx_serve.services.inference.params import SamplingParams
 
-from dbrx_serve.shared.reference import load_hf_model
-
 from ..conftest import WIDE_ENGINES
 from ..helpers import assert_same_greedy
+from ..test_engine_quantized import WIDE_BOUND, dequantized_reference, max_logit_diff
 from .conftest import DEVICE
 
 PROMPTS = [list(range(200, 260)), [5, 6, 7], list(range(1000, 1017))]
@@ -24,13 +24,15 @@ GREEDY = SamplingParams(max_new_tokens=10, temperature=0)
 # cache are also covered kernel by kernel on the CPU (test_gemm.py, test_moe.py, test_attention.py).
 @pytest.mark.parametrize("name", ["fp32", "int4"] + (["int8", "int8kv", "int4g128"] if torch.cuda.is_available()
                                                      else []))
-def test_triton_backend_gives_the_plain_paths_greedy_tokens(name, engine_dir, reference_model, banned, request):
-    if name in WIDE_ENGINES:  # its own model decides near-ties
-        reference_model = load_hf_model(request.getfixturevalue("wide_model_dir"), torch.float32)
-    plain = Engine.from_dir(engine_dir(name)).generate(PROMPTS, GREEDY)
+def test_triton_backend_gives_the_plain_paths_greedy_tokens(name, engine_dir, reference_model, banned):
     triton = Engine.from_dir(engine_dir(name), device=DEVICE, backend="triton", num_kv_blocks=64)
-    for prompt, got, want in zip(PROMPTS, triton.generate(PROMPTS, GREEDY), plain):
-        assert_same_greedy(got.output_ids, want.output_ids, prompt, reference_model, banned)
+    if name in WIDE_ENGINES:  # this model's float32 noise (0.017) passes for a token tie: its logits' bound instead
+        reference = dequantized_reference(triton, triton.engine_dir.weight_only.precision)
+        assert max_logit_diff(triton, reference, PROMPTS, banned, 16) < WIDE_BOUND
+    else:
+        plain = Engine.from_dir(engine_dir(name)).generate(PROMPTS, GREEDY)
+        for prompt, got, want in zip(PROMPTS, triton.generate(PROMPTS, GREEDY), plain):
+            assert_same_greedy(got.output_ids, want.output_ids, prompt, reference_model, banned)
     assert triton.stats().kv_blocks_used == 0
 
 
