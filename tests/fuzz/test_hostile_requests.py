@@ -5,15 +5,22 @@ FAILED_PRECONDITION, RESOURCE_EXHAUSTED, UNAUTHENTICATED), within CALL_SECONDS (
 hang), never UNKNOWN, INTERNAL or UNAVAILABLE; the server still reports SERVING after.
 
 EXAMPLES per RPC (2,000 in CI; DBRX_FUZZ_EXAMPLES sets another count). The examples are the
-same every run (hypothesis derandomized) unless DBRX_FUZZ_RANDOM=1, for searching further."""
+same every run (hypothesis derandomized) unless DBRX_FUZZ_RANDOM=1, for searching further.
 
+Hypothesis making the requests costs more than the servers answering them, so the RPCs are fuzzed
+WORKERS at a time, each in a worker process (CI has two cores), against the servers this process
+runs (tests/fuzz/conftest.py); each test waits for its RPC's outcome."""
+
+import multiprocessing
 import os
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from google.protobuf import descriptor_pool
 from google.protobuf.message_factory import GetMessageClass
 from hypothesis import HealthCheck, Phase, given, settings
 
@@ -22,6 +29,7 @@ from dbrx_serve.shared.generated.dbrx.serve.v1 import builder_pb2, converter_pb2
 from .requests import request_bytes
 
 EXAMPLES = int(os.environ.get("DBRX_FUZZ_EXAMPLES", 2000))
+WORKERS = 2
 CALL_SECONDS = 30.0
 REFUSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
            grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAUTHENTICATED}
@@ -81,11 +89,30 @@ def fuzz(call, method, job_id: str) -> Counter:
     return outcomes
 
 
-@pytest.mark.parametrize("server,method", RPCS, ids=[f"{s}-{m.name}" for s, m in RPCS])
-def test_every_rpc_answers_hostile_requests_without_crash_or_hang(server, method, targets):
-    with grpc.insecure_channel(targets.addresses[server], NO_LIMIT) as channel:
-        outcomes = fuzz(caller(channel, method), method, targets.job_id)
+def fuzzed(address: str, method_name: str, job_id: str) -> tuple[Counter, int]:
+    """In a worker process: the method fuzzed over a channel of its own, then the server's health."""
+    method = descriptor_pool.Default().FindMethodByName(method_name)
+    with grpc.insecure_channel(address, NO_LIMIT) as channel:
+        outcomes = fuzz(caller(channel, method), method, job_id)
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=CALL_SECONDS)
+    return outcomes, health.status
+
+
+@pytest.fixture(scope="module")
+def fuzzing(request, targets):
+    """The selected RPCs' fuzz runs, all submitted at once: method full name -> future (outcomes, health)."""
+    selected = [item.callspec.params for item in request.session.items if item.parent is request.node]
+    spawn = multiprocessing.get_context("spawn")  # never fork a process that runs gRPC servers in threads
+    with ProcessPoolExecutor(WORKERS, mp_context=spawn) as pool:
+        yield {params["method"].full_name: pool.submit(fuzzed, targets.addresses[params["server"]],
+                                                       params["method"].full_name, targets.job_id)
+               for params in selected}
+        pool.shutdown(cancel_futures=True)  # a session stopped early (-x) waits for no other run
+
+
+@pytest.mark.parametrize("server,method", RPCS, ids=[f"{s}-{m.name}" for s, m in RPCS])
+def test_every_rpc_answers_hostile_requests_without_crash_or_hang(server, method, fuzzing):
+    outcomes, health = fuzzing[method.full_name].result()
     print(f"{method.full_name}: {sum(outcomes.values())} requests: {dict(outcomes)}")
     assert sum(outcomes.values()) >= EXAMPLES
-    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert health == health_pb2.HealthCheckResponse.SERVING
