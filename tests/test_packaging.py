@@ -6,14 +6,22 @@ import venv
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_wheel_holds_only_dbrx_serve(tmp_path):
-    """No plain `services` or `shared` package may land in site-packages."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The project's wheel, built once from this tree."""
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
                    check=True, capture_output=True)
-    wheel = next(tmp_path.glob("dbrx_serve-*.whl"))
+    return next(out.glob("dbrx_serve-*.whl"))
+
+
+def test_wheel_holds_only_dbrx_serve(wheel):
+    """No plain `services` or `shared` package may land in site-packages."""
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"dbrx_serve"}
     names = zipfile.ZipFile(wheel).namelist()
@@ -60,15 +68,15 @@ print(dbrx_serve.client.Client.__name__)
 """
 
 
-def test_the_client_installs_without_torch_and_passes_mypy_strict(tmp_path):
-    """`pip install '.[client]'` into a fresh venv (a real, non-editable install from this
-    tree): no torch comes along, the SDK and the .proto files import, and `mypy --strict`
-    passes on docs/examples/client.py (typing stubs for protobuf and grpc installed beside it).
-    About 40 s here, most of it pip."""
-    venv.create(tmp_path / "venv", with_pip=True)
+def test_the_client_installs_without_torch_and_passes_mypy_strict(wheel, tmp_path):
+    """`pip install 'WHEEL[client]'` into a fresh venv (a real, non-editable install of this
+    tree's wheel, by this environment's pip): no torch comes along, the SDK and the .proto files
+    import, and `mypy --strict` passes on docs/examples/client.py (typing stubs for protobuf and
+    grpc installed beside it). About 5 s here, most of it pip."""
+    venv.create(tmp_path / "venv", with_pip=False)
     python = str(tmp_path / "venv" / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "-q", f"{ROOT}[client]", "mypy", "types-protobuf",
-                    "types-grpcio"], check=True, capture_output=True, timeout=600)
+    subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", f"{wheel}[client]", "mypy",
+                    "types-protobuf", "types-grpcio"], check=True, capture_output=True, timeout=600)
     found = subprocess.run([python, "-c", CLIENT_CHECK], capture_output=True, text=True, cwd=tmp_path)
     assert found.returncode == 0 and found.stdout.strip() == "Client", found.stderr
     typed = subprocess.run([python, "-m", "mypy", "--strict", str(ROOT / "docs" / "examples" / "client.py")],

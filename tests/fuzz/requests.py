@@ -83,14 +83,14 @@ def messages(descriptor: Descriptor, samples: tuple[str, ...], huge: bool = True
     fields = {field.name: values(field, samples, huge, _value(base, field)) for field in descriptor.fields}
     if not fields:
         return st.just(GetMessageClass(descriptor)())
-    drawn = weighted((4, _few(fields)), (1, st.fixed_dictionaries({}, optional=fields)))
+    names = st.lists(st.sampled_from(sorted(fields)), min_size=1, max_size=3, unique=True)
+    drawn = weighted((4, _few(names, fields)), (1, st.fixed_dictionaries({}, optional=fields)))
     return drawn.map(lambda drawn: _build(descriptor, drawn, base))
 
 
 @st.composite
-def _few(draw, fields: dict[str, st.SearchStrategy]) -> dict:
-    names = draw(st.lists(st.sampled_from(sorted(fields)), min_size=1, max_size=3, unique=True))
-    return {name: draw(fields[name]) for name in names}
+def _few(draw, names: st.SearchStrategy[list[str]], fields: dict[str, st.SearchStrategy]) -> dict:
+    return {name: draw(fields[name]) for name in draw(names)}
 
 
 def _value(base: Message | None, field: F):
