@@ -4,13 +4,16 @@ stored configuration of the batch bucket a call falls in, and give the plain
 path's numbers; another GPU's table leaves the defaults with a log line; a
 malformed table is refused."""
 
+import json
 import logging
+import shutil
 from dataclasses import replace
 
 import pytest
 import torch
 
 from dbrx_serve.services.inference.backends import backend_for
+from dbrx_serve.services.inference.engine import Engine
 from dbrx_serve.services.inference.kernels import moe as moe_module
 from dbrx_serve.services.inference.kernels.moe import FusedMoE, expert_weights
 from dbrx_serve.services.inference.kernels.tuning import ACTIVE, GemmConfig, install
@@ -20,9 +23,9 @@ from .conftest import BOUND, relative_error
 from .test_moe import CFG, plain_moe
 
 UP, DOWN = "moe_up:int4:n160:k96:e6", "moe_down:int4:n96:k80:e6"  # CFG's experts in int4
-STORED = GemmConfig(block_m=1, block_n=32, block_k=16, split_k=2, num_warps=2, num_stages=2, dequant=0)
+STORED = GemmConfig(block_m=1, block_n=64, block_k=32, split_k=2, num_warps=2, num_stages=2, dequant=0)
 SMALL = GemmConfig(block_m=16, block_n=32, block_k=32, split_k=1, num_warps=4, num_stages=2, dequant=1)
-TABLE = {UP: {"2": SMALL.to_dict(), "8": STORED.to_dict()}, DOWN: {"2": SMALL.to_dict(), "8": STORED.to_dict()}}
+TABLE = {UP: {"2": SMALL.to_dict(), "4": STORED.to_dict()}, DOWN: {"2": SMALL.to_dict(), "4": STORED.to_dict()}}
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +48,7 @@ def launched_configs(monkeypatch, tokens: int) -> tuple[list, torch.Tensor, torc
 def test_the_stored_configuration_is_the_one_launched(monkeypatch):
     backend_for("triton", torch.device("cpu")).install_tuning({"cpu": TABLE}, torch.device("cpu"))
     assert expert_weights(plain_moe("int4", torch.float32, 0).fc).key("moe_up") == UP
-    configs, got, want = launched_configs(monkeypatch, tokens=5)  # bucket 8 (the smallest >= 5)
+    configs, got, want = launched_configs(monkeypatch, tokens=3)  # bucket 4 (the smallest >= 3)
     assert configs == [STORED, STORED]
     assert relative_error(got, want) <= 2 * BOUND[torch.float32]
     configs, got, want = launched_configs(monkeypatch, tokens=2)
@@ -57,14 +60,14 @@ def test_another_gpus_table_leaves_the_defaults_with_a_log_line(monkeypatch, cap
         install({"NVIDIA H200": TABLE}, torch.device("cpu"))
     assert caplog.messages == ["kernel tuning: the engine was tuned on NVIDIA H200, not on this cpu: the default "
                                "tiles"]
-    configs, got, want = launched_configs(monkeypatch, tokens=5)
+    configs, got, want = launched_configs(monkeypatch, tokens=3)
     fc = expert_weights(plain_moe("int4", torch.float32, 0).fc)
-    assert configs[0] == moe_module.moe_config(5, CFG.moe_top_k, fc, gated=True) != STORED
+    assert configs[0] == moe_module.moe_config(3, CFG.moe_top_k, fc, gated=True) != STORED
 
 
 @pytest.mark.parametrize("table, match", [
     ({UP: TABLE[UP]}, "must be stored at the same batch buckets with the same block_m"),
-    ({**TABLE, DOWN: {"2": SMALL.to_dict(), "8": replace(STORED, block_m=16, split_k=1).to_dict()}},
+    ({**TABLE, DOWN: {"2": SMALL.to_dict(), "4": replace(STORED, block_m=16, split_k=1).to_dict()}},
      "same block_m"),
     ({"moe:int4:n1:k1:e1": {"1": SMALL.to_dict()}}, "a shape key is <op>:<format>:n<N>:k<K>:e<E>"),
     ({"linear:int8:n64:k64:e1": {"one": SMALL.to_dict()}}, "batch buckets \\(positive integers\\)"),
@@ -78,3 +81,14 @@ def test_a_malformed_table_is_refused(table, match):
         install({"NVIDIA H200": table}, torch.device("cpu"))
     with pytest.raises(InvalidInput, match="must map GPU names to tables"):
         install([table], torch.device("cpu"))
+
+
+def test_an_engine_with_a_malformed_table_is_refused_when_it_opens(engine_dir, tmp_path):
+    """The model runner installs the engine's table (before its weights load): a bad one stops it."""
+    engine = shutil.copytree(engine_dir("int4"), tmp_path / "engine")
+    config = json.loads((engine / "config.json").read_text())
+    config["build_config"]["kernel_tuning"] = {"cpu": {UP: TABLE[UP]}}
+    (engine / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidInput, match="must be stored at the same batch buckets with the same block_m"):
+        Engine.from_dir(engine, backend="triton", verify=False)
+    assert ACTIVE.table == {}
