@@ -83,3 +83,21 @@ def test_the_tuner_keeps_the_fastest_and_the_experts_share_block_m(checkpoints):
         assert set(ACTIVE.table) == INT4_GEMMS
     finally:
         ACTIVE.table = {}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="timing the kernels needs a CUDA GPU")
+def test_a_gpu_build_stores_its_tuning_and_the_runtime_installs_it(checkpoints, tmp_path):
+    from dbrx_serve.services.inference.engine import Engine
+
+    engine = run_build(checkpoints(use_weight_only=True, weight_only_precision="int4"), tmp_path / "engine",
+                       max_batch_size=4, max_seq_len=128, tune="fast")
+    tables = read_engine(engine)[0]["build_config"]["kernel_tuning"]
+    name = torch.cuda.get_device_name()
+    assert list(tables) == [name] and set(tables[name]) == INT4_GEMMS
+    assert all(set(buckets) == {"1", "2", "4"} for buckets in tables[name].values())
+    try:
+        Engine.from_dir(engine, device="cuda", num_kv_blocks=16)
+        assert {key: {str(b): c.to_dict() for b, c in buckets.items()} for key, buckets in ACTIVE.table.items()} \
+            == tables[name]
+    finally:
+        ACTIVE.table = {}

@@ -16,10 +16,10 @@ from dbrx_serve.services.inference.backends import backend_for
 from dbrx_serve.services.inference.engine import Engine
 from dbrx_serve.services.inference.kernels import moe as moe_module
 from dbrx_serve.services.inference.kernels.moe import FusedMoE, expert_weights
-from dbrx_serve.services.inference.kernels.tuning import ACTIVE, GemmConfig, install
+from dbrx_serve.services.inference.kernels.tuning import ACTIVE, GemmConfig, device_name, install
 from dbrx_serve.shared.errors import InvalidInput
 
-from .conftest import BOUND, relative_error
+from .conftest import BOUND, DEVICE, relative_error
 from .test_moe import CFG, plain_moe
 
 UP, DOWN = "moe_up:int4:n160:k96:e6", "moe_down:int4:n96:k80:e6"  # CFG's experts in int4
@@ -38,15 +38,15 @@ def launched_configs(monkeypatch, tokens: int) -> tuple[list, torch.Tensor, torc
     """(the GemmConfigs FusedMoE launched, its output, the plain path's) for `tokens` tokens."""
     configs, launch = [], moe_module.gemm
     monkeypatch.setattr(moe_module, "gemm", lambda *args, **kw: configs.append(args[3]) or launch(*args, **kw))
-    plain, fused = plain_moe("int4", torch.float32, seed=1), plain_moe("int4", torch.float32, seed=1)
+    plain, fused = plain_moe("int4", torch.float32, seed=1), plain_moe("int4", torch.float32, seed=1).to(DEVICE)
     fused.__class__ = FusedMoE
     x = torch.randn(tokens, CFG.d_model, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        return configs, fused(x), plain(x)
+        return configs, fused(x.to(DEVICE)).cpu(), plain(x)
 
 
 def test_the_stored_configuration_is_the_one_launched(monkeypatch):
-    backend_for("triton", torch.device("cpu")).install_tuning({"cpu": TABLE}, torch.device("cpu"))
+    backend_for("triton", DEVICE).install_tuning({device_name(DEVICE): TABLE}, DEVICE)  # "cpu" on the CPU
     assert expert_weights(plain_moe("int4", torch.float32, 0).fc).key("moe_up") == UP
     configs, got, want = launched_configs(monkeypatch, tokens=3)  # bucket 4 (the smallest >= 3)
     assert configs == [STORED, STORED]
@@ -57,11 +57,11 @@ def test_the_stored_configuration_is_the_one_launched(monkeypatch):
 
 def test_another_gpus_table_leaves_the_defaults_with_a_log_line(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="dbrx_serve.inference"):
-        install({"NVIDIA H200": TABLE}, torch.device("cpu"))
-    assert caplog.messages == ["kernel tuning: the engine was tuned on NVIDIA H200, not on this cpu: the default "
-                               "tiles"]
+        install({"Another GPU": TABLE}, DEVICE)
+    here = device_name(DEVICE)
+    assert caplog.messages == [f"kernel tuning: the engine was tuned on Another GPU, not on this {here}: the default tiles"]
     configs, got, want = launched_configs(monkeypatch, tokens=3)
-    fc = expert_weights(plain_moe("int4", torch.float32, 0).fc)
+    fc = expert_weights(plain_moe("int4", torch.float32, 0).fc.to(DEVICE))
     assert configs[0] == moe_module.moe_config(3, CFG.moe_top_k, fc, gated=True) != STORED
 
 
