@@ -9,7 +9,9 @@ directory"): float [E, N, K] (nn.Linear's [out, in]); int8 [E, K, N]; int4
 one, two's complement); a per-channel scale [E, N] is applied once, after the
 K loop; group-wise int4 scales [E, K/GROUP, N] inside it, one product per
 BLOCK_K chunk (BLOCK_K divides GROUP, so a chunk lies in one group). Small batches are bandwidth-bound, so how int weights become floats is
-a choice (`GemmConfig.dequant`, measured by bench/gemm_tune.py).
+a choice (`GemmConfig.dequant`, measured by bench/gemm_tune.py). `linear_config` and
+`moe_config` launch the engine's tuned configuration for the shape and batch
+where it stores one (tuning.py), else the default tiles below.
 
 For the experts (`moe=True`) rows come sorted by expert and padded to blocks of
 BLOCK_M (moe.py's `align`): `sorted_ids[i]` is a (token, slot) pair index, P
