@@ -37,6 +37,10 @@ def add_parser(subparsers):
     p.add_argument("--tokenizer_dir", default=None,
                    help="tokenizer files to copy into the engine (default: the HF model dir of the checkpoint)")
     p.add_argument("--workers", type=int, default=1, help="ranks built in parallel processes")
+    p.add_argument("--tune", default="fast", choices=["off", "fast", "full"],
+                   help="time the GEMM kernels' configurations for the engine's shapes on this CUDA GPU and store "
+                        "the fastest in the engine (fast: a few around the default; full: a wide grid); without "
+                        "a CUDA device the build skips it")
     p.add_argument("--log_level", dest="build_log_level", default="info", choices=list(LOG_LEVELS),
                    help="the builder's log level in-process (a --server build logs at its worker's level)")
     p.add_argument("--overwrite", action="store_true")
@@ -59,8 +63,8 @@ def options_from_args(args):
         kv_cache_dtype=args.kv_cache_dtype, tokens_per_block=args.tokens_per_block,
         gpt_attention_plugin=args.gpt_attention_plugin, gemm_plugin=args.gemm_plugin, moe_plugin=args.moe_plugin,
         context_fmha=args.context_fmha, remove_input_padding=args.remove_input_padding,
-        tokenizer_dir=absolute(args.tokenizer_dir), workers=args.workers, log_level=args.build_log_level,
-        overwrite=args.overwrite)
+        tokenizer_dir=absolute(args.tokenizer_dir), workers=args.workers, tune=args.tune,
+        log_level=args.build_log_level, overwrite=args.overwrite)
 
 
 def run(args) -> int:

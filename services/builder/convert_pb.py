@@ -14,7 +14,7 @@ KV_CACHE_DTYPE_OF_PB = {common_pb2.KV_CACHE_D_TYPE_UNSPECIFIED: None, common_pb2
 PB_OF_KV_CACHE_DTYPE = {name: value for value, name in KV_CACHE_DTYPE_OF_PB.items()}
 SCALARS = ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "max_beam_width", "tokens_per_block",
            "workers", "kv_cache_type", "gpt_attention_plugin", "gemm_plugin", "moe_plugin", "context_fmha",
-           "remove_input_padding", "tokenizer_dir", "overwrite")
+           "remove_input_padding", "tokenizer_dir", "overwrite", "tune")
 PATHS = ("checkpoint_dir", "output_dir", "tokenizer_dir")
 
 

@@ -1,6 +1,6 @@
 """The engine's config.json: trtllm-build's shape (`version`,
 `pretrained_config` = the checkpoint's config verbatim, `build_config`), with
-our backend's name and its (empty for now) kernel tuning table."""
+our backend's name and its kernel tuning table (kernel_tuning.py)."""
 
 from dbrx_serve import __version__
 
@@ -10,7 +10,7 @@ BACKEND = "dbrx-serve-torch"
 WEIGHT_LAYOUT = "plain"  # int8 [in, out], int4 [in, out/2] two columns a byte (docs/trtllm-checkpoint.md)
 
 
-def engine_config(plan: BuildPlan) -> dict:
+def engine_config(plan: BuildPlan, kernel_tuning: dict) -> dict:
     limits, options, weight_only = plan.limits, plan.options, plan.checkpoint.weight_only
     build_config = {
         "max_batch_size": limits.max_batch_size,
@@ -25,7 +25,7 @@ def engine_config(plan: BuildPlan) -> dict:
         "backend": BACKEND,
         "weight_layout": WEIGHT_LAYOUT,  # what services/inference/kernels/gemm.py reads as stored
         "weight_only": weight_only and {"precision": weight_only.precision, "group_size": weight_only.group_size},
-        "kernel_tuning": {},
+        "kernel_tuning": kernel_tuning,  # {GPU name: {shape key: {batch bucket: GemmConfig}}}
         "build_options": options.to_dict(),
     }
     return {"version": __version__, "pretrained_config": plan.checkpoint.config, "build_config": build_config}

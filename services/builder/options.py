@@ -16,6 +16,7 @@ KV_CACHE_TYPES = ("paged",)  # trtllm-build also knows "continuous" and "disable
 KV_CACHE_DTYPES = ("model", "int8")  # None: int8 when the checkpoint has INT8 KV scales, else the model dtype
 PLUGIN_DTYPES = ("auto", "float16", "float32", "bfloat16", "int32", "disable")
 SWITCHES = ("enable", "disable")
+TUNE_MODES = ("off", "fast", "full")  # kernel tuning on a CUDA device (kernel_tuning.py)
 LOG_LEVELS = ("internal_error", "error", "warning", "info", "verbose", "debug", "trace")
 
 
@@ -50,6 +51,7 @@ class BuildOptions:
     remove_input_padding: str = "enable"
     tokenizer_dir: str | None = None  # None: the HF model dir the checkpoint's manifest names, if it has one
     workers: int = 1
+    tune: str = "fast"  # skipped (logged) without a CUDA device
     log_level: str = "info"
     overwrite: bool = False
 
@@ -82,6 +84,7 @@ class BuildOptions:
         for name in ("context_fmha", "remove_input_padding"):
             _check_choice(name, getattr(self, name), SWITCHES)
         _check_choice("log_level", self.log_level, LOG_LEVELS)
+        _check_choice("tune", self.tune, TUNE_MODES, " (kernel tuning on a CUDA device)")
 
     def limits(self, max_position_embeddings: int) -> BuildLimits:
         """The limits for a model, clipped as trtllm-build clips them (with a log line)."""

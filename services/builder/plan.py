@@ -9,6 +9,7 @@ from dbrx_serve.shared.artifacts import check_output_dir
 from dbrx_serve.shared.kv_scales import KVScales
 
 from .checkpoint import Checkpoint, read_checkpoint, stored_layout
+from .kernel_tuning import TuningPlan, plan_tuning
 from .kv_scales import kv_cache_dtype, kv_scales
 from .layout import group_names
 from .options import BuildLimits, BuildOptions
@@ -24,12 +25,14 @@ class BuildPlan:
     kv_scales: KVScales | None  # for int8
     tokenizer_dir: Path | None
     output_dir: Path
+    tuning: TuningPlan | None  # None: no kernel tuning (off, or no CUDA device)
 
     @property
     def total_steps(self) -> int:
-        """Tensor groups of every rank, plus one for the configs and tokenizer."""
+        """Tensor groups of every rank, the tuning's timings, and one for the configs and tokenizer."""
         ckpt = self.checkpoint
-        return sum(len(group_names(stored_layout(ckpt, r))) for r in range(ckpt.mapping.world_size)) + 1
+        groups = sum(len(group_names(stored_layout(ckpt, r))) for r in range(ckpt.mapping.world_size))
+        return groups + (self.tuning.steps if self.tuning else 0) + 1
 
     @property
     def inputs(self) -> list[Path]:
@@ -43,4 +46,4 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     kv_dtype = kv_cache_dtype(ckpt, options.kv_cache_dtype)
     scales = kv_scales(ckpt) if kv_dtype == "int8" else None
     return BuildPlan(options, ckpt, limits, kv_dtype, scales, tokenizer_source(ckpt, options.tokenizer_dir),
-                     output_dir)
+                     output_dir, plan_tuning(options, ckpt, limits))

@@ -6,6 +6,8 @@ which paged cache attends for them, applied from outside the model.
 - `triton`: kernels/ (fused MoE, weight-only GEMMs, paged attention with the
   rotary embedding and cache write fused), decode steps in CUDA graphs: the
   default on CUDA. It also runs on the CPU under TRITON_INTERPRET=1 (tests).
+  Its GEMMs launch the engine's tuned configurations for this GPU
+  (`build_config.kernel_tuning`, kernels/tuning.py) where it has them.
 """
 
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ class Backend:
     swap: Callable[[DbrxModel], DbrxModel]  # retype modules (after the weight-only swap)
     make_cache: Callable[..., object]  # (cfg, shape, num_blocks, tokens_per_block, dtype, device, scales, tensors)
     graphs: bool  # decode steps capture into CUDA graphs (on CUDA devices)
+    install_tuning: Callable[[dict, torch.device], None]  # the engine's kernel_tuning, for this device's GPU
 
 
 def torch_cache(cfg: DbrxConfig, shape: LocalShape, num_blocks: int, tokens_per_block: int, dtype: torch.dtype,
@@ -46,9 +49,15 @@ def triton_cache(*args):
     return TritonPagedCache(*args)
 
 
+def triton_install_tuning(tables: dict, device: torch.device) -> None:
+    from .kernels.tuning import install
+    install(tables, device)
+
+
 BACKENDS = {
-    "torch": Backend("torch", lambda model: model, torch_cache, graphs=False),
-    "triton": Backend("triton", triton_swap, triton_cache, graphs=True),
+    "torch": Backend("torch", lambda model: model, torch_cache, graphs=False,
+                     install_tuning=lambda tables, device: None),
+    "triton": Backend("triton", triton_swap, triton_cache, graphs=True, install_tuning=triton_install_tuning),
 }
 DEFAULT_BACKEND = {"cuda": "triton", "cpu": "torch"}
 

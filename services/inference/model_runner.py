@@ -96,6 +96,7 @@ class ModelRunner:
         self.device = torch.device(device)
         self.backend = backend_for(backend, self.device)
         self.parallel, self.engine, self.limits = parallel, engine, limits
+        self.backend.install_tuning(engine.build.get("kernel_tuning", {}), self.device)
         model = model if model is not None else load_model(engine, self.device, self.backend, parallel.rank)
         self.model = parallel.apply(model)
         self.tensors = StepTensors(limits.max_num_tokens, limits.max_batch_size, limits.max_blocks_per_seq,

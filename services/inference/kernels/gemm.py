@@ -9,7 +9,9 @@ directory"): float [E, N, K] (nn.Linear's [out, in]); int8 [E, K, N]; int4
 one, two's complement); a per-channel scale [E, N] is applied once, after the
 K loop; group-wise int4 scales [E, K/GROUP, N] inside it, one product per
 BLOCK_K chunk (BLOCK_K divides GROUP, so a chunk lies in one group). Small batches are bandwidth-bound, so how int weights become floats is
-a choice (`GemmConfig.dequant`, measured by bench/gemm_tune.py).
+a choice (`GemmConfig.dequant`, measured by bench/gemm_tune.py). `linear_config` and
+`moe_config` launch the engine's tuned configuration for the shape and batch
+where it stores one (tuning.py), else the default tiles below.
 
 For the experts (`moe=True`) rows come sorted by expert and padded to blocks of
 BLOCK_M (moe.py's `align`): `sorted_ids[i]` is a (token, slot) pair index, P
@@ -29,26 +31,12 @@ import triton.language as tl
 
 from dbrx_serve.shared.weight_only import WeightOnlyLinear
 
+from .tuning import ACTIVE, LINEAR, MOE_DOWN, MOE_UP, GemmConfig, shape_key
+
 FLOAT, INT8, INT4 = 0, 1, 2
 SHARED_MEMORY_BYTES = 160 * 1024  # what the pipeline stages of one program may take (the H200 has 227 KB)
 FORMATS = {"int8": INT8, "int4": INT4}
 BITS = {INT8: 8, INT4: 4}
-
-
-@dataclass(frozen=True)
-class GemmConfig:
-    """A launch configuration: tile sizes, K split, warps, pipeline stages."""
-
-    block_m: int = 16
-    block_n: int = 64
-    block_k: int = 128
-    split_k: int = 1
-    num_warps: int = 4
-    num_stages: int = 4
-    dequant: int = 1  # gemm_kernel's DEQ: 0 cast, 1 float-mantissa bits, 2 (int4) two planes, 3 packed asm
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 @triton.jit
@@ -381,6 +369,12 @@ class Weights:
         s = scale if scale.dim() == 2 + grouped else scale[None]
         return cls(w, FORMATS[precision], s.shape[-1], w.shape[1], s, w.shape[1] // s.shape[1] if grouped else 0)
 
+    def key(self, op: str) -> str:
+        """The shape key of this weight's GEMM in a tuning table (tuning.py)."""
+        fmt = (str(self.tensor.dtype).removeprefix("torch.") if self.fmt == FLOAT
+               else f"int{BITS[self.fmt]}" + (f"g{self.group_size}" if self.group_size else ""))
+        return shape_key(op, fmt, self.n, self.k, self.tensor.shape[0])
+
     def strides(self) -> tuple[int, int, int]:
         e, a, b = self.tensor.stride()
         return (e, b, a) if self.fmt == FLOAT else (e, a, b)  # float is [E, N, K]: k is the last dim
@@ -489,16 +483,25 @@ def fit_groups(config: GemmConfig, w: Weights) -> GemmConfig:
 
 
 def linear_config(m: int, w: Weights) -> GemmConfig:
+    """The tuned configuration of this shape at m tokens (tuning.py), else the default tiles."""
+    tuned = ACTIVE.config(w.key(LINEAR), m)
+    if tuned is not None:
+        return tuned
     config = fit_groups(tile_config(m, w), w)
     tiles = triton.cdiv(m, config.block_m) * triton.cdiv(w.n, config.block_n)
     return with_split_k(config, tiles, w.k, num_sms(w.tensor.device))
 
 
-def moe_config(num_pairs: int, w: Weights, num_experts: int) -> GemmConfig:
-    """Tiles by the pairs an expert gets on average (the same block_m for both expert GEMMs, which
-    share the sorted pairs). No K split for tiles of 16 rows and up: all active experts fill the grid;
-    one-row programs (a program a pair) split K."""
-    config = fit_groups(tile_config(max(1, num_pairs // num_experts), w), w)
+def moe_config(num_tokens: int, top_k: int, w: Weights, gated: bool = False) -> GemmConfig:
+    """The tuned configuration of this expert GEMM at num_tokens (tuning.py), else tiles by the pairs
+    an expert gets on average (the same block_m for both expert GEMMs, which share the sorted pairs).
+    No K split for tiles of 16 rows and up: all active experts fill the grid; one-row programs (a
+    program a pair) split K."""
+    tuned = ACTIVE.config(w.key(MOE_UP if gated else MOE_DOWN), num_tokens)
+    if tuned is not None:
+        return tuned
+    num_pairs = num_tokens * top_k
+    config = fit_groups(tile_config(max(1, num_pairs // w.tensor.shape[0]), w), w)
     if config.block_m > 1:
         return config
     return with_split_k(config, num_pairs * triton.cdiv(w.n, config.block_n), w.k, num_sms(w.tensor.device))

@@ -119,8 +119,8 @@ class FusedMoE(MoE):
         n, k = x.shape[0], self.top_k
         fc, proj = expert_weights(self.fc), expert_weights(self.proj)
         num_experts = fc.tensor.shape[0]
-        up_config = moe_config(n * k, fc, num_experts)
-        down_config = moe_config(n * k, proj, num_experts)
+        up_config = moe_config(n, k, fc, gated=True)
+        down_config = moe_config(n, k, proj)
         weights, ids = route(x, self.router.weight, k, self.norm_p)
         sorted_ids, block_experts, num_sorted = align(ids, num_experts, self.expert_offset, up_config.block_m)
         moe = (sorted_ids, block_experts, num_sorted, n * k)

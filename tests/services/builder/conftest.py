@@ -47,7 +47,8 @@ def checkpoints(build_model, tmp_path_factory):
 
 
 def run_build(checkpoint_dir, output_dir, **flags) -> Path:
-    build(BuildOptions(str(checkpoint_dir), str(output_dir), **flags))
+    """A build, untuned unless `tune` is given (on a GPU, tuning has its own tests: test_build_tuning.py)."""
+    build(BuildOptions(str(checkpoint_dir), str(output_dir), **{"tune": "off", **flags}))
     return Path(output_dir)
 
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from contextlib import contextmanager
 
+import torch
+
 from dbrx_serve.shared.artifacts import verify_manifest
 
 
@@ -40,6 +42,9 @@ def test_in_process_build_and_the_job_it_leaves(checkpoints, tmp_path):
     config = json.loads((tmp_path / "engine" / "config.json").read_text())
     assert config["build_config"]["max_seq_len"] == 128
     assert config["build_config"]["build_options"]["log_level"] == "verbose"
+    if not torch.cuda.is_available():  # the default --tune fast has no GPU to time on here
+        assert config["build_config"]["kernel_tuning"] == {}
+        assert "kernel tuning: skipped, no CUDA device" in result.stderr
     listed = json.loads(dbrx("jobs", "list", "--database_url", database, "--json").stdout)
     assert [(j["kind"], j["state"]) for j in listed] == [("build", "SUCCEEDED")]
 
@@ -58,6 +63,8 @@ def test_bad_limits_exit_2_before_any_job(tmp_path):
     result = dbrx("build", "--checkpoint_dir", tmp_path, "--tokens_per_block", 48,
                   "--database_url", f"sqlite:///{tmp_path / 'jobs.db'}")
     assert result.returncode == 2 and "--tokens_per_block 48 must be a power of two" in result.stderr
+    result = dbrx("build", "--checkpoint_dir", tmp_path, "--tune", "fastest")
+    assert result.returncode == 2 and "--tune: invalid choice: 'fastest'" in result.stderr
 
 
 def test_build_through_a_server_and_a_worker_process(checkpoints, tmp_path):

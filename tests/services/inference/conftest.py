@@ -21,7 +21,9 @@ from dbrx_serve.services.tokenizer.tokenizer import load_tokenizer
 from dbrx_serve.shared.reference import load_hf_model
 from dbrx_serve.shared.testing import TinySpec, save_tiny_model
 
-LIMITS = dict(max_batch_size=64, max_input_len=128, max_seq_len=256, max_num_tokens=256, tokens_per_block=8)
+# tune off: on a GPU the runtime's tests keep the default tiles (tuning has its own tests: test_build_tuning.py)
+LIMITS = dict(max_batch_size=64, max_input_len=128, max_seq_len=256, max_num_tokens=256, tokens_per_block=8,
+              tune="off")
 ENGINES = {  # name -> converter flags
     "fp32": dict(dtype="float32"),
     "int8": dict(dtype="float32", use_weight_only=True, weight_only_precision="int8"),

@@ -27,7 +27,7 @@ from . import common_pb2 as dbrx_dot_serve_dot_v1_dot_common__pb2
 from . import jobs_pb2 as dbrx_dot_serve_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x62rx/serve/v1/builder.proto\x12\rdbrx.serve.v1\x1a\x1a\x64\x62rx/serve/v1/common.proto\x1a\x18\x64\x62rx/serve/v1/jobs.proto\"\xe3\x03\n\x0c\x42uildRequest\x12\x16\n\x0e\x63heckpoint_dir\x18\x01 \x01(\t\x12\x12\n\noutput_dir\x18\x02 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\x05\x12\x15\n\rmax_input_len\x18\x04 \x01(\x05\x12\x13\n\x0bmax_seq_len\x18\x05 \x01(\x05\x12\x16\n\x0emax_num_tokens\x18\x06 \x01(\x05\x12\x33\n\x0ekv_cache_dtype\x18\x07 \x01(\x0e\x32\x1b.dbrx.serve.v1.KVCacheDType\x12\x18\n\x10tokens_per_block\x18\x08 \x01(\x05\x12\x0f\n\x07workers\x18\t \x01(\x05\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12\x1c\n\x14gpt_attention_plugin\x18\x0b \x01(\t\x12\x13\n\x0bgemm_plugin\x18\x0c \x01(\t\x12\x12\n\nmoe_plugin\x18\r \x01(\t\x12\x11\n\toverwrite\x18\x0e \x01(\x08\x12\x16\n\x0emax_beam_width\x18\x0f \x01(\x05\x12\x15\n\rkv_cache_type\x18\x10 \x01(\t\x12\x14\n\x0c\x63ontext_fmha\x18\x11 \x01(\t\x12\x1c\n\x14remove_input_padding\x18\x12 \x01(\t\x12\x15\n\rtokenizer_dir\x18\x13 \x01(\t2P\n\x0e\x42uilderService\x12>\n\x0bSubmitBuild\x12\x1b.dbrx.serve.v1.BuildRequest\x1a\x12.dbrx.serve.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x62rx/serve/v1/builder.proto\x12\rdbrx.serve.v1\x1a\x1a\x64\x62rx/serve/v1/common.proto\x1a\x18\x64\x62rx/serve/v1/jobs.proto\"\xf1\x03\n\x0c\x42uildRequest\x12\x16\n\x0e\x63heckpoint_dir\x18\x01 \x01(\t\x12\x12\n\noutput_dir\x18\x02 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\x05\x12\x15\n\rmax_input_len\x18\x04 \x01(\x05\x12\x13\n\x0bmax_seq_len\x18\x05 \x01(\x05\x12\x16\n\x0emax_num_tokens\x18\x06 \x01(\x05\x12\x33\n\x0ekv_cache_dtype\x18\x07 \x01(\x0e\x32\x1b.dbrx.serve.v1.KVCacheDType\x12\x18\n\x10tokens_per_block\x18\x08 \x01(\x05\x12\x0f\n\x07workers\x18\t \x01(\x05\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12\x1c\n\x14gpt_attention_plugin\x18\x0b \x01(\t\x12\x13\n\x0bgemm_plugin\x18\x0c \x01(\t\x12\x12\n\nmoe_plugin\x18\r \x01(\t\x12\x11\n\toverwrite\x18\x0e \x01(\x08\x12\x16\n\x0emax_beam_width\x18\x0f \x01(\x05\x12\x15\n\rkv_cache_type\x18\x10 \x01(\t\x12\x14\n\x0c\x63ontext_fmha\x18\x11 \x01(\t\x12\x1c\n\x14remove_input_padding\x18\x12 \x01(\t\x12\x15\n\rtokenizer_dir\x18\x13 \x01(\t\x12\x0c\n\x04tune\x18\x14 \x01(\t2P\n\x0e\x42uilderService\x12>\n\x0bSubmitBuild\x12\x1b.dbrx.serve.v1.BuildRequest\x1a\x12.dbrx.serve.v1.Jobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dbrx.serve.v1.builder_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BUILDREQUEST']._serialized_start=101
-  _globals['_BUILDREQUEST']._serialized_end=584
-  _globals['_BUILDERSERVICE']._serialized_start=586
-  _globals['_BUILDERSERVICE']._serialized_end=666
+  _globals['_BUILDREQUEST']._serialized_end=598
+  _globals['_BUILDERSERVICE']._serialized_start=600
+  _globals['_BUILDERSERVICE']._serialized_end=680
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,7 @@ class BuildRequest(_message.Message):
     CONTEXT_FMHA_FIELD_NUMBER: _builtins.int
     REMOVE_INPUT_PADDING_FIELD_NUMBER: _builtins.int
     TOKENIZER_DIR_FIELD_NUMBER: _builtins.int
+    TUNE_FIELD_NUMBER: _builtins.int
     checkpoint_dir: _builtins.str
     output_dir: _builtins.str
     max_batch_size: _builtins.int
@@ -66,6 +67,8 @@ class BuildRequest(_message.Message):
     """empty: "enable" """
     tokenizer_dir: _builtins.str
     """empty: the HF model dir named by the checkpoint's manifest"""
+    tune: _builtins.str
+    """kernel tuning: "off", "fast" or "full"; empty: "fast" (skipped without CUDA)"""
     def __init__(
         self,
         *,
@@ -88,10 +91,11 @@ class BuildRequest(_message.Message):
         context_fmha: _builtins.str = ...,
         remove_input_padding: _builtins.str = ...,
         tokenizer_dir: _builtins.str = ...,
+        tune: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "context_fmha", b"context_fmha", "gemm_plugin", b"gemm_plugin", "gpt_attention_plugin", b"gpt_attention_plugin", "idempotency_key", b"idempotency_key", "kv_cache_dtype", b"kv_cache_dtype", "kv_cache_type", b"kv_cache_type", "max_batch_size", b"max_batch_size", "max_beam_width", b"max_beam_width", "max_input_len", b"max_input_len", "max_num_tokens", b"max_num_tokens", "max_seq_len", b"max_seq_len", "moe_plugin", b"moe_plugin", "output_dir", b"output_dir", "overwrite", b"overwrite", "remove_input_padding", b"remove_input_padding", "tokenizer_dir", b"tokenizer_dir", "tokens_per_block", b"tokens_per_block", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "context_fmha", b"context_fmha", "gemm_plugin", b"gemm_plugin", "gpt_attention_plugin", b"gpt_attention_plugin", "idempotency_key", b"idempotency_key", "kv_cache_dtype", b"kv_cache_dtype", "kv_cache_type", b"kv_cache_type", "max_batch_size", b"max_batch_size", "max_beam_width", b"max_beam_width", "max_input_len", b"max_input_len", "max_num_tokens", b"max_num_tokens", "max_seq_len", b"max_seq_len", "moe_plugin", b"moe_plugin", "output_dir", b"output_dir", "overwrite", b"overwrite", "remove_input_padding", b"remove_input_padding", "tokenizer_dir", b"tokenizer_dir", "tokens_per_block", b"tokens_per_block", "tune", b"tune", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

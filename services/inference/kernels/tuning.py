@@ -1,0 +1,161 @@
+"""Tuned GEMM launch configurations: the table a build stores in the engine
+(`build_config.kernel_tuning`, docs/trtllm-checkpoint.md) and the one the
+kernels consult at launch (gemm.py's `linear_config` and `moe_config`).
+
+    {"<GPU name>": {"<shape key>": {"<batch bucket>": GemmConfig.to_dict()}}}
+
+A shape key names one GEMM of the engine as the kernels see it:
+`<op>:<format>:n<N>:k<K>:e<E>`, e.g. `moe_up:int4g128:n21504:k6144:e16`
+(op `linear`, `moe_up` (gate+up, SwiGLU fused) or `moe_down`; format `int8`,
+`int4`, `int4g<group>` or the float dtype; N output and K input columns; E
+experts, 1 for a linear layer). A call of T tokens takes the configuration of
+the smallest bucket >= T; past the largest bucket, or for a shape the table
+lacks, the default tiles. `install` makes one GPU's table the active one when
+an engine opens (services/inference/model_runner.py); this module imports no
+Triton, so gemm.py can import it.
+"""
+
+import logging
+import re
+from dataclasses import dataclass, fields
+
+import torch
+
+from dbrx_serve.shared.errors import InvalidInput
+
+log = logging.getLogger("dbrx_serve.inference")
+
+LINEAR, MOE_UP, MOE_DOWN = "linear", "moe_up", "moe_down"
+SHAPE_KEY = re.compile(r"^(linear|moe_up|moe_down):(int8|int4(?:g(\d+))?|float32|float16|bfloat16)"
+                       r":n(\d+):k(\d+):e(\d+)$")
+PER_CHANNEL_INT = ("int8", "int4")
+POWERS_OF_TWO = ("block_m", "block_n", "block_k", "split_k", "num_warps")  # the formats gemv_kernel (block_m 1) reads
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """A launch configuration: tile sizes, K split, warps, pipeline stages."""
+
+    block_m: int = 16
+    block_n: int = 64
+    block_k: int = 128
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 4
+    dequant: int = 1  # gemm_kernel's DEQ: 0 cast, 1 float-mantissa bits, 2 (int4) two planes, 3 packed asm
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, values, where: str) -> "GemmConfig":
+        names = [f.name for f in fields(cls)]
+        if not isinstance(values, dict) or sorted(values) != sorted(names):
+            raise InvalidInput(f"{where}: a GEMM configuration needs exactly {', '.join(names)}, got {values!r}")
+        for name, value in values.items():
+            low = 0 if name == "dequant" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidInput(f"{where}: {name} must be an integer >= {low}, got {value!r}")
+            if name in POWERS_OF_TWO and value & (value - 1):
+                raise InvalidInput(f"{where}: {name} must be a power of two, got {value}")
+        if values["dequant"] > 3:
+            raise InvalidInput(f"{where}: dequant is 0, 1, 2 or 3 (gemm.py's DEQ), got {values['dequant']}")
+        return cls(**values)
+
+
+def shape_key(op: str, fmt: str, n: int, k: int, experts: int) -> str:
+    return f"{op}:{fmt}:n{n}:k{k}:e{experts}"
+
+
+def device_name(device: torch.device) -> str:
+    """The name a table is stored under: torch.cuda.get_device_name on CUDA, else the device type
+    ("cpu": where Triton's interpreter runs the kernels in tests)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+Table = dict[str, dict[int, GemmConfig]]  # shape key -> batch bucket -> configuration
+
+
+class ActiveTable:
+    """The table the kernels consult: one GPU's, installed when an engine opens; empty by default."""
+
+    def __init__(self):
+        self.table: Table = {}
+
+    def config(self, key: str, num_tokens: int) -> GemmConfig | None:
+        """The stored configuration of the smallest bucket >= num_tokens, or None (the defaults)."""
+        buckets = self.table.get(key)
+        if buckets is None:
+            return None
+        return next((config for bucket, config in buckets.items() if bucket >= num_tokens), None)
+
+
+ACTIVE = ActiveTable()
+
+
+def install(tables, device: torch.device) -> None:
+    """Make the stored table of this device's GPU the active one (every GPU's table is checked
+    first: a malformed one is refused); another GPU's tables leave the defaults, with a log line."""
+    checked = {name: parse_table(table, f"kernel_tuning[{name!r}]") for name, table in check_tables(tables).items()}
+    name = device_name(device)
+    ACTIVE.table = checked.get(name, {})
+    if checked and name not in checked:
+        log.warning("kernel tuning: the engine was tuned on %s, not on this %s: the default tiles",
+                    ", ".join(sorted(checked)), name)
+    elif checked:
+        log.info("kernel tuning: %d tuned GEMM shapes for %s", len(ACTIVE.table), name)
+
+
+def check_tables(tables) -> dict:
+    if not isinstance(tables, dict) or not all(isinstance(name, str) for name in tables):
+        raise InvalidInput(f"build_config.kernel_tuning must map GPU names to tables, got {tables!r}")
+    return tables
+
+
+def parse_table(table, where: str) -> Table:
+    """A stored table as configurations, checked: known shape keys, bucket numbers, configurations
+    the kernels can launch for their shape, and the experts' two GEMMs on the same block_m."""
+    if not isinstance(table, dict):
+        raise InvalidInput(f"{where} must map shape keys to batch buckets, got {table!r}")
+    parsed = {key: parse_buckets(key, buckets, f"{where}[{key!r}]") for key, buckets in table.items()}
+    for key in parsed:
+        check_expert_pair(parsed, key, where)
+    return parsed
+
+
+def parse_buckets(key: str, buckets, where: str) -> dict[int, GemmConfig]:
+    match = SHAPE_KEY.match(key)
+    if match is None:
+        raise InvalidInput(f"{where}: a shape key is <op>:<format>:n<N>:k<K>:e<E> (op linear, moe_up or "
+                           "moe_down; format int8, int4, int4g<group> or a float dtype), e.g. "
+                           "moe_up:int4:n21504:k6144:e16")
+    if not isinstance(buckets, dict) or not buckets or not all(str(b).isdigit() and int(b) > 0 for b in buckets):
+        raise InvalidInput(f"{where} must map batch buckets (positive integers) to configurations, got {buckets!r}")
+    parsed = {int(b): GemmConfig.from_dict(c, f"{where}[{b!r}]") for b, c in buckets.items()}
+    for bucket, config in parsed.items():
+        check_launchable(match, config, f"{where}[{str(bucket)!r}]")
+    return dict(sorted(parsed.items()))
+
+
+def check_launchable(match: re.Match, config: GemmConfig, where: str) -> None:
+    op, fmt, group = match.group(1), match.group(2), match.group(3)
+    if config.block_m == 1 and fmt not in PER_CHANNEL_INT:
+        raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads int8 or per-channel int4 weights, not {fmt}")
+    if group and int(group) % config.block_k:
+        raise InvalidInput(f"{where}: block_k {config.block_k} must divide the group size {group}")
+    if op == MOE_UP and config.block_m > 1 and config.split_k > 1:
+        raise InvalidInput(f"{where}: gate+up tiles of block_m > 1 take split_k 1 (SwiGLU needs whole sums)")
+
+
+def check_expert_pair(table: Table, key: str, where: str) -> None:
+    """moe_up's partner (moe_down of the same experts) is tuned at the same buckets with the same
+    block_m: both GEMMs read the pairs sorted into blocks of one block_m (moe.py's `align`)."""
+    op, fmt, _, n, k, experts = SHAPE_KEY.match(key).groups()
+    if op != MOE_UP:
+        return
+    down = shape_key(MOE_DOWN, fmt, int(k), int(n) // 2, int(experts))
+    up_blocks = {b: c.block_m for b, c in table[key].items()}
+    down_blocks = {b: c.block_m for b, c in table.get(down, {}).items()}
+    if up_blocks != down_blocks:
+        raise InvalidInput(f"{where}: {key} and {down} must be stored at the same batch buckets with the same "
+                           f"block_m (got {up_blocks} and {down_blocks or 'none'})")
