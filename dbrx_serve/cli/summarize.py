@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from dbrx_serve.services.inference.memory import add_memory_args
 from dbrx_serve.shared.cnn_dailymail import prompt_of, read_records
 from dbrx_serve.shared.errors import InvalidInput
 
@@ -37,6 +38,7 @@ def add_parser(subparsers):
     p.add_argument("--max_input_length", type=int, default=923, help="prompt tokens kept, from the end")
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto, for --engine_dir and --test_hf")
+    add_memory_args(p)  # --engine_dir only
     p.add_argument("--hf_dtype", default="float32", help="--test_hf: float32, float16 or bfloat16")
     p.add_argument("--hostfile", default=None, help="--engine_dir of several ranks: the hosts of the MPI world "
                    "this command starts (passed to mpiexec)")

@@ -415,6 +415,9 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
             raise ValueError("block_m 1 (gemv_kernel) reads int8 or int4 weights with per-channel scales; float "
                              "and group-wise weights take block_m >= 16")
         bits = BITS[w.fmt]
+        if (n_out * bits) % 32:
+            raise ValueError(f"block_m 1 (gemv_kernel) reads whole 32-bit words: {n_out} columns of int{bits} "
+                             f"{'in each half of a gated weight ' if gated else ''}are not")
         words = w.tensor.view(torch.int32)
         args[1], args[14:17], args[-1] = words, words.stride(), gate_offset * bits // 32
         gemv_kernel[grid](*args, BITS=bits, SHIFT=GEMV_SHIFT[bits], XOR=GEMV_XOR[bits],
@@ -462,9 +465,10 @@ GEMV_TILES = {INT4: dict(block_n=128, block_k=32)}
 
 
 def tile_config(rows: int, w: Weights) -> GemmConfig:
-    """One row of int weights with per-channel scales: gemv_kernel. Taller tiles (block_m 32 and up) take int4 by the mantissa
+    """One row of int weights with per-channel scales: gemv_kernel (whole 32-bit words in each half
+    of a gated weight: N a multiple of 64 / BITS). Taller tiles (block_m 32 and up) take int4 by the mantissa
     bits (DEQ 1): two planes there double the code and spill (bench/notes-gpu.md, bench/gemm_sass.py)."""
-    if rows == 1 and w.fmt in GEMV_TILES and not w.group_size and w.n % (32 // BITS[w.fmt]) == 0:
+    if rows == 1 and w.fmt in GEMV_TILES and not w.group_size and w.n % (64 // BITS[w.fmt]) == 0:
         return GemmConfig(block_m=1, **GEMV_TILES[w.fmt])
     bm = block_m_for(rows)
     if bm == 16:

@@ -137,7 +137,7 @@ def launchable(config: GemmConfig, case: GemmCase) -> bool:
     """What gemm() and FusedMoE run correctly: gemv_kernel on per-channel int weights of whole
     words; DEQ 3 on int4 to bfloat16 on CUDA; gate+up split along K only in one-row programs."""
     w = case.w
-    if config.block_m == 1 and (w.fmt == FLOAT or w.group_size or w.n % (32 // BITS[w.fmt])
+    if config.block_m == 1 and (w.fmt == FLOAT or w.group_size or w.n % (64 // BITS[w.fmt])
                                 or config.block_n < 32 // BITS[w.fmt]):
         return False
     if config.dequant == 3 and config.block_m > 1 and not (w.fmt == INT4 and w.tensor.is_cuda

@@ -141,6 +141,9 @@ def check_launchable(match: re.Match, config: GemmConfig, where: str) -> None:
     op, fmt, group = match.group(1), match.group(2), match.group(3)
     if config.block_m == 1 and fmt not in PER_CHANNEL_INT:
         raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads int8 or per-channel int4 weights, not {fmt}")
+    if config.block_m == 1 and int(match.group(4)) % (64 // int(fmt[3:])):
+        raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads whole 32-bit words in each half of a gated "
+                           f"weight: N {match.group(4)} is not a multiple of {64 // int(fmt[3:])}")
     if group and int(group) % config.block_k:
         raise InvalidInput(f"{where}: block_k {config.block_k} must divide the group size {group}")
     if op == MOE_UP and config.block_m > 1 and config.split_k > 1:

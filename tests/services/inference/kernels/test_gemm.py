@@ -75,6 +75,14 @@ def test_group_wise_int4_matches_the_dequantized_product(group_size, config, dty
     assert relative_error(got.cpu(), x.float() @ ref_w.T) <= BOUND[dtype]
 
 
+def test_one_row_gemv_refuses_a_gated_half_of_part_words(device):
+    """int4 gate+up of 2 x 12 columns: each half is 48 bits a row, the gate's offset not a whole word."""
+    w, _ = weights(24, 64, "int4", torch.float32, device, seed=0)
+    x, out = torch.zeros(1, 64, device=device), torch.zeros(1, 12, device=device)
+    with pytest.raises(ValueError, match="whole 32-bit words: 12 columns of int4 in each half"):
+        gemm(x, w, out, GemmConfig(1, 32, 32), gated=True)
+
+
 def test_group_wise_weights_refuse_a_block_k_past_the_group(device):
     w, _ = weights(32, 128, "int4", torch.float32, device, seed=0, group_size=64)
     x, out = torch.zeros(4, 128, device=device), torch.zeros(4, 32, device=device)

@@ -75,7 +75,8 @@ def test_another_gpus_table_leaves_the_defaults_with_a_log_line(monkeypatch, cap
     ({"linear:int8:n64:k64:e1": {"1": {**SMALL.to_dict(), "block_n": 48}}}, "block_n must be a power of two"),
     ({"linear:bfloat16:n64:k64:e1": {"1": STORED.to_dict()}}, "block_m 1 \\(gemv_kernel\\) reads int8"),
     ({"linear:int4g64:n64:k64:e1": {"1": replace(SMALL, block_k=128).to_dict()}}, "must divide the group size 64"),
-], ids=range(8))
+    ({"moe_up:int4:n24:k64:e4": {"1": STORED.to_dict()}}, "N 24 is not a multiple of 16"),
+], ids=range(9))
 def test_a_malformed_table_is_refused(table, match):
     with pytest.raises(InvalidInput, match=match):
         install({"NVIDIA H200": table}, torch.device("cpu"))
