@@ -61,7 +61,7 @@ def scheme(precision: str, group_size: int | None = None) -> WeightOnly:
     if precision != "int4":
         raise InvalidInput(f"group_size applies to int4 weight-only only, not {precision}: drop --group_size "
                            "or pass --weight_only_precision int4")
-    if group_size not in GROUP_SIZES:
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size not in GROUP_SIZES:
         raise InvalidInput(f"group_size {shown(group_size)} is not supported: choose one of "
                            f"{', '.join(map(str, GROUP_SIZES))}")
     return replace(SCHEMES[precision], quant_algo=GROUPED_QUANT_ALGO, group_size=group_size)

@@ -97,14 +97,14 @@ class MemoryPlan:
             return
         own = max(0, self.left_bytes // self.bytes_per_block)
         fewest = f"; another rank's budget leaves {self.num_blocks}" if own > self.num_blocks else ""
+        budget = "--memory_budget_bytes" if self.device == "cpu" else "--gpu_memory_fraction or --memory_budget_bytes"
         raise InvalidInput(
             f"the engine cannot hold one sequence of max_seq_len {self.limits.max_seq_len} tokens on "
             f"{self.device}: that needs {needed} KV blocks ({size(needed * self.bytes_per_block)}), but the memory "
             f"budget {size(self.budget_bytes)} ({self.budget_source}) leaves {size(self.left_bytes)}, "
             f"{own} blocks, after weights {size(self.weight_bytes)}, activations {size(self.activation_bytes)}, "
             f"CUDA graph pools {size(self.graph_pool_bytes)} and other {size(self.other_bytes)}{fewest}: raise "
-            "--gpu_memory_fraction or --memory_budget_bytes, spread the model over more GPUs, or build the engine "
-            "with a smaller max_seq_len")
+            f"{budget}, spread the model over more devices, or build the engine with a smaller max_seq_len")
 
 
 def add_memory_args(parser: argparse.ArgumentParser) -> None:

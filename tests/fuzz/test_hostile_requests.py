@@ -30,6 +30,7 @@ from .requests import request_bytes
 EXAMPLES = int(os.environ.get("DBRX_FUZZ_EXAMPLES", 2000))
 WORKERS = 2
 CALL_SECONDS = 30.0
+RUN_SECONDS = 1200  # one RPC's whole fuzz run: far past CI's (under a minute), short of a hung CI job
 REFUSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
            grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAUTHENTICATED}
 SERVERS = {"tokenizer": [tokenizer_pb2], "converter": [converter_pb2, jobs_pb2], "builder": [builder_pb2],
@@ -113,7 +114,7 @@ def fuzzing(request, targets):
 
 @pytest.mark.parametrize("server,method", RPCS, ids=[f"{s}-{m.name}" for s, m in RPCS])
 def test_every_rpc_answers_hostile_requests_without_crash_or_hang(server, method, fuzzing):
-    outcomes, health = fuzzing[method.full_name].get()
+    outcomes, health = fuzzing[method.full_name].get(timeout=RUN_SECONDS)
     print(f"{method.full_name}: {sum(outcomes.values())} requests: {dict(outcomes)}")
     assert sum(outcomes.values()) >= EXAMPLES
     assert health == health_pb2.HealthCheckResponse.SERVING

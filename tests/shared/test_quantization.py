@@ -114,6 +114,7 @@ def test_group_wise_names_and_config():
     ({"quant_algo": "W4A16_GPTQ"}, "W4A16_GPTQ needs quantization.group_size"),
     ({"quant_algo": "W4A16_GPTQ", "group_size": 128, "has_zero_point": True}, "zero points"),
     ({"quant_algo": "W4A16_GPTQ", "group_size": 32}, "group_size 32 is not supported: choose one of 64, 128"),
+    ({"quant_algo": "W4A16_GPTQ", "group_size": 64.0}, "group_size 64.0 is not supported: choose one of 64, 128"),
     ({"quant_algo": "W4A16_AWQ", "group_size": 128}, "quant_algo 'W4A16_AWQ' is not supported"),
 ])
 def test_unsupported_group_wise_configs_refused(quantization, match):

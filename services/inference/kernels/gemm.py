@@ -420,8 +420,9 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
                              f"{'in each half of a gated weight ' if gated else ''}are not")
         words = w.tensor.view(torch.int32)
         args[1], args[14:17], args[-1] = words, words.stride(), gate_offset * bits // 32
+        ptx = x.is_cuda and torch.version.hip is None  # NVIDIA's GPUs (ROCm's tensors say is_cuda too)
         gemv_kernel[grid](*args, BITS=bits, SHIFT=GEMV_SHIFT[bits], XOR=GEMV_XOR[bits],
-                          EVEN_N=n_out % config.block_n == 0, PTX=x.is_cuda, **flags, num_stages=config.num_stages)
+                          EVEN_N=n_out % config.block_n == 0, PTX=ptx, **flags, num_stages=config.num_stages)
         return out
     stage = (config.block_m + config.block_n * (2 if gated else 1)) * config.block_k * x.element_size()
     stages = max(1, min(config.num_stages, SHARED_MEMORY_BYTES // stage))  # float32 tiles need fewer
@@ -464,11 +465,11 @@ SMALL_TILES = {FLOAT: dict(block_n=64, block_k=256, num_stages=3, dequant=0),
 GEMV_TILES = {INT4: dict(block_n=128, block_k=32)}
 
 
-def tile_config(rows: int, w: Weights) -> GemmConfig:
+def tile_config(rows: int, w: Weights, one_row: bool = True) -> GemmConfig:
     """One row of int weights with per-channel scales: gemv_kernel (whole 32-bit words in each half
     of a gated weight: N a multiple of 64 / BITS). Taller tiles (block_m 32 and up) take int4 by the mantissa
     bits (DEQ 1): two planes there double the code and spill (bench/notes-gpu.md, bench/gemm_sass.py)."""
-    if rows == 1 and w.fmt in GEMV_TILES and not w.group_size and w.n % (64 // BITS[w.fmt]) == 0:
+    if one_row and rows == 1 and w.fmt in GEMV_TILES and not w.group_size and w.n % (64 // BITS[w.fmt]) == 0:
         return GemmConfig(block_m=1, **GEMV_TILES[w.fmt])
     bm = block_m_for(rows)
     if bm == 16:
@@ -496,20 +497,20 @@ def linear_config(m: int, w: Weights) -> GemmConfig:
     return with_split_k(config, tiles, w.k, num_sms(w.tensor.device))
 
 
-def moe_config(num_tokens: int, top_k: int, w: Weights, gated: bool = False) -> GemmConfig:
+def moe_config(num_tokens: int, top_k: int, w: Weights, gated: bool = False, one_row: bool = True) -> GemmConfig:
     """The tuned configuration of this expert GEMM at num_tokens (tuning.py), else tiles by the pairs
-    an expert gets on average (the same block_m for both expert GEMMs, which share the sorted pairs).
-    No K split for tiles of 16 rows and up: all active experts fill the grid; one-row programs (a
-    program a pair) split K."""
-    tuned = ACTIVE.config(w.key(MOE_UP if gated else MOE_DOWN), num_tokens)
+    an expert gets on average. The two expert GEMMs share the sorted pairs, so they must agree on
+    block_m: where they would not (one-row programs for one of them only), FusedMoE asks again with
+    one_row False (the default tiles of 16 rows and up, untuned). No K split for tiles of 16 rows
+    and up: all active experts fill the grid; one-row programs (a program a pair) split K."""
+    tuned = ACTIVE.config(w.key(MOE_UP if gated else MOE_DOWN), num_tokens) if one_row else None
     if tuned is not None:
         return tuned
     num_pairs = num_tokens * top_k
-    config = fit_groups(tile_config(max(1, num_pairs // w.tensor.shape[0]), w), w)
+    config = fit_groups(tile_config(max(1, num_pairs // w.tensor.shape[0]), w, one_row), w)
     if config.block_m > 1:
         return config
     return with_split_k(config, num_pairs * triton.cdiv(w.n, config.block_n), w.k, num_sms(w.tensor.device))
-
 
 class TritonWeightOnlyLinear(WeightOnlyLinear):
     """WeightOnlyLinear, same buffers; `forward` runs the kernel on the int8/int4 weight as stored."""

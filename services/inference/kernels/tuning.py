@@ -144,6 +144,14 @@ def check_launchable(match: re.Match, config: GemmConfig, where: str) -> None:
     if config.block_m == 1 and int(match.group(4)) % (64 // int(fmt[3:])):
         raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads whole 32-bit words in each half of a gated "
                            f"weight: N {match.group(4)} is not a multiple of {64 // int(fmt[3:])}")
+    if config.block_m > 1 and min(config.block_m, config.block_n, config.block_k) < 16:
+        raise InvalidInput(f"{where}: tiles of block_m > 1 multiply on tensor cores: block_m, block_n and "
+                           "block_k of 16 or more")
+    if config.block_m == 1 and config.block_n < 32 // int(fmt[3:]):
+        raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads whole 32-bit words: block_n of "
+                           f"{32 // int(fmt[3:])} or more for {fmt}")
+    if config.dequant == 3 and not fmt.startswith("int4"):
+        raise InvalidInput(f"{where}: dequant 3 converts int4 weights only (gemm.py's DEQ), not {fmt}")
     if group and int(group) % config.block_k:
         raise InvalidInput(f"{where}: block_k {config.block_k} must divide the group size {group}")
     if op == MOE_UP and config.block_m > 1 and config.split_k > 1:
@@ -151,14 +159,16 @@ def check_launchable(match: re.Match, config: GemmConfig, where: str) -> None:
 
 
 def check_expert_pair(table: Table, key: str, where: str) -> None:
-    """moe_up's partner (moe_down of the same experts) is tuned at the same buckets with the same
-    block_m: both GEMMs read the pairs sorted into blocks of one block_m (moe.py's `align`)."""
+    """An expert GEMM's partner (moe_up's moe_down of the same experts, and back) is tuned at the same
+    buckets with the same block_m: both read the pairs sorted into blocks of one block_m (moe.py's
+    `align`)."""
     op, fmt, _, n, k, experts = SHAPE_KEY.match(key).groups()
-    if op != MOE_UP:
+    if op == LINEAR:
         return
-    down = shape_key(MOE_DOWN, fmt, int(k), int(n) // 2, int(experts))
-    up_blocks = {b: c.block_m for b, c in table[key].items()}
+    up, down = ((key, shape_key(MOE_DOWN, fmt, int(k), int(n) // 2, int(experts))) if op == MOE_UP
+                else (shape_key(MOE_UP, fmt, 2 * int(k), int(n), int(experts)), key))
+    up_blocks = {b: c.block_m for b, c in table.get(up, {}).items()}
     down_blocks = {b: c.block_m for b, c in table.get(down, {}).items()}
     if up_blocks != down_blocks:
-        raise InvalidInput(f"{where}: {key} and {down} must be stored at the same batch buckets with the same "
-                           f"block_m (got {up_blocks} and {down_blocks or 'none'})")
+        raise InvalidInput(f"{where}: {up} and {down} must be stored at the same batch buckets with the same "
+                           f"block_m (got {up_blocks or 'none'} and {down_blocks or 'none'})")

@@ -54,7 +54,7 @@ def test_a_budget_that_cannot_hold_one_max_length_sequence_is_refused_with_the_n
     for said in ("cannot hold one sequence of max_seq_len 256 tokens on cpu",
                  f"needs {BLOCKS_PER_SEQ} KV blocks ({size(BLOCKS_PER_SEQ * per_block)})",
                  f"budget {size(budget)} (--memory_budget_bytes) leaves {size(31 * per_block)}, 31 blocks",
-                 f"after weights {size(weight_bytes(path))}", "raise --gpu_memory_fraction or --memory_budget_bytes"):
+                 f"after weights {size(weight_bytes(path))}", "raise --memory_budget_bytes, spread"):
         assert said in message, message
     assert Engine.from_dir(path, memory_budget_bytes=budget + per_block).stats().kv_blocks_total == BLOCKS_PER_SEQ
 

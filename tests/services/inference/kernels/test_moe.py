@@ -94,6 +94,20 @@ def test_fused_moe_group_wise_int4_matches_the_per_expert_loop(group_size, dequa
     assert got.dtype == dtype and relative_error(got.cpu(), want) <= 2 * BOUND[dtype]
 
 
+@pytest.mark.parametrize("d_model, ffn", [(104, 80), (96, 76)], ids=["down-not-whole-words", "up-not-whole-words"])
+def test_both_expert_gemms_take_one_block_m(d_model, ffn, device):
+    """int4 at one token: where only one expert GEMM's columns are whole words for one-row programs,
+    both take the 16-row tiles (they read the same sorted pairs)."""
+    cfg = replace(CFG, d_model=d_model, ffn_hidden_size=ffn)
+    plain = plain_moe("int4", torch.float32, 5, cfg=cfg)
+    fused = plain_moe("int4", torch.float32, 5, cfg=cfg).to(device)
+    fused.__class__ = FusedMoE
+    x = torch.randn(1, d_model, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        want, got = plain(x), fused(x.to(device))
+    assert relative_error(got.cpu(), want) <= 2 * BOUND[torch.float32]
+
+
 def test_routing_matches_softmax_top_k_and_the_p_norm(device):
     moe = plain_moe(None, torch.float32, seed=3)
     x = torch.randn(50, CFG.d_model, generator=torch.Generator().manual_seed(4))

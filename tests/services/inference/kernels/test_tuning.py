@@ -76,7 +76,10 @@ def test_another_gpus_table_leaves_the_defaults_with_a_log_line(monkeypatch, cap
     ({"linear:bfloat16:n64:k64:e1": {"1": STORED.to_dict()}}, "block_m 1 \\(gemv_kernel\\) reads int8"),
     ({"linear:int4g64:n64:k64:e1": {"1": replace(SMALL, block_k=128).to_dict()}}, "must divide the group size 64"),
     ({"moe_up:int4:n24:k64:e4": {"1": STORED.to_dict()}}, "N 24 is not a multiple of 16"),
-], ids=range(9))
+    ({DOWN: TABLE[DOWN]}, "must be stored at the same batch buckets with the same block_m"),
+    ({"linear:int8:n64:k64:e1": {"1": replace(SMALL, block_m=8).to_dict()}}, "block_k of 16 or more"),
+    ({"linear:int8:n64:k64:e1": {"1": replace(SMALL, dequant=3).to_dict()}}, "dequant 3 converts int4 weights only"),
+], ids=range(12))
 def test_a_malformed_table_is_refused(table, match):
     with pytest.raises(InvalidInput, match=match):
         install({"NVIDIA H200": table}, torch.device("cpu"))
