@@ -26,19 +26,24 @@ def weights(n: int, k: int, precision: str | None, dtype, device, seed: int,
     return Weights.of(q.to(device), scale.to(device), precision), dequantize_weight(q, scale, precision)
 
 
+def product_error(m: int, w: Weights, ref_w: torch.Tensor, config: GemmConfig, dtype, device) -> float:
+    """Launch the kernel on random x [m, K] (into NaN-filled output, summing split-K partials) and
+    return its relative error against x @ ref_w.T in float32."""
+    x = torch.randn(m, ref_w.shape[1], generator=torch.Generator().manual_seed(1)).to(dtype)
+    split = config.split_k > 1
+    out = torch.full((config.split_k, m, w.n), float("nan"), dtype=torch.float32 if split else dtype, device=device)
+    gemm(x.to(device), w, out if split else out[0], config)
+    got = out.sum(0) if split else out[0]
+    return relative_error(got.cpu(), x.float() @ ref_w.T)
+
+
 @pytest.mark.parametrize("precision", [None, "int8", "int4"])
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"bm{c.block_m}bn{c.block_n}bk{c.block_k}s{c.split_k}d{c.dequant}")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gemm_matches_the_float_product(precision, config, dtype, device):
     n, k, m = 80, 208, 37  # none a multiple of the tiles: every edge is masked
     w, ref_w = weights(n, k, precision, dtype, device, seed=n + m)
-    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).to(dtype)
-    out = torch.full((config.split_k, m, n), float("nan"), dtype=torch.float32 if config.split_k > 1 else dtype,
-                     device=device)
-    gemm(x.to(device), w, out if config.split_k > 1 else out[0], config)
-    got = out.sum(0) if config.split_k > 1 else out[0]
-    want = x.float() @ ref_w.T
-    assert relative_error(got.cpu(), want) <= BOUND[dtype]
+    assert product_error(m, w, ref_w, config, dtype, device) <= BOUND[dtype]
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
@@ -50,12 +55,7 @@ def test_one_row_gemv_matches_the_float_product(precision, config, dtype, device
     value position of a word, split K, masked edges (n a multiple of a word's values, k and m ragged)."""
     n, k, m = 96, 208, 3
     w, ref_w = weights(n, k, precision, dtype, device, seed=n + m)
-    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).to(dtype)
-    split = config.split_k > 1
-    out = torch.full((config.split_k, m, n), float("nan"), dtype=torch.float32 if split else dtype, device=device)
-    gemm(x.to(device), w, out if split else out[0], config)
-    got = out.sum(0) if split else out[0]
-    assert relative_error(got.cpu(), x.float() @ ref_w.T) <= BOUND[dtype]
+    assert product_error(m, w, ref_w, config, dtype, device) <= BOUND[dtype]
 
 
 @pytest.mark.parametrize("group_size", [64, 128])
@@ -67,12 +67,7 @@ def test_group_wise_int4_matches_the_dequantized_product(group_size, config, dty
     n, k, m = 80, 384, 37  # K: 6 or 3 whole groups; N and M ragged
     w, ref_w = weights(n, k, "int4", dtype, device, seed=n + m, group_size=group_size)
     assert w.group_size == group_size and w.scale.shape == (1, k // group_size, n)
-    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).to(dtype)
-    split = config.split_k > 1
-    out = torch.full((config.split_k, m, n), float("nan"), dtype=torch.float32 if split else dtype, device=device)
-    gemm(x.to(device), w, out if split else out[0], config)
-    got = out.sum(0) if split else out[0]
-    assert relative_error(got.cpu(), x.float() @ ref_w.T) <= BOUND[dtype]
+    assert product_error(m, w, ref_w, config, dtype, device) <= BOUND[dtype]
 
 
 def test_one_row_gemv_refuses_a_gated_half_of_part_words(device):
@@ -97,13 +92,7 @@ def test_packed_int4_conversion_matches_the_float_product(config, device):
     """DEQ 3: eight nibbles a register by inline PTX (bfloat16 activations)."""
     n, k, m = 80, 208, 37
     w, ref_w = weights(n, k, "int4", torch.bfloat16, device, seed=7)
-    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).bfloat16()
-    split = config.split_k > 1
-    out = torch.full((config.split_k, m, n), float("nan"), dtype=torch.float32 if split else torch.bfloat16,
-                     device=device)
-    gemm(x.to(device), w, out if split else out[0], config)
-    got = out.sum(0) if split else out[0]
-    assert relative_error(got.cpu(), x.float() @ ref_w.T) <= BOUND[torch.bfloat16]
+    assert product_error(m, w, ref_w, config, torch.bfloat16, device) <= BOUND[torch.bfloat16]
 
 
 @pytest.mark.parametrize("precision, group_size", [("int8", None), ("int4", None), ("int4", 64)])
