@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dbrx_serve.shared.model import DbrxModel, LocalShape
 from dbrx_serve.shared.progress import Reporter
 from dbrx_serve.shared.reference import torch_dtype
-from dbrx_serve.shared.weight_only import swap_weight_only
 
 from .checkpoint import Checkpoint
 from .options import BuildLimits, BuildOptions
@@ -47,17 +45,14 @@ def plan_tuning(options: BuildOptions, ckpt: Checkpoint, limits: BuildLimits) ->
 
 def engine_gemms(ckpt: Checkpoint) -> list:
     """The GEMMs of every rank's model as the runtime makes it (on the meta device: shapes only)."""
-    from dbrx_serve.services.inference.kernels import swap_modules
+    from dbrx_serve.services.inference.backends import BACKENDS
     from dbrx_serve.services.inference.kernels.tuner import model_gemms
-    from dbrx_serve.services.inference.model_runner import SkipRandomInit
+    from dbrx_serve.services.inference.model_runner import empty_model
 
     dtype, gemms = torch_dtype(ckpt.model.torch_dtype), {}
     for rank in range(ckpt.mapping.world_size):
-        with torch.device("meta"), SkipRandomInit():
-            model = DbrxModel(ckpt.model, LocalShape.of(ckpt.model, ckpt.mapping, rank)).to(dtype)
-            if ckpt.weight_only is not None:
-                swap_weight_only(model, ckpt.weight_only, dtype)
-        gemms.update({g.weights.key(g.op): g for g in model_gemms(swap_modules(model))})
+        model = empty_model(ckpt.model, ckpt.mapping, ckpt.weight_only, BACKENDS["triton"], rank).to(dtype)
+        gemms.update({g.weights.key(g.op): g for g in model_gemms(model)})
     return list(gemms.values())
 
 

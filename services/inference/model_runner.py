@@ -16,8 +16,11 @@ import torch
 from safetensors.torch import load_file
 from torch.overrides import TorchFunctionMode
 
+from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.errors import InvalidInput
+from dbrx_serve.shared.mapping import Mapping
 from dbrx_serve.shared.model import DbrxModel, LocalShape, rotary
+from dbrx_serve.shared.quantization import WeightOnly
 from dbrx_serve.shared.reference import torch_dtype
 from dbrx_serve.shared.weight_only import swap_weight_only
 
@@ -62,18 +65,19 @@ class SkipRandomInit(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def empty_model(engine: EngineDir, backend: Backend, rank: int = 0) -> DbrxModel:
-    """A rank's share of the model on the meta device, its modules swapped for the engine's
-    weight-only scheme and the backend's kernels."""
+def empty_model(config: DbrxConfig, mapping: Mapping, weight_only: WeightOnly | None, backend: Backend,
+                rank: int = 0) -> DbrxModel:
+    """A rank's share of the model on the meta device, its modules swapped for the weight-only
+    scheme and the backend's kernels (an engine's, or a checkpoint's that the builder tunes for)."""
     with torch.device("meta"), SkipRandomInit():
-        model = DbrxModel(engine.config, LocalShape.of(engine.config, engine.mapping, rank))
-        if engine.weight_only is not None:
-            swap_weight_only(model, engine.weight_only, torch_dtype(engine.config.torch_dtype))
+        model = DbrxModel(config, LocalShape.of(config, mapping, rank))
+        if weight_only is not None:
+            swap_weight_only(model, weight_only, torch_dtype(config.torch_dtype))
     return backend.swap(model)
 
 
 def load_model(engine: EngineDir, device: torch.device, backend: Backend, rank: int = 0) -> DbrxModel:
-    model = empty_model(engine, backend, rank)
+    model = empty_model(engine.config, engine.mapping, engine.weight_only, backend, rank)
     if engine.dummy_weights:  # no converter checked this split of the model: check it here
         engine.mapping.check_fits(engine.config)
         state = dummy_state(model, torch_dtype(engine.config.torch_dtype), device)
