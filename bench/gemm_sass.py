@@ -2,6 +2,7 @@
 per launch configuration, registers, spilled bytes and the size of its machine code.
 
     python bench/gemm_sass.py --precision int4 --gated --block_m 16 32 --block_k 64 128 --dequant 1 2 3
+    python bench/gemm_sass.py --precision int4 --gated --block_m 1 --block_n 128 --block_k 32 --group_size 128
 
 Uses the ptxas and cuobjdump that Triton's wheel carries. The kernel is specialized
 as the runtime specializes it (strides of 1 as constants, pointers and sizes
@@ -24,27 +25,38 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from dbrx_serve.services.inference.kernels.gemm import FLOAT, FORMATS, gemm_kernel  # noqa: E402
+from dbrx_serve.services.inference.kernels.gemm import (BITS, FLOAT, FORMATS, GEMV_SHIFT, GEMV_XOR,  # noqa: E402
+                                                         gemm_kernel, gemv_kernel)
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 POINTERS = {"x_ptr": "*bf16", "scale_ptr": "*bf16", "out_ptr": "*bf16", "sorted_ids_ptr": "*i32",
             "block_experts_ptr": "*i32", "num_sorted_ptr": "*i32", "topk_weights_ptr": "*fp32"}
-INTS = ("M", "N", "K", "num_pairs", "stride_xm", "stride_xk", "stride_we", "stride_wk", "stride_wn", "stride_se",
-        "stride_sn", "stride_os", "stride_om", "stride_on", "gate_offset")
+INTS = ("M", "N", "K", "num_pairs", "k_per_split", "stride_xm", "stride_xk", "stride_we", "stride_wk", "stride_wn", "stride_se",
+        "stride_sg", "stride_sn", "stride_os", "stride_om", "stride_on", "gate_offset")
 
 
-def source(fmt: int, gated: bool, dequant: int, block_m: int, block_n: int, block_k: int) -> ASTSource:
-    signature = {**POINTERS, "w_ptr": "*bf16" if fmt == FLOAT else "*i8", **{name: "i32" for name in INTS}}
+def source(fmt: int, gated: bool, dequant: int, block_m: int, block_n: int, block_k: int, group: int,
+           split_k: int, stages: int = 3) -> ASTSource:
+    """gemm_kernel, or gemv_kernel at block_m 1 (int weights read as 32-bit words)."""
+    one_row = block_m == 1
+    kernel = gemv_kernel if one_row else gemm_kernel
+    signature = {**POINTERS, "w_ptr": "*i32" if one_row else "*bf16" if fmt == FLOAT else "*i8",
+                 **{name: "i32" for name in INTS}}
     signature["stride_we"] = "i64"
-    constants = {"MOE": True, "X_ROW_DIV": 4 if gated else 1, "WEIGHTED": not gated, "GATED": gated, "FMT": fmt,
-                 "DEQ": dequant if fmt != FLOAT else 0, "PRECISION": None, "BLOCK_M": block_m, "BLOCK_N": block_n,
-                 "BLOCK_K": block_k, "SPLIT_K": 1}
+    constants = {"MOE": True, "X_ROW_DIV": 4 if gated else 1, "WEIGHTED": not gated, "GATED": gated,
+                 "GROUP": group, "BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k}
+    if one_row:
+        bits = BITS[fmt]
+        constants.update({"BITS": bits, "SHIFT": GEMV_SHIFT[bits], "XOR": GEMV_XOR[bits], "EVEN_N": True, "PTX": True,
+                          "STAGES": min(max(stages, 2), 4)})
+    else:
+        constants.update({"FMT": fmt, "DEQ": dequant if fmt != FLOAT else 0, "PRECISION": None, "BLOCK_M": block_m})
     unit = ("stride_xk", "stride_sn", "stride_on", "stride_wk" if fmt == FLOAT else "stride_wn")
     constants.update({name: 1 for name in unit})  # the runtime specializes arguments equal to 1
     signature.update({name: "constexpr" for name in constants})
-    index = gemm_kernel.arg_names.index
+    index = kernel.arg_names.index
     divisible = [n for n, t in signature.items() if t.startswith("*") or (t in ("i32", "i64") and n not in ("M", "num_pairs"))]
-    return ASTSource(fn=gemm_kernel, signature=signature, constexprs={(index(n),): v for n, v in constants.items()},
+    return ASTSource(fn=kernel, signature=signature, constexprs={(index(n),): v for n, v in constants.items()},
                      attrs={(index(n),): [["tt.divisibility", 16]] for n in divisible})
 
 
@@ -71,6 +83,8 @@ def main() -> None:
     parser.add_argument("--dequant", type=int, nargs="+", default=[2])
     parser.add_argument("--num_warps", type=int, nargs="+", default=[4])
     parser.add_argument("--num_stages", type=int, nargs="+", default=[4])
+    parser.add_argument("--group_size", type=int, default=0, help="group-wise int4 (0: per channel)")
+    parser.add_argument("--split_k", type=int, default=1)
     args = parser.parse_args()
     fmt = FORMATS.get(args.precision, FLOAT)
     rows = []
@@ -79,11 +93,13 @@ def main() -> None:
         config = {"block_m": bm, "block_n": bn, "block_k": bk, "dequant": deq, "num_warps": warps,
                   "num_stages": stages}
         try:
-            rows.append({**config, **report(source(fmt, args.gated, deq, bm, bn, bk), warps, stages)})
+            rows.append({**config, **report(source(fmt, args.gated, deq, bm, bn, bk, args.group_size, args.split_k, stages),
+                                                   warps, stages)})
         except Exception as error:  # a configuration that does not compile: say so and go on
             rows.append({**config, "error": str(error).splitlines()[-1][:200]})
         print(json.dumps(rows[-1]), flush=True)
-    print(json.dumps({"precision": args.precision, "gated": args.gated, "configs": rows}))
+    print(json.dumps({"precision": args.precision, "gated": args.gated, "group_size": args.group_size,
+                      "configs": rows}))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Time the GEMM kernel's launch configurations on DBRX's shapes, on the GPU.
 
-    python bench/gemm_tune.py --precision int4 bf16 --tokens 1 64 [--mode fast] [--out tune.json]
+    python bench/gemm_tune.py --precision int4 int4g128 bf16 --tokens 1 64 [--mode fast] [--out tune.json]
 
 For each layer shape (the attention projections; the experts' gate+up and down
 with random top-4 routing over 16 experts), weight precision and number of
-tokens, every candidate configuration (services/inference/kernels/tuner.py,
+tokens (int4g64 / int4g128: group-wise int4), every candidate configuration (services/inference/kernels/tuner.py,
 the code `dbrx build --tune` runs: `full`'s grid by default) is timed
 (CUDA-graph replays, median) and reported with the bytes it must read and the
 GB/s reached; the best per case comes first. Prints one JSON object last.
@@ -27,12 +27,15 @@ SHAPES = {"qkv": (LINEAR, QKV, H, 1), "dense": (LINEAR, H, H, 1), "moe_up": (MOE
 
 
 def meta_weights(n: int, k: int, experts: int, precision: str) -> Weights:
-    """A weight's shape and format (bf16 [E, N, K]; int8 [E, K, N], int4 [E, K, N/2] with scales [E, N])."""
+    """A weight's shape and format (bf16 [E, N, K]; int8 [E, K, N], int4 [E, K, N/2] with scales [E, N];
+    int4g<G>: group-wise scales [E, K/G, N])."""
     if precision == "bf16":
         return Weights.of(torch.empty(experts, n, k, dtype=torch.bfloat16, device="meta"))
-    cols = n * SCHEMES[precision].bits // 8
+    scheme, _, group = precision.partition("g")
+    cols = n * SCHEMES[scheme].bits // 8
+    scale = (experts, k // int(group), n) if group else (experts, n)
     return Weights.of(torch.empty(experts, k, cols, dtype=torch.int8, device="meta"),
-                      torch.empty(experts, n, dtype=torch.bfloat16, device="meta"), precision)
+                      torch.empty(scale, dtype=torch.bfloat16, device="meta"), scheme)
 
 
 def case(name: str, precision: str, tokens: int, mode: str, device) -> dict:

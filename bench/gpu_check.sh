@@ -4,6 +4,7 @@
 #   bash bench/gpu_check.sh --layers 4 --precision bf16 int4 --batch 1 64 --context 512
 #   GPU_TESTS=0 bash bench/gpu_check.sh ...     # the benchmark only
 #   DECODE=0 bash bench/gpu_check.sh            # the tests only
+#   GEMM_TUNE="--precision int4 int4g128 --tokens 1 --mode fast" bash ...   # also bench/gemm_tune.py
 # On two GPUs or more it also runs the multi-rank GPU tests (WORLD_TESTS=0: not) and
 # bench/allreduce.py (ALLREDUCE=0: not), and, for each
 # ';'-separated argument list in WORLD_RUNS, `mpiexec -n 2 bench/decode.py --world 2 ARGS`:
@@ -30,7 +31,8 @@ gpus=$(nvidia-smi -L | wc -l)
 status=0
 if [ "${GPU_TESTS:-1}" = 1 ]; then
   python3 -m pytest -q -n 8 -p no:cacheprovider --timeout 600 tests/services/inference/kernels \
-    tests/services/inference/test_engine_cuda.py tests/shared/test_model_cuda.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+    tests/services/inference/test_engine_cuda.py tests/shared/test_model_cuda.py \
+    tests/services/builder/test_build_tuning.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
   status=${PIPESTATUS[0]}
 fi
 if [ "$gpus" -ge 2 ] && [ "${WORLD_TESTS:-1}" = 1 ]; then
@@ -51,6 +53,12 @@ if [ "$gpus" -ge 2 ]; then
       2> "$OUT/decode_world2_$i.log" | tail -c 2500
     [ "${PIPESTATUS[0]}" = 0 ] || { bench=1; tail -30 "$OUT/decode_world2_$i.log"; }
   done
+fi
+if [ -n "${GEMM_TUNE:-}" ]; then  # e.g. GEMM_TUNE="--precision int4 int4g128 --tokens 1 --mode fast"
+  # shellcheck disable=SC2086  # the arguments split on spaces
+  python3 bench/gemm_tune.py --out "$OUT/gemm_tune.json" $GEMM_TUNE 2> "$OUT/gemm_tune.log" | tail -c 300
+  [ "${PIPESTATUS[0]}" = 0 ] || bench=1
+  tail -12 "$OUT/gemm_tune.log"
 fi
 if [ "${DECODE:-1}" = 1 ]; then
   python3 bench/decode.py --out "$OUT/decode.json" --plot "$OUT/decode.png" "$@" 2> "$OUT/decode.log" | tail -c 3000

@@ -112,12 +112,11 @@ def _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_
 
 
 @triton.jit
-def _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, M, K, num_pairs,
-           MOE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+def _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, M, K, num_pairs, k_per_split,
+           MOE: tl.constexpr, BLOCK_M: tl.constexpr):
     """What program (pid_m, pid_k) works on: its rows (pair indices for the experts, num_pairs on
     padding), which of them are real, their expert, and its K range (empty past the routing)."""
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
     if MOE:
@@ -148,7 +147,7 @@ def _dot(x, w, acc, k, s_ptrs, s_ok, stride_sg, GROUP: tl.constexpr, PRECISION: 
 def gemm_kernel(
     x_ptr, w_ptr, scale_ptr, out_ptr,
     sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, topk_weights_ptr,
-    M, N, K, num_pairs,
+    M, N, K, num_pairs, k_per_split,
     stride_xm, stride_xk,
     stride_we, stride_wk, stride_wn,
     stride_se, stride_sg, stride_sn,
@@ -166,7 +165,7 @@ def gemm_kernel(
                      "DEQ 3 converts int4 weights to bfloat16 only")
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows, row_ok, expert, k_start, k_end = _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr,
-                                                  M, K, num_pairs, MOE, BLOCK_M, BLOCK_K, SPLIT_K)
+                                                  M, K, num_pairs, k_per_split, MOE, BLOCK_M)
     x_rows = rows // X_ROW_DIV
     DTYPE = x_ptr.dtype.element_ty
     PLANES: tl.constexpr = FMT == 2 and DEQ >= 2
@@ -230,7 +229,7 @@ GEMV_XOR = {8: -0x7F7F7F80, 4: -0x77777778}  # 0x80808080, 0x88888888 as int32
 def gemv_kernel(
     x_ptr, w_ptr, scale_ptr, out_ptr,
     sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, topk_weights_ptr,
-    M, N, K, num_pairs,
+    M, N, K, num_pairs, k_per_split,
     stride_xm, stride_xk,
     stride_we, stride_wk, stride_wn,
     stride_se, stride_sg, stride_sn,
@@ -238,7 +237,8 @@ def gemv_kernel(
     gate_offset,
     MOE: tl.constexpr, X_ROW_DIV: tl.constexpr, WEIGHTED: tl.constexpr, GATED: tl.constexpr,
     BITS: tl.constexpr, SHIFT: tl.constexpr, XOR: tl.constexpr, EVEN_N: tl.constexpr, PTX: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    GROUP: tl.constexpr, STAGES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """gemm_kernel for one row a program (BLOCK_M 1) and int8/int4 weights, without tensor cores; gated
     with SPLIT_K > 1 it writes the scaled partial sums of up [.., :N] and gate [.., N:] (SwiGLU needs
@@ -248,48 +248,81 @@ def gemv_kernel(
     exactly, so one LOP3 and one FADD (which also removes the offset) give (u - 2^(BITS-1)) * 2^pos_i,
     and an FFMA adds it times x into float32 [BLOCK_K, words] accumulators, one per value position;
     2^-pos_i and the sum over K come once, after the loop. No dot-operand layout, no int-to-float
-    conversion."""
+    conversion. STAGES (2 to 4, GemmConfig.num_stages) tiles are in flight a program: loaded STAGES - 1
+    steps ahead, in registers.
+
+    Row t of the tile at step j is K row k_start + t * T + j (T = k_per_split / BLOCK_K steps): each
+    accumulator row sums T consecutive K rows, so with group-wise scales (GROUP > 0; gemv_split makes
+    T divide GROUP and splits start on a group) all of its rows lie in one group, and its group's scale
+    multiplies it once, after the loop, as a per-channel scale does: nothing per value."""
     VALUES: tl.constexpr = 32 // BITS
     WORDS: tl.constexpr = BLOCK_N // VALUES
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows, row_ok, expert, k_start, k_end = _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr,
-                                                  M, K, num_pairs, MOE, 1, BLOCK_K, SPLIT_K)
+                                                  M, K, num_pairs, k_per_split, MOE, 1)
+    steps = tl.where(k_end > k_start, k_per_split // BLOCK_K, 0)
     words = pid_n * WORDS + tl.arange(0, WORDS)
-    offs_k = k_start + tl.arange(0, BLOCK_K)
-    x_ptrs = x_ptr + (rows // X_ROW_DIV) * stride_xm + offs_k[:, None] * stride_xk  # [BLOCK_K, 1]
-    w_ptrs = w_ptr + expert * stride_we + offs_k[:, None] * stride_wk + words[None, :] * stride_wn
+    offs_k = k_start + tl.arange(0, BLOCK_K)[:, None] * (k_per_split // BLOCK_K)  # [BLOCK_K, 1]: each row's first
+    x_ptrs = x_ptr + (rows // X_ROW_DIV) * stride_xm + offs_k * stride_xk  # [BLOCK_K, 1]
+    w_ptrs = w_ptr + expert * stride_we + offs_k * stride_wk + words[None, :] * stride_wn
     word_ok = words[None, :] < N // VALUES if not EVEN_N else words[None, :] >= 0  # EVEN_N: loads of 16 bytes
     zero = tl.zeros((BLOCK_K, WORDS), dtype=tl.float32)
     a0, a1, a2, a3, a4, a5, a6, a7 = zero, zero, zero, zero, zero, zero, zero, zero
     g0, g1, g2, g3, g4, g5, g6, g7 = zero, zero, zero, zero, zero, zero, zero, zero
-    # The next tile's words are loaded before this one's arithmetic: two tiles in flight a program.
-    w = tl.load(w_ptrs, mask=(offs_k[:, None] < k_end) & word_ok, other=0)
-    g = tl.load(w_ptrs + gate_offset * stride_wn, mask=(offs_k[:, None] < k_end) & word_ok, other=0) if GATED else w
-    for k in range(k_start, k_end, BLOCK_K):
-        x = tl.load(x_ptrs, mask=row_ok[None, :] & (offs_k[:, None] < K - (k - k_start)), other=0.0).to(tl.float32)
-        w_ptrs += BLOCK_K * stride_wk
-        next_ok = (offs_k[:, None] < k_end - (k + BLOCK_K - k_start)) & word_ok
-        w_next = tl.load(w_ptrs, mask=next_ok, other=0)
-        g_next = tl.load(w_ptrs + gate_offset * stride_wn, mask=next_ok, other=0) if GATED else w_next
+    # Each step's words are loaded STAGES - 1 steps before its arithmetic, in a ring of registers
+    # (w, v: this step's up and gate words; w1, v1 and w2, v2 the next ones).
+    AHEAD: tl.constexpr = STAGES - 1
+    gate_step = gate_offset * stride_wn
+    w, v = _words(w_ptrs, gate_step, offs_k, k_end, word_ok, 0 < steps, GATED)
+    w1, v1, w2, v2 = w, v, w, v
+    if AHEAD >= 2:
+        w1, v1 = _words(w_ptrs + stride_wk, gate_step, offs_k + 1, k_end, word_ok, 1 < steps, GATED)
+    if AHEAD >= 3:
+        w2, v2 = _words(w_ptrs + 2 * stride_wk, gate_step, offs_k + 2, k_end, word_ok, 2 < steps, GATED)
+    w_ptrs += AHEAD * stride_wk
+    for j in range(0, steps):
+        x = tl.load(x_ptrs, mask=row_ok[None, :] & (offs_k + j < k_end), other=0.0).to(tl.float32)
+        w_new, v_new = _words(w_ptrs, gate_step, offs_k + (j + AHEAD), k_end, word_ok, j + AHEAD < steps, GATED)
+        w_ptrs += stride_wk
         a0, a1, a2, a3, a4, a5, a6, a7 = _accumulate(x, w ^ XOR, a0, a1, a2, a3, a4, a5, a6, a7, BITS, SHIFT, PTX)
         if GATED:
-            g0, g1, g2, g3, g4, g5, g6, g7 = _accumulate(x, g ^ XOR, g0, g1, g2, g3, g4, g5, g6, g7, BITS, SHIFT,
+            g0, g1, g2, g3, g4, g5, g6, g7 = _accumulate(x, v ^ XOR, g0, g1, g2, g3, g4, g5, g6, g7, BITS, SHIFT,
                                                           PTX)
-        w, g = w_next, g_next
-        x_ptrs += BLOCK_K * stride_xk
-    acc = _columns(a0, a1, a2, a3, a4, a5, a6, a7, BITS, SHIFT)
+        if AHEAD == 1:
+            w, v = w_new, v_new
+        elif AHEAD == 2:
+            w, v, w1, v1 = w1, v1, w_new, v_new
+        else:
+            w, v, w1, v1, w2, v2 = w1, v1, w2, v2, w_new, v_new
+        x_ptrs += stride_xk
+    # GROUP: each accumulator row times its group's scale of its column (up's, then gate's: fewer registers)
+    s_ptrs = (scale_ptr + expert * stride_se + (offs_k // GROUP) * stride_sg
+              + (words * VALUES)[None, :] * stride_sn) if GROUP > 0 else scale_ptr  # [BLOCK_K, WORDS]: value 0's
+    s_ok = (offs_k < k_end) & word_ok
+    acc = _columns(a0, a1, a2, a3, a4, a5, a6, a7, s_ptrs, s_ok, stride_sn, BITS, SHIFT, GROUP > 0)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     out_ptrs = out_ptr + pid_k * stride_os + rows[:, None] * stride_om
+    gate = acc
+    if GATED:
+        gate = _columns(g0, g1, g2, g3, g4, g5, g6, g7, s_ptrs + gate_offset * VALUES * stride_sn, s_ok, stride_sn,
+                        BITS, SHIFT, GROUP > 0)
     if GATED and SPLIT_K > 1:  # partial sums of up and gate, scaled, apart: SwiGLU comes after their sum
-        gate = _columns(g0, g1, g2, g3, g4, g5, g6, g7, BITS, SHIFT)
         _finish(acc, acc, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, 0, topk_weights_ptr,
-                out_ptrs, stride_on, N, 1, False, WEIGHTED)
+                out_ptrs, stride_on, N, GROUP == 0, False, WEIGHTED)
         _finish(gate, gate, cols + N, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, 0, topk_weights_ptr,
-                out_ptrs, stride_on, 2 * N, 1, False, WEIGHTED)
+                out_ptrs, stride_on, 2 * N, GROUP == 0, False, WEIGHTED)
     else:
-        gate = _columns(g0, g1, g2, g3, g4, g5, g6, g7, BITS, SHIFT) if GATED else acc
         _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset * VALUES,
-                topk_weights_ptr, out_ptrs, stride_on, N, 1, GATED, WEIGHTED)
+                topk_weights_ptr, out_ptrs, stride_on, N, GROUP == 0, GATED, WEIGHTED)
+
+@triton.jit
+def _words(w_ptrs, gate_step, rows, k_end, word_ok, live, GATED: tl.constexpr):
+    """One step's words of up (and of gate, gate_step further): K rows `rows` below k_end, if live."""
+    ok = (rows < k_end) & word_ok & live
+    w = tl.load(w_ptrs, mask=ok, other=0)
+    v = tl.load(w_ptrs + gate_step, mask=ok, other=0) if GATED else w
+    return w, v
+
 
 @triton.jit
 def _value(w, i: tl.constexpr, BITS: tl.constexpr, SHIFT: tl.constexpr, PTX: tl.constexpr):
@@ -326,6 +359,21 @@ def _accumulate(x, w, a0, a1, a2, a3, a4, a5, a6, a7, BITS: tl.constexpr, SHIFT:
 
 
 @triton.jit
+def _scaled(a0, a1, a2, a3, a4, a5, a6, a7, s_ptrs, ok, stride_sn, BITS: tl.constexpr):
+    """Accumulator i times the scales at s_ptrs + i columns (int8 words hold four values: a4..a7 are zero)."""
+    a0 *= tl.load(s_ptrs, mask=ok, other=0.0).to(tl.float32)
+    a1 *= tl.load(s_ptrs + stride_sn, mask=ok, other=0.0).to(tl.float32)
+    a2 *= tl.load(s_ptrs + 2 * stride_sn, mask=ok, other=0.0).to(tl.float32)
+    a3 *= tl.load(s_ptrs + 3 * stride_sn, mask=ok, other=0.0).to(tl.float32)
+    if BITS == 4:
+        a4 *= tl.load(s_ptrs + 4 * stride_sn, mask=ok, other=0.0).to(tl.float32)
+        a5 *= tl.load(s_ptrs + 5 * stride_sn, mask=ok, other=0.0).to(tl.float32)
+        a6 *= tl.load(s_ptrs + 6 * stride_sn, mask=ok, other=0.0).to(tl.float32)
+        a7 *= tl.load(s_ptrs + 7 * stride_sn, mask=ok, other=0.0).to(tl.float32)
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@triton.jit
 def _sum_k(a, i: tl.constexpr, BITS: tl.constexpr, SHIFT: tl.constexpr):
     """Accumulator i summed over K, times 2^-pos (_value's pos)."""
     pos: tl.constexpr = i * BITS - SHIFT * (i * BITS + BITS > 23)
@@ -333,8 +381,12 @@ def _sum_k(a, i: tl.constexpr, BITS: tl.constexpr, SHIFT: tl.constexpr):
 
 
 @triton.jit
-def _columns(a0, a1, a2, a3, a4, a5, a6, a7, BITS: tl.constexpr, SHIFT: tl.constexpr):
-    """The accumulators summed over K, unscaled, in column order (VALUES * word + i): [1, BLOCK_N]."""
+def _columns(a0, a1, a2, a3, a4, a5, a6, a7, s_ptrs, s_ok, stride_sn, BITS: tl.constexpr, SHIFT: tl.constexpr,
+             GROUPED: tl.constexpr):
+    """The accumulators summed over K in column order (VALUES * word + i): [1, BLOCK_N]; GROUPED: each
+    times the scales at s_ptrs (value 0's column of each row's group) first, else unscaled."""
+    if GROUPED:
+        a0, a1, a2, a3, a4, a5, a6, a7 = _scaled(a0, a1, a2, a3, a4, a5, a6, a7, s_ptrs, s_ok, stride_sn, BITS)
     s0, s1, s2, s3 = _sum_k(a0, 0, BITS, SHIFT), _sum_k(a1, 1, BITS, SHIFT), _sum_k(a2, 2, BITS, SHIFT), \
         _sum_k(a3, 3, BITS, SHIFT)
     if BITS == 4:
@@ -405,24 +457,25 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
     grid = (grid_m, triton.cdiv(n_out, config.block_n), config.split_k)
     args = [x, w.tensor, scale, out3, sorted_ids, block_experts, num_sorted,
             topk_weights if topk_weights is not None else x, m, n_out, w.k, num_pairs,
+            config.k_per_split(w.k, w.group_size),
             x.stride(0), x.stride(1), *w.strides(),
             scale.stride(0) if w.scale is not None else 0, scale.stride(1) if w.group_size else 0,
             scale.stride(-1) if w.scale is not None else 0, out3.stride(0), out3.stride(1), out3.stride(2), gate_offset]
     flags = dict(MOE=moe is not None, X_ROW_DIV=x_row_div, WEIGHTED=topk_weights is not None, GATED=gated,
                  BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=config.split_k, num_warps=config.num_warps)
     if config.block_m == 1:  # one row a program: the weights as 32-bit words
-        if w.fmt == FLOAT or w.group_size:
-            raise ValueError("block_m 1 (gemv_kernel) reads int8 or int4 weights with per-channel scales; float "
-                             "and group-wise weights take block_m >= 16")
+        if w.fmt == FLOAT:
+            raise ValueError("block_m 1 (gemv_kernel) reads int8 or int4 weights; float weights take block_m >= 16")
         bits = BITS[w.fmt]
         if (n_out * bits) % 32:
             raise ValueError(f"block_m 1 (gemv_kernel) reads whole 32-bit words: {n_out} columns of int{bits} "
                              f"{'in each half of a gated weight ' if gated else ''}are not")
         words = w.tensor.view(torch.int32)
-        args[1], args[14:17], args[-1] = words, words.stride(), gate_offset * bits // 32
+        args[1], args[15:18], args[-1] = words, words.stride(), gate_offset * bits // 32
         ptx = x.is_cuda and torch.version.hip is None  # NVIDIA's GPUs (ROCm's tensors say is_cuda too)
         gemv_kernel[grid](*args, BITS=bits, SHIFT=GEMV_SHIFT[bits], XOR=GEMV_XOR[bits],
-                          EVEN_N=n_out % config.block_n == 0, PTX=ptx, **flags, num_stages=config.num_stages)
+                          EVEN_N=n_out % config.block_n == 0, PTX=ptx, GROUP=w.group_size,
+                          STAGES=min(max(config.num_stages, 2), 4), **flags)
         return out
     stage = (config.block_m + config.block_n * (2 if gated else 1)) * config.block_k * x.element_size()
     stages = max(1, min(config.num_stages, SHARED_MEMORY_BYTES // stage))  # float32 tiles need fewer
@@ -441,13 +494,16 @@ def block_m_for(rows: int) -> int:
     return 16 if rows <= 16 else 32 if rows <= 32 else 64 if rows <= 128 else 128
 
 
-def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int) -> GemmConfig:
+def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, group_size: int = 0) -> GemmConfig:
     """Split K while the grid has fewer than ~4 programs per multiprocessor (small batches); one-row
-    programs (gemv_kernel) keep few bytes in flight each, so ~16 there."""
+    programs (gemv_kernel) keep few bytes in flight each, so ~16 there, and on group-wise weights at
+    least what GemmConfig.k_per_split asks."""
     per_sm, most = (16, 16) if config.block_m == 1 else (4, 8)
     split = 1
     while tiles * split * 2 <= per_sm * sms and k // (split * 2) >= 2 * config.block_k and split < most:
         split *= 2
+    if config.block_m == 1 and group_size:
+        split = max(split, triton.next_power_of_2(triton.cdiv(k, config.block_k * group_size)))
     return replace(config, split_k=split)
 
 
@@ -462,14 +518,14 @@ SMALL_TILES = {FLOAT: dict(block_n=64, block_k=256, num_stages=3, dequant=0),
 # at one token: int4 moe_up 141 us (1.87 TB/s; the 16-row DEQ 3 tile 182 us), moe_down 78 us (95),
 # qkv 22.7 us (25.4), dense 20.0 us (24.1). int8 runs it too (tests) but is not measured yet: its
 # default stays the tensor-core tile.
-GEMV_TILES = {INT4: dict(block_n=128, block_k=32)}
+GEMV_TILES = {INT4: dict(block_n=128, block_k=32, num_stages=3)}
 
 
 def tile_config(rows: int, w: Weights, one_row: bool = True) -> GemmConfig:
     """One row of int weights with per-channel scales: gemv_kernel (whole 32-bit words in each half
     of a gated weight: N a multiple of 64 / BITS). Taller tiles (block_m 32 and up) take int4 by the mantissa
     bits (DEQ 1): two planes there double the code and spill (bench/notes-gpu.md, bench/gemm_sass.py)."""
-    if one_row and rows == 1 and w.fmt in GEMV_TILES and not w.group_size and w.n % (64 // BITS[w.fmt]) == 0:
+    if one_row and rows == 1 and w.fmt in GEMV_TILES and w.n % (64 // BITS[w.fmt]) == 0:
         return GemmConfig(block_m=1, **GEMV_TILES[w.fmt])
     bm = block_m_for(rows)
     if bm == 16:
@@ -494,7 +550,7 @@ def linear_config(m: int, w: Weights) -> GemmConfig:
         return tuned
     config = fit_groups(tile_config(m, w), w)
     tiles = triton.cdiv(m, config.block_m) * triton.cdiv(w.n, config.block_n)
-    return with_split_k(config, tiles, w.k, num_sms(w.tensor.device))
+    return with_split_k(config, tiles, w.k, num_sms(w.tensor.device), w.group_size)
 
 
 def moe_config(num_tokens: int, top_k: int, w: Weights, gated: bool = False, one_row: bool = True) -> GemmConfig:
@@ -510,7 +566,8 @@ def moe_config(num_tokens: int, top_k: int, w: Weights, gated: bool = False, one
     config = fit_groups(tile_config(max(1, num_pairs // w.tensor.shape[0]), w, one_row), w)
     if config.block_m > 1:
         return config
-    return with_split_k(config, num_pairs * triton.cdiv(w.n, config.block_n), w.k, num_sms(w.tensor.device))
+    return with_split_k(config, num_pairs * triton.cdiv(w.n, config.block_n), w.k, num_sms(w.tensor.device),
+                        w.group_size)
 
 class TritonWeightOnlyLinear(WeightOnlyLinear):
     """WeightOnlyLinear, same buffers; `forward` runs the kernel on the int8/int4 weight as stored."""

@@ -114,6 +114,8 @@ def nearby(case: GemmCase) -> list[GemmConfig]:
     d = case.default
     configs = [replace(d, block_n=d.block_n // 2), replace(d, block_n=d.block_n * 2),
                replace(d, split_k=d.split_k * 2), replace(d, split_k=max(1, d.split_k // 2))]
+    if d.block_m == 1:  # gemv_kernel: tiles in flight (gemm.py's STAGES, 2 to 4)
+        configs += [replace(d, num_stages=stages) for stages in (2, 3, 4) if stages != d.num_stages]
     return configs + ([other_kernel(case)] if case.one_row and case.w.fmt != FLOAT else [])
 
 
@@ -134,11 +136,15 @@ def wide(case: GemmCase) -> list[GemmConfig]:
 
 
 def launchable(config: GemmConfig, case: GemmCase) -> bool:
-    """What gemm() and FusedMoE run correctly: gemv_kernel on per-channel int weights of whole
+    """What gemm() and FusedMoE run correctly: gemv_kernel on int weights of whole
     words; DEQ 3 on int4 to bfloat16 on CUDA; gate+up split along K only in one-row programs."""
     w = case.w
-    if config.block_m == 1 and (w.fmt == FLOAT or w.group_size or w.n % (64 // BITS[w.fmt])
+    if config.block_m == 1 and (w.fmt == FLOAT or w.n % (64 // BITS[w.fmt])
                                 or config.block_n < 32 // BITS[w.fmt]):
+        return False
+    try:
+        config.k_per_split(w.k, w.group_size)
+    except ValueError:
         return False
     if config.dequant == 3 and config.block_m > 1 and not (w.fmt == INT4 and w.tensor.is_cuda
                                                            and w.scale.dtype == torch.bfloat16):

@@ -28,8 +28,7 @@ log = logging.getLogger("dbrx_serve.inference")
 LINEAR, MOE_UP, MOE_DOWN = "linear", "moe_up", "moe_down"
 SHAPE_KEY = re.compile(r"^(linear|moe_up|moe_down):(int8|int4(?:g(\d+))?|float32|float16|bfloat16)"
                        r":n(\d+):k(\d+):e(\d+)$")
-PER_CHANNEL_INT = ("int8", "int4")
-POWERS_OF_TWO = ("block_m", "block_n", "block_k", "split_k", "num_warps")  # the formats gemv_kernel (block_m 1) reads
+POWERS_OF_TWO = ("block_m", "block_n", "block_k", "split_k", "num_warps")
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,20 @@ class GemmConfig:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def k_per_split(self, k: int, group_size: int = 0) -> int:
+        """The K rows of each split: a multiple of block_k; for one-row programs on group-wise weights
+        (gemm.py's gemv_kernel) a power of two of groups, at most block_k of them, so that the rows an
+        accumulator row sums (k_per_split / block_k of them) lie in one group. ValueError where K split
+        split_k ways needs more."""
+        rows = -(-k // self.split_k)
+        if self.block_m > 1 or not group_size:
+            return -(-rows // self.block_k) * self.block_k
+        groups = 1 << (-(-rows // group_size) - 1).bit_length()
+        if groups > self.block_k:
+            raise ValueError(f"block_m 1 on group-wise weights sums at most block_k {self.block_k} groups a split: "
+                             f"K {k} in {self.split_k} splits is {groups} groups of {group_size}; split K more")
+        return groups * group_size
 
     @classmethod
     def from_dict(cls, values, where: str) -> "GemmConfig":
@@ -139,21 +152,25 @@ def parse_buckets(key: str, buckets, where: str) -> dict[int, GemmConfig]:
 
 def check_launchable(match: re.Match, config: GemmConfig, where: str) -> None:
     op, fmt, group = match.group(1), match.group(2), match.group(3)
-    if config.block_m == 1 and fmt not in PER_CHANNEL_INT:
-        raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads int8 or per-channel int4 weights, not {fmt}")
-    if config.block_m == 1 and int(match.group(4)) % (64 // int(fmt[3:])):
+    if config.block_m == 1 and not fmt.startswith("int"):
+        raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads int8 or int4 weights, not {fmt}")
+    if config.block_m == 1 and int(match.group(4)) % (64 // int(fmt[3])):
         raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads whole 32-bit words in each half of a gated "
-                           f"weight: N {match.group(4)} is not a multiple of {64 // int(fmt[3:])}")
+                           f"weight: N {match.group(4)} is not a multiple of {64 // int(fmt[3])}")
     if config.block_m > 1 and min(config.block_m, config.block_n, config.block_k) < 16:
         raise InvalidInput(f"{where}: tiles of block_m > 1 multiply on tensor cores: block_m, block_n and "
                            "block_k of 16 or more")
-    if config.block_m == 1 and config.block_n < 32 // int(fmt[3:]):
+    if config.block_m == 1 and config.block_n < 32 // int(fmt[3]):
         raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads whole 32-bit words: block_n of "
-                           f"{32 // int(fmt[3:])} or more for {fmt}")
+                           f"{32 // int(fmt[3])} or more for {fmt}")
     if config.dequant == 3 and not fmt.startswith("int4"):
         raise InvalidInput(f"{where}: dequant 3 converts int4 weights only (gemm.py's DEQ), not {fmt}")
     if group and int(group) % config.block_k:
         raise InvalidInput(f"{where}: block_k {config.block_k} must divide the group size {group}")
+    try:
+        config.k_per_split(int(match.group(5)), int(group or 0))
+    except ValueError as error:
+        raise InvalidInput(f"{where}: {error}") from None
     if op == MOE_UP and config.block_m > 1 and config.split_k > 1:
         raise InvalidInput(f"{where}: gate+up tiles of block_m > 1 take split_k 1 (SwiGLU needs whole sums)")
 

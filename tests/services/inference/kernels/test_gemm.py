@@ -47,12 +47,14 @@ def test_gemm_matches_the_float_product(precision, config, dtype, device):
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
-@pytest.mark.parametrize("config", [GemmConfig(1, 32, 32, 1, 4, 2), GemmConfig(1, 64, 16, 3, 4, 2)],
-                         ids=["bn32bk32", "bn64bk16s3"])
+@pytest.mark.parametrize("config", [GemmConfig(1, 32, 32, 1, 4, 2), GemmConfig(1, 64, 16, 3, 4, 3),
+                                    GemmConfig(1, 32, 16, 2, 4, 4)],
+                         ids=["bn32bk32", "bn64bk16s3-stages3", "bn32bk16s2-stages4"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_one_row_gemv_matches_the_float_product(precision, config, dtype, device):
     """gemv_kernel (block_m 1): each value placed in a float's mantissa at its bit position; every
-    value position of a word, split K, masked edges (n a multiple of a word's values, k and m ragged)."""
+    value position of a word, split K, masked edges (n a multiple of a word's values, k and m ragged),
+    one to three tiles loaded ahead (num_stages 2 to 4)."""
     n, k, m = 96, 208, 3
     w, ref_w = weights(n, k, precision, dtype, device, seed=n + m)
     assert product_error(m, w, ref_w, config, dtype, device) <= BOUND[dtype]
@@ -67,6 +69,20 @@ def test_group_wise_int4_matches_the_dequantized_product(group_size, config, dty
     n, k, m = 80, 384, 37  # K: 6 or 3 whole groups; N and M ragged
     w, ref_w = weights(n, k, "int4", dtype, device, seed=n + m, group_size=group_size)
     assert w.group_size == group_size and w.scale.shape == (1, k // group_size, n)
+    assert product_error(m, w, ref_w, config, dtype, device) <= BOUND[dtype]
+
+
+@pytest.mark.parametrize("group_size, config", [(64, GemmConfig(1, 32, 32, 1, 4, 2)),
+                                                (128, GemmConfig(1, 64, 16, 2, 4, 3)),
+                                                (64, GemmConfig(1, 32, 64, 4, 4, 4))],
+                         ids=["g64bk32", "g128bk16s2", "g64bk64s4"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_one_row_gemv_applies_group_scales(group_size, config, dtype, device):
+    """gemv_kernel on group-wise int4: one or more tiles a group, a K split on group boundaries
+    (s4: more splits than groups, so some programs get no K), every value position of a word."""
+    n, k, m = 96, 384, 3
+    w, ref_w = weights(n, k, "int4", dtype, device, seed=n + group_size, group_size=group_size)
+    assert w.group_size == group_size
     assert product_error(m, w, ref_w, config, dtype, device) <= BOUND[dtype]
 
 

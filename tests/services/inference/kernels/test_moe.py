@@ -9,7 +9,7 @@ import torch
 
 from dbrx_serve.services.inference.kernels import moe as moe_module
 from dbrx_serve.services.inference.kernels.gemm import GemmConfig
-from dbrx_serve.services.inference.kernels.moe import FusedMoE, align, route
+from dbrx_serve.services.inference.kernels.moe import FusedMoE, align, expert_weights, route
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.model import LocalShape, MoE
 from dbrx_serve.shared.quantization import quantize_weight
@@ -81,7 +81,8 @@ def test_one_row_programs_match_the_per_expert_loop(precision, split_k, dtype, d
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_fused_moe_group_wise_int4_matches_the_per_expert_loop(group_size, dequant, tokens, dtype, device,
                                                                 monkeypatch):
-    """Group scales in the gated up GEMM and the plain down GEMM, against the plain modules' dequantize."""
+    """Group scales in the gated up GEMM and the plain down GEMM, against the plain modules' dequantize;
+    one token takes one-row programs (gemv_kernel: a group's scale per accumulator row), 37 the tiles."""
     config = moe_module.moe_config
     monkeypatch.setattr(moe_module, "moe_config", lambda *a, **kw: replace(config(*a, **kw), dequant=dequant))
     plain = plain_moe("int4", dtype, tokens, group_size, GROUPED_CFG)
@@ -91,6 +92,8 @@ def test_fused_moe_group_wise_int4_matches_the_per_expert_loop(group_size, dequa
     with torch.no_grad():
         want, got = plain(x), fused(x.to(device))
     assert fused.fc.weights_scaling_factor.shape == (6, 256 // group_size, 2 * 128)
+    one_row = config(tokens, fused.top_k, expert_weights(fused.fc), gated=True).block_m == 1
+    assert one_row == (tokens == 1)
     assert got.dtype == dtype and relative_error(got.cpu(), want) <= 2 * BOUND[dtype]
 
 
