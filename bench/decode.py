@@ -2,6 +2,7 @@
 
     python bench/decode.py --layers 40 --precision int4 int8 --batch 1 8 32 64 128 --context 512 2048
     python bench/decode.py --layers 4 --precision bf16 --baselines --plot bench/results/decode.png
+    python bench/decode.py --layers 40 --precision int4 --group_size 128 --batch 1 64 --tune fast
     python bench/decode.py --smoke        # a tiny model on the CPU, in seconds (CI runs this)
     mpirun -n 2 python bench/decode.py --world 2 --layers 40 --precision int8 --layouts tp2 ep2
     mpirun -n 8 python bench/decode.py --world 8 --layers 40 --precision bf16 --layouts tp8 ep8 tp4pp2 \
@@ -29,6 +30,9 @@ the experts the routing actually took, counted on an untimed step -- the LM
 head, the embedding rows and the KV cache) over the device-to-device copy
 bandwidth measured in the same run (bytes read + written). Prints one JSON
 object last; `--plot` draws tokens/s and the fraction of the floor by batch.
+`--tune fast|full` first times the kernels' configurations for the model's
+GEMMs at the --batch sizes and stores the table in the engine directory, as
+`dbrx build` does by default (off here: the default tiles).
 """
 
 import argparse
@@ -45,7 +49,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_model import (FULL, SMOKE, BASE_SEED, ModelSpec, bench_limits, bytes_per_step,  # noqa: E402
-                          copy_bandwidth, layout_name, make_engine, parse_layout, record_routing)
+                          copy_bandwidth, layout_name, make_engine, parse_layout, record_routing,
+                          tune_kernels)
 
 from dbrx_serve.services.inference.executor import follow_main  # noqa: E402
 from dbrx_serve.shared.errors import DbrxServeError  # noqa: E402
@@ -185,8 +190,12 @@ def run_precision(spec: ModelSpec, args, bandwidth: float, device, backend=None,
     runs = planned_runs(spec, args)
     longest = max([*args.prefill, sum(SUMMARIZE_SHAPE) if args.summarize else 0])
     limits = bench_limits(runs, args.warmup + args.steps + 16, longest, graphs)
-    engine = make_engine(spec, device, backend or args.backend, limits, args.workdir)
-    out = {"build_seconds": round(time.perf_counter() - started, 1), "decode": [], "prefill": []}
+    tuned = args.tune != "off" and device.type == "cuda" and args.world == 1 and (backend or args.backend) != "torch"
+    tuning = tune_kernels(spec, args.tune, sorted(set(args.batch)), device) if tuned else {}
+    tuning_seconds = round(time.perf_counter() - started, 1)
+    engine = make_engine(spec, device, backend or args.backend, limits, args.workdir, tuning)
+    out = {"build_seconds": round(time.perf_counter() - started, 1), "tune": args.tune if tuned else "off",
+           "tuning_seconds": tuning_seconds, "kernel_tuning": tuning, "decode": [], "prefill": []}
     for batch, context in runs:
         out["decode"].append(decode_run(engine, spec, batch, context, args, bandwidth))
         print(json.dumps(out["decode"][-1]), file=sys.stderr, flush=True)
@@ -226,6 +235,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--backend", default=None, help="engine backend (default: the device's)")
+    parser.add_argument("--tune", choices=["off", "fast", "full"], default="off",
+                        help="tune the GEMMs at the --batch sizes first, as `dbrx build --tune` does (one GPU)")
     parser.add_argument("--int8_max_tokens", type=int, default=64 * 2048, help="skip int8 runs with more context")
     parser.add_argument("--profile", type=int, nargs="*", default=[], help="batch sizes to profile per kernel")
     parser.add_argument("--baselines", action="store_true", help="transformers and the plain-torch path (bf16)")

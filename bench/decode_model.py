@@ -16,6 +16,7 @@ from dbrx_serve.shared.artifacts import write_json
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.mapping import Mapping
 from dbrx_serve.shared.quantization import SCHEMES, WeightOnly, scheme
+from dbrx_serve.shared.reference import torch_dtype
 
 BASE_SEED = 1234
 FULL = dict(vocab_size=100352, d_model=6144, n_heads=48, kv_n_heads=8, ffn_hidden_size=10752, moe_num_experts=16,
@@ -60,15 +61,32 @@ def layout_name(mapping: Mapping) -> str:
     return "".join(f"{k}{v}" for k, v in (("tp", moe_tp), ("ep", ep), ("pp", mapping.pp_size)) if v > 1) or "world1"
 
 
-def write_engine_dir(path: Path, spec: ModelSpec, dtype: str, limits: EngineLimits) -> Path:
+def write_engine_dir(path: Path, spec: ModelSpec, dtype: str, limits: EngineLimits,
+                     kernel_tuning: dict | None = None) -> Path:
     """An engine directory with no rank files: its config says every rank makes dummy weights
-    (services/inference/dummy_weights.py), so each rank of a world builds its own share."""
+    (services/inference/dummy_weights.py), so each rank of a world builds its own share; and the
+    kernel tuning a build stores (tune_kernels), if any."""
     build = {name: getattr(limits, name) for name in ("max_batch_size", "max_seq_len")}
     path.mkdir(parents=True, exist_ok=True)
     write_json(path / "config.json", {"pretrained_config": checkpoint_config(spec.config(dtype), spec.mapping, dtype,
                                                                               weight_only=weight_only_of(spec)),
-                                      "build_config": {**build, "dummy_weights": True}})
+                                      "build_config": {**build, "dummy_weights": True,
+                                                       "kernel_tuning": kernel_tuning or {}}})
     return path
+
+
+def tune_kernels(spec: ModelSpec, mode: str, buckets: list[int], device: torch.device) -> dict:
+    """build_config.kernel_tuning as `dbrx build --tune MODE` writes it (services/builder/kernel_tuning.py),
+    for rank 0's GEMMs at these batch sizes (a decode step of B sequences takes the bucket >= B)."""
+    from dbrx_serve.services.inference.backends import BACKENDS
+    from dbrx_serve.services.inference.kernels.tuner import model_gemms, tune
+    from dbrx_serve.services.inference.kernels.tuning import device_name
+    from dbrx_serve.services.inference.model_runner import empty_model
+
+    dtype = "bfloat16"
+    config = spec.config(dtype)
+    model = empty_model(config, spec.mapping, weight_only_of(spec), BACKENDS["triton"]).to(torch_dtype(dtype))
+    return {device_name(device): tune(model_gemms(model), buckets, mode, device)}
 
 
 def weight_only_of(spec: ModelSpec) -> WeightOnly | None:
@@ -88,11 +106,11 @@ def bench_limits(runs: list[tuple[int, int]], new_tokens: int, prefill: int, gra
 
 
 def make_engine(spec: ModelSpec, device: torch.device, backend: str | None, limits: EngineLimits,
-                workdir: Path) -> Engine:
+                workdir: Path, kernel_tuning: dict | None = None) -> Engine:
     """The engine a server would run, on dummy weights made on the device(s): one rank here, or rank
     0 of the MPI world this process was launched in (the other ranks follow: executor.py)."""
     dtype = "float32" if device.type == "cpu" else "bfloat16"
-    engine_dir = write_engine_dir(workdir / spec.name, spec, dtype, limits)
+    engine_dir = write_engine_dir(workdir / spec.name, spec, dtype, limits, kernel_tuning)
     engine = Engine(load_engine_dir(engine_dir, verify=False), limits, device, backend, verify=(False, False))
     if device.type == "cuda":
         engine.runner.cache.k.normal_()  # random KV: attention is not timed on zeros

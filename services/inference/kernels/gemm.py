@@ -499,11 +499,13 @@ def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, group_size: i
     programs (gemv_kernel) keep few bytes in flight each, so ~16 there, and on group-wise weights at
     least what GemmConfig.k_per_split asks."""
     per_sm, most = (16, 16) if config.block_m == 1 else (4, 8)
-    split = 1
-    while tiles * split * 2 <= per_sm * sms and k // (split * 2) >= 2 * config.block_k and split < most:
+    grouped = config.block_m == 1 and group_size
+    split = triton.next_power_of_2(triton.cdiv(k, config.block_k * group_size)) if grouped else 1
+
+    def programs(split: int) -> int:  # splits that get rows: fewer than split_k where a split is whole groups
+        return tiles * triton.cdiv(k, replace(config, split_k=split).k_per_split(k, group_size))
+    while programs(split * 2) <= per_sm * sms and k // (split * 2) >= 2 * config.block_k and split < most:
         split *= 2
-    if config.block_m == 1 and group_size:
-        split = max(split, triton.next_power_of_2(triton.cdiv(k, config.block_k * group_size)))
     return replace(config, split_k=split)
 
 
@@ -566,7 +568,8 @@ def moe_config(num_tokens: int, top_k: int, w: Weights, gated: bool = False, one
     config = fit_groups(tile_config(max(1, num_pairs // w.tensor.shape[0]), w, one_row), w)
     if config.block_m > 1:
         return config
-    return with_split_k(config, num_pairs * triton.cdiv(w.n, config.block_n), w.k, num_sms(w.tensor.device),
+    columns = w.n // 2 if gated else w.n  # gate+up: a program computes a column of both halves
+    return with_split_k(config, num_pairs * triton.cdiv(columns, config.block_n), w.k, num_sms(w.tensor.device),
                         w.group_size)
 
 class TritonWeightOnlyLinear(WeightOnlyLinear):

@@ -87,7 +87,11 @@ def test_the_tuner_keeps_the_fastest_and_the_experts_share_block_m(checkpoints):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="timing the kernels needs a CUDA GPU")
 def test_a_gpu_build_stores_its_tuning_and_the_runtime_installs_it(checkpoints, tmp_path):
-    from dbrx_serve.services.inference.engine import Engine
+    """The model runner an engine opens installs the table (the build model's tokenizer is not the
+    tokenizer an Engine serves with, so the runner is opened alone)."""
+    from dbrx_serve.services.inference.engine_dir import load_engine_dir
+    from dbrx_serve.services.inference.limits import EngineLimits
+    from dbrx_serve.services.inference.model_runner import ModelRunner
 
     engine = run_build(checkpoints(use_weight_only=True, weight_only_precision="int4"), tmp_path / "engine",
                        max_batch_size=4, max_seq_len=128, tune="fast")
@@ -96,7 +100,8 @@ def test_a_gpu_build_stores_its_tuning_and_the_runtime_installs_it(checkpoints, 
     assert list(tables) == [name] and set(tables[name]) == INT4_GEMMS
     assert all(set(buckets) == {"1", "2", "4"} for buckets in tables[name].values())
     try:
-        Engine.from_dir(engine, device="cuda", num_kv_blocks=16)
+        loaded = load_engine_dir(engine)
+        ModelRunner(loaded, EngineLimits.from_build_config(loaded.build, num_kv_blocks=16), "cuda")
         assert {key: {str(b): c.to_dict() for b, c in buckets.items()} for key, buckets in ACTIVE.table.items()} \
             == tables[name]
     finally:
