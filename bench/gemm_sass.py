@@ -26,7 +26,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from dbrx_serve.services.inference.kernels.gemm import (BITS, FLOAT, FORMATS, GEMV_SHIFT, GEMV_XOR,  # noqa: E402
-                                                         gemm_kernel, gemv_kernel)
+                                                         GemmConfig, gemm_kernel, gemv_kernel, gemv_registers)
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 POINTERS = {"x_ptr": "*bf16", "scale_ptr": "*bf16", "out_ptr": "*bf16", "sorted_ids_ptr": "*i32",
@@ -60,9 +60,9 @@ def source(fmt: int, gated: bool, dequant: int, block_m: int, block_n: int, bloc
                      attrs={(index(n),): [["tt.divisibility", 16]] for n in divisible})
 
 
-def report(src: ASTSource, num_warps: int, num_stages: int) -> dict:
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps,
-                                                                            "num_stages": num_stages})
+def report(src: ASTSource, num_warps: int, num_stages: int, maxnreg: int | None = None) -> dict:
+    options = {"num_warps": num_warps, "num_stages": num_stages, **({"maxnreg": maxnreg} if maxnreg else {})}
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         Path(cubin.name).write_bytes(kernel.asm["cubin"])
         usage = subprocess.run([TOOLS / "cuobjdump", "-res-usage", cubin.name], capture_output=True, text=True).stdout
@@ -92,9 +92,11 @@ def main() -> None:
                                                             args.num_warps, args.num_stages):
         config = {"block_m": bm, "block_n": bn, "block_k": bk, "dequant": deq, "num_warps": warps,
                   "num_stages": stages}
+        grouped_gemv = bm == 1 and args.group_size  # the runtime caps its registers (gemm.py's gemv_registers)
+        maxnreg = gemv_registers(GemmConfig(bm, bn, bk, num_warps=warps), args.gated) if grouped_gemv else None
         try:
             rows.append({**config, **report(source(fmt, args.gated, deq, bm, bn, bk, args.group_size, args.split_k, stages),
-                                                   warps, stages)})
+                                                   warps, stages, maxnreg)})
         except Exception as error:  # a configuration that does not compile: say so and go on
             rows.append({**config, "error": str(error).splitlines()[-1][:200]})
         print(json.dumps(rows[-1]), flush=True)

@@ -473,9 +473,11 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
         words = w.tensor.view(torch.int32)
         args[1], args[15:18], args[-1] = words, words.stride(), gate_offset * bits // 32
         ptx = x.is_cuda and torch.version.hip is None  # NVIDIA's GPUs (ROCm's tensors say is_cuda too)
+        cap = gemv_registers(config, gated) if ptx and w.group_size else None
+        registers = dict(maxnreg=cap) if cap else {}
         gemv_kernel[grid](*args, BITS=bits, SHIFT=GEMV_SHIFT[bits], XOR=GEMV_XOR[bits],
                           EVEN_N=n_out % config.block_n == 0, PTX=ptx, GROUP=w.group_size,
-                          STAGES=min(max(config.num_stages, 2), 4), **flags)
+                          STAGES=min(max(config.num_stages, 2), 4), **flags, **registers)
         return out
     stage = (config.block_m + config.block_n * (2 if gated else 1)) * config.block_k * x.element_size()
     stages = max(1, min(config.num_stages, SHARED_MEMORY_BYTES // stage))  # float32 tiles need fewer
@@ -483,6 +485,17 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
                       PRECISION=precision_of(x.dtype), GROUP=w.group_size, BLOCK_M=config.block_m, **flags,
                       num_stages=stages)
     return out
+
+
+def gemv_registers(config: GemmConfig, gated: bool) -> int | None:
+    """A cap on gemv_kernel's registers a thread on group-wise weights: what the per-channel kernel
+    takes (its accumulators, up to 32 a thread per matrix, and ~32 more). Left free, the epilogue's
+    group scales raise the whole kernel's count (62 -> 80, and 96 -> 125 gated, at block_n 128 /
+    block_k 32 / 4 warps: bench/gemm_sass.py) and cost programs a multiprocessor; capped, they spill
+    after the K loop only (its machine code, checked for these tiles). Larger tiles: no cap (it
+    spills inside the loop)."""
+    accumulators = config.block_k * config.block_n // (32 * config.num_warps)
+    return max(64, accumulators * (1 + gated) + 32) if accumulators <= 32 else None
 
 
 def num_sms(device: torch.device) -> int:
