@@ -272,6 +272,16 @@ def gemv_kernel(
     # Each step's words are loaded STAGES - 1 steps before its arithmetic, in a ring of registers
     # (w, v: this step's up and gate words; w1, v1 and w2, v2 the next ones).
     AHEAD: tl.constexpr = STAGES - 1
+    # The scales, used after the loop (GROUP: each accumulator row times its group's scale of its column,
+    # up's then gate's: fewer registers), are asked into L2 now: the epilogue does not wait on DRAM.
+    s_ptrs = scale_ptr + expert * stride_se + (words * VALUES)[None, :] * stride_sn  # value 0's column
+    if GROUP > 0:
+        s_ptrs += (offs_k // GROUP) * stride_sg  # [BLOCK_K, WORDS]
+    s_ok = (offs_k < k_end) & word_ok
+    if PTX:
+        _prefetch_l2(s_ptrs, s_ok)
+        if GATED:
+            _prefetch_l2(s_ptrs + gate_offset * VALUES * stride_sn, s_ok)
     gate_step = gate_offset * stride_wn
     w, v = _words(w_ptrs, gate_step, offs_k, k_end, word_ok, 0 < steps, GATED)
     w1, v1, w2, v2 = w, v, w, v
@@ -295,10 +305,6 @@ def gemv_kernel(
         else:
             w, v, w1, v1, w2, v2 = w1, v1, w2, v2, w_new, v_new
         x_ptrs += stride_xk
-    # GROUP: each accumulator row times its group's scale of its column (up's, then gate's: fewer registers)
-    s_ptrs = (scale_ptr + expert * stride_se + (offs_k // GROUP) * stride_sg
-              + (words * VALUES)[None, :] * stride_sn) if GROUP > 0 else scale_ptr  # [BLOCK_K, WORDS]: value 0's
-    s_ok = (offs_k < k_end) & word_ok
     acc = _columns(a0, a1, a2, a3, a4, a5, a6, a7, s_ptrs, s_ok, stride_sn, BITS, SHIFT, GROUP > 0)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     out_ptrs = out_ptr + pid_k * stride_os + rows[:, None] * stride_om
@@ -314,6 +320,13 @@ def gemv_kernel(
     else:
         _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset * VALUES,
                 topk_weights_ptr, out_ptrs, stride_on, N, GROUP == 0, GATED, WEIGHTED)
+
+@triton.jit
+def _prefetch_l2(ptrs, mask):
+    """Ask the lines at ptrs (where mask) into L2, holding no register (PTX prefetch.global.L2)."""
+    tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }",
+                              "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+
 
 @triton.jit
 def _words(w_ptrs, gate_step, rows, k_end, word_ok, live, GATED: tl.constexpr):
