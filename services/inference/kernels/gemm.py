@@ -8,8 +8,10 @@ directory"): float [E, N, K] (nn.Linear's [out, in]); int8 [E, K, N]; int4
 [E, K, N/2], two columns a byte (column 2j in the low nibble, 2j+1 in the high
 one, two's complement); a per-channel scale [E, N] is applied once, after the
 K loop; group-wise int4 scales [E, K/GROUP, N] inside it, one product per
-BLOCK_K chunk (BLOCK_K divides GROUP, so a chunk lies in one group). Small batches are bandwidth-bound, so how int weights become floats is
-a choice (`GemmConfig.dequant`, measured by bench/gemm_tune.py). `linear_config` and
+BLOCK_K chunk (BLOCK_K divides GROUP, so a chunk lies in one group), or, in
+gemv_kernel (one row a program), after it too: each of its accumulator rows
+sums K rows of one group. Small batches are bandwidth-bound, so how int weights
+become floats is a choice (`GemmConfig.dequant`, measured by bench/gemm_tune.py). `linear_config` and
 `moe_config` launch the engine's tuned configuration for the shape and batch
 where it stores one (tuning.py), else the default tiles below.
 
@@ -543,9 +545,10 @@ SMALL_TILES = {FLOAT: dict(block_n=64, block_k=256, num_stages=3, dequant=0),
                INT8: dict(block_n=128, block_k=128, num_stages=4, dequant=0),
                INT4: dict(block_n=64, block_k=256, num_stages=3, dequant=2)}
 # gemv_kernel's tile where it is the default (one row a program), from bench/gemm_tune.py on an H200
-# at one token: int4 moe_up 141 us (1.87 TB/s; the 16-row DEQ 3 tile 182 us), moe_down 78 us (95),
-# qkv 22.7 us (25.4), dense 20.0 us (24.1). int8 runs it too (tests) but is not measured yet: its
-# default stays the tensor-core tile.
+# at one token (bench/results/gemm_tune_int4_g128_gemv.json): int4 moe_up 140 us (the 16-row DEQ 3
+# tile 182), moe_down 73 (121), qkv 22.5 (27.4), dense 19.6 (22.3); 3 stages (tiles in flight) as
+# fast as 2 or 4 within a few percent. int8 runs it too (tests) but is not measured yet: its default
+# stays the tensor-core tile.
 GEMV_TILES = {INT4: dict(block_n=128, block_k=32, num_stages=3)}
 
 
