@@ -191,7 +191,7 @@ def run_precision(spec: ModelSpec, args, bandwidth: float, device, backend=None,
     longest = max([*args.prefill, sum(SUMMARIZE_SHAPE) if args.summarize else 0])
     limits = bench_limits(runs, args.warmup + args.steps + 16, longest, graphs)
     tuned = args.tune != "off" and device.type == "cuda" and args.world == 1 and (backend or args.backend) != "torch"
-    tuning = tune_kernels(spec, args.tune, sorted(set(args.batch)), device) if tuned else {}
+    tuning = tune_kernels(spec, args.tune, sorted(set(args.batch))) if tuned else {}
     tuning_seconds = round(time.perf_counter() - started, 1)
     engine = make_engine(spec, device, backend or args.backend, limits, args.workdir, tuning)
     out = {"build_seconds": round(time.perf_counter() - started, 1), "tune": args.tune if tuned else "off",

@@ -16,7 +16,6 @@ from dbrx_serve.shared.artifacts import write_json
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.mapping import Mapping
 from dbrx_serve.shared.quantization import SCHEMES, WeightOnly, scheme
-from dbrx_serve.shared.reference import torch_dtype
 
 BASE_SEED = 1234
 FULL = dict(vocab_size=100352, d_model=6144, n_heads=48, kv_n_heads=8, ffn_hidden_size=10752, moe_num_experts=16,
@@ -75,18 +74,18 @@ def write_engine_dir(path: Path, spec: ModelSpec, dtype: str, limits: EngineLimi
     return path
 
 
-def tune_kernels(spec: ModelSpec, mode: str, buckets: list[int], device: torch.device) -> dict:
+def tune_kernels(spec: ModelSpec, mode: str, buckets: list[int]) -> dict:
     """build_config.kernel_tuning as `dbrx build --tune MODE` writes it (services/builder/kernel_tuning.py),
     for rank 0's GEMMs at these batch sizes (a decode step of B sequences takes the bucket >= B)."""
+    from dbrx_serve.services.builder.kernel_tuning import TuningPlan, run_tuning
     from dbrx_serve.services.inference.backends import BACKENDS
-    from dbrx_serve.services.inference.kernels.tuner import model_gemms, tune
-    from dbrx_serve.services.inference.kernels.tuning import device_name
+    from dbrx_serve.services.inference.kernels.tuner import model_gemms
     from dbrx_serve.services.inference.model_runner import empty_model
+    from dbrx_serve.shared.progress import Reporter
 
-    dtype = "bfloat16"
-    config = spec.config(dtype)
-    model = empty_model(config, spec.mapping, weight_only_of(spec), BACKENDS["triton"]).to(torch_dtype(dtype))
-    return {device_name(device): tune(model_gemms(model), buckets, mode, device)}
+    model = empty_model(spec.config("bfloat16"), spec.mapping, weight_only_of(spec), BACKENDS["triton"])
+    plan = TuningPlan(mode, model_gemms(model.to(torch.bfloat16)), buckets)
+    return run_tuning(plan, Reporter(plan.steps))
 
 
 def weight_only_of(spec: ModelSpec) -> WeightOnly | None:

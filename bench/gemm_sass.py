@@ -26,13 +26,14 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from dbrx_serve.services.inference.kernels.gemm import (BITS, FLOAT, FORMATS, GEMV_SHIFT, GEMV_XOR,  # noqa: E402
-                                                         GemmConfig, gemm_kernel, gemv_kernel, gemv_registers)
+                                                         GemmConfig, gemm_kernel, gemv_kernel, gemv_registers,
+                                                         gemv_stages)
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 POINTERS = {"x_ptr": "*bf16", "scale_ptr": "*bf16", "out_ptr": "*bf16", "sorted_ids_ptr": "*i32",
             "block_experts_ptr": "*i32", "num_sorted_ptr": "*i32", "topk_weights_ptr": "*fp32"}
-INTS = ("M", "N", "K", "num_pairs", "k_per_split", "stride_xm", "stride_xk", "stride_we", "stride_wk", "stride_wn", "stride_se",
-        "stride_sg", "stride_sn", "stride_os", "stride_om", "stride_on", "gate_offset")
+INTS = ("M", "N", "K", "num_pairs", "k_per_split", "stride_xm", "stride_xk", "stride_we", "stride_wk", "stride_wn",
+        "stride_se", "stride_sg", "stride_sn", "stride_os", "stride_om", "stride_on", "gate_offset")
 
 
 def source(fmt: int, gated: bool, dequant: int, block_m: int, block_n: int, block_k: int, group: int,
@@ -44,11 +45,11 @@ def source(fmt: int, gated: bool, dequant: int, block_m: int, block_n: int, bloc
                  **{name: "i32" for name in INTS}}
     signature["stride_we"] = "i64"
     constants = {"MOE": True, "X_ROW_DIV": 4 if gated else 1, "WEIGHTED": not gated, "GATED": gated,
-                 "GROUP": group, "BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k}
+                 "GROUP": group, "BLOCK_N": block_n, "BLOCK_K": block_k}
     if one_row:
         bits = BITS[fmt]
         constants.update({"BITS": bits, "SHIFT": GEMV_SHIFT[bits], "XOR": GEMV_XOR[bits], "EVEN_N": True, "PTX": True,
-                          "STAGES": min(max(stages, 2), 4)})
+                          "STAGES": gemv_stages(GemmConfig(num_stages=stages)), "SPLIT_K": split_k})
     else:
         constants.update({"FMT": fmt, "DEQ": dequant if fmt != FLOAT else 0, "PRECISION": None, "BLOCK_M": block_m})
     unit = ("stride_xk", "stride_sn", "stride_on", "stride_wk" if fmt == FLOAT else "stride_wn")
@@ -95,8 +96,8 @@ def main() -> None:
         grouped_gemv = bm == 1 and args.group_size  # the runtime caps its registers (gemm.py's gemv_registers)
         maxnreg = gemv_registers(GemmConfig(bm, bn, bk, num_warps=warps), args.gated) if grouped_gemv else None
         try:
-            rows.append({**config, **report(source(fmt, args.gated, deq, bm, bn, bk, args.group_size, args.split_k, stages),
-                                                   warps, stages, maxnreg)})
+            src = source(fmt, args.gated, deq, bm, bn, bk, args.group_size, args.split_k, stages)
+            rows.append({**config, **report(src, warps, stages, maxnreg)})
         except Exception as error:  # a configuration that does not compile: say so and go on
             rows.append({**config, "error": str(error).splitlines()[-1][:200]})
         print(json.dumps(rows[-1]), flush=True)

@@ -157,7 +157,7 @@ def gemm_kernel(
     gate_offset,
     MOE: tl.constexpr, X_ROW_DIV: tl.constexpr, WEIGHTED: tl.constexpr, GATED: tl.constexpr,
     FMT: tl.constexpr, DEQ: tl.constexpr, PRECISION: tl.constexpr, GROUP: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """DEQ: how int weights become floats: 0 casts, 1 places bits in a float's mantissa, 2 (int4) also
     keeps low and high nibbles apart (even and odd columns in two accumulators: no interleave), 3 (int4,
@@ -254,9 +254,9 @@ def gemv_kernel(
     steps ahead, in registers.
 
     Row t of the tile at step j is K row k_start + t * T + j (T = k_per_split / BLOCK_K steps): each
-    accumulator row sums T consecutive K rows, so with group-wise scales (GROUP > 0; gemv_split makes
-    T divide GROUP and splits start on a group) all of its rows lie in one group, and its group's scale
-    multiplies it once, after the loop, as a per-channel scale does: nothing per value."""
+    accumulator row sums T consecutive K rows, so with group-wise scales (GROUP > 0; GemmConfig.k_per_split
+    makes T divide GROUP and splits start on a group) all of its rows lie in one group, and its group's
+    scale multiplies it once, after the loop, as a per-channel scale does: nothing per value."""
     VALUES: tl.constexpr = 32 // BITS
     WORDS: tl.constexpr = BLOCK_N // VALUES
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -274,23 +274,8 @@ def gemv_kernel(
     # Each step's words are loaded STAGES - 1 steps before its arithmetic, in a ring of registers
     # (w, v: this step's up and gate words; w1, v1 and w2, v2 the next ones).
     AHEAD: tl.constexpr = STAGES - 1
-    # The scales, used after the loop (GROUP: each accumulator row times its group's scale of its column,
-    # up's then gate's: fewer registers), are asked into L2 now: the epilogue does not wait on DRAM.
-    s_ptrs = scale_ptr + expert * stride_se + (words * VALUES)[None, :] * stride_sn  # value 0's column
-    if GROUP > 0:
-        s_ptrs += (offs_k // GROUP) * stride_sg  # [BLOCK_K, WORDS]
-    s_ok = (offs_k < k_end) & word_ok
-    if PTX:
-        _prefetch_l2(s_ptrs, s_ok)
-        if GATED:
-            _prefetch_l2(s_ptrs + gate_offset * VALUES * stride_sn, s_ok)
     gate_step = gate_offset * stride_wn
-    w, v = _words(w_ptrs, gate_step, offs_k, k_end, word_ok, 0 < steps, GATED)
-    w1, v1, w2, v2 = w, v, w, v
-    if AHEAD >= 2:
-        w1, v1 = _words(w_ptrs + stride_wk, gate_step, offs_k + 1, k_end, word_ok, 1 < steps, GATED)
-    if AHEAD >= 3:
-        w2, v2 = _words(w_ptrs + 2 * stride_wk, gate_step, offs_k + 2, k_end, word_ok, 2 < steps, GATED)
+    w, v, w1, v1, w2, v2 = _first_words(w_ptrs, stride_wk, gate_step, offs_k, k_end, word_ok, steps, AHEAD, GATED)
     w_ptrs += AHEAD * stride_wk
     for j in range(0, steps):
         x = tl.load(x_ptrs, mask=row_ok[None, :] & (offs_k + j < k_end), other=0.0).to(tl.float32)
@@ -307,6 +292,10 @@ def gemv_kernel(
         else:
             w, v, w1, v1, w2, v2 = w1, v1, w2, v2, w_new, v_new
         x_ptrs += stride_xk
+    # GROUP: each accumulator row times its group's scale of its column (up's, then gate's: fewer registers)
+    s_ptrs = (scale_ptr + expert * stride_se + (offs_k // GROUP) * stride_sg
+              + (words * VALUES)[None, :] * stride_sn) if GROUP > 0 else scale_ptr  # [BLOCK_K, WORDS]: value 0's
+    s_ok = (offs_k < k_end) & word_ok
     acc = _columns(a0, a1, a2, a3, a4, a5, a6, a7, s_ptrs, s_ok, stride_sn, BITS, SHIFT, GROUP > 0)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     out_ptrs = out_ptr + pid_k * stride_os + rows[:, None] * stride_om
@@ -323,11 +312,17 @@ def gemv_kernel(
         _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset * VALUES,
                 topk_weights_ptr, out_ptrs, stride_on, N, GROUP == 0, GATED, WEIGHTED)
 
+
 @triton.jit
-def _prefetch_l2(ptrs, mask):
-    """Ask the lines at ptrs (where mask) into L2, holding no register (PTX prefetch.global.L2)."""
-    tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }",
-                              "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+def _first_words(w_ptrs, stride_wk, gate_step, rows, k_end, word_ok, steps, AHEAD: tl.constexpr, GATED: tl.constexpr):
+    """The ring's first AHEAD steps of words (up, gate): steps 0, 1, 2 (those past AHEAD repeat step 0)."""
+    w, v = _words(w_ptrs, gate_step, rows, k_end, word_ok, 0 < steps, GATED)
+    w1, v1, w2, v2 = w, v, w, v
+    if AHEAD >= 2:
+        w1, v1 = _words(w_ptrs + stride_wk, gate_step, rows + 1, k_end, word_ok, 1 < steps, GATED)
+    if AHEAD >= 3:
+        w2, v2 = _words(w_ptrs + 2 * stride_wk, gate_step, rows + 2, k_end, word_ok, 2 < steps, GATED)
+    return w, v, w1, v1, w2, v2
 
 
 @triton.jit
@@ -477,7 +472,7 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
             scale.stride(0) if w.scale is not None else 0, scale.stride(1) if w.group_size else 0,
             scale.stride(-1) if w.scale is not None else 0, out3.stride(0), out3.stride(1), out3.stride(2), gate_offset]
     flags = dict(MOE=moe is not None, X_ROW_DIV=x_row_div, WEIGHTED=topk_weights is not None, GATED=gated,
-                 BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=config.split_k, num_warps=config.num_warps)
+                 BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps)
     if config.block_m == 1:  # one row a program: the weights as 32-bit words
         if w.fmt == FLOAT:
             raise ValueError("block_m 1 (gemv_kernel) reads int8 or int4 weights; float weights take block_m >= 16")
@@ -492,7 +487,8 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
         registers = dict(maxnreg=cap) if cap else {}
         gemv_kernel[grid](*args, BITS=bits, SHIFT=GEMV_SHIFT[bits], XOR=GEMV_XOR[bits],
                           EVEN_N=n_out % config.block_n == 0, PTX=ptx, GROUP=w.group_size,
-                          STAGES=min(max(config.num_stages, 2), 4), **flags, **registers)
+                          STAGES=gemv_stages(config), SPLIT_K=config.split_k, **flags, **registers,
+                          num_stages=config.num_stages)
         return out
     stage = (config.block_m + config.block_n * (2 if gated else 1)) * config.block_k * x.element_size()
     stages = max(1, min(config.num_stages, SHARED_MEMORY_BYTES // stage))  # float32 tiles need fewer
@@ -502,13 +498,19 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
     return out
 
 
+def gemv_stages(config: GemmConfig) -> int:
+    """gemv_kernel's tiles in flight a program (its STAGES): num_stages, within 2 to 4."""
+    return min(max(config.num_stages, 2), 4)
+
+
 def gemv_registers(config: GemmConfig, gated: bool) -> int | None:
     """A cap on gemv_kernel's registers a thread on group-wise weights: what the per-channel kernel
     takes (its accumulators, up to 32 a thread per matrix, and ~32 more). Left free, the epilogue's
     group scales raise the whole kernel's count (62 -> 80, and 96 -> 125 gated, at block_n 128 /
     block_k 32 / 4 warps: bench/gemm_sass.py) and cost programs a multiprocessor; capped, they spill
     after the K loop only (its machine code, checked for these tiles). Larger tiles: no cap (it
-    spills inside the loop)."""
+    spills inside the loop). Checked at 4 warps and 3 or 4 stages; 8 warps hold half the accumulators
+    a thread, so the cap is looser there."""
     accumulators = config.block_k * config.block_n // (32 * config.num_warps)
     return max(64, accumulators * (1 + gated) + 32) if accumulators <= 32 else None
 
@@ -532,7 +534,8 @@ def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, group_size: i
 
     def programs(split: int) -> int:  # splits that get rows: fewer than split_k where a split is whole groups
         return tiles * triton.cdiv(k, replace(config, split_k=split).k_per_split(k, group_size))
-    while programs(split * 2) <= per_sm * sms and k // (split * 2) >= 2 * config.block_k and split < most:
+    while (programs(split * 2) <= per_sm * sms and programs(split * 2) > programs(split)
+           and k // (split * 2) >= 2 * config.block_k and split < most):
         split *= 2
     return replace(config, split_k=split)
 
@@ -545,15 +548,15 @@ SMALL_TILES = {FLOAT: dict(block_n=64, block_k=256, num_stages=3, dequant=0),
                INT8: dict(block_n=128, block_k=128, num_stages=4, dequant=0),
                INT4: dict(block_n=64, block_k=256, num_stages=3, dequant=2)}
 # gemv_kernel's tile where it is the default (one row a program), from bench/gemm_tune.py on an H200
-# at one token (bench/results/gemm_tune_int4_g128_gemv.json): int4 moe_up 140 us (the 16-row DEQ 3
-# tile 182), moe_down 73 (121), qkv 22.5 (27.4), dense 19.6 (22.3); 3 stages (tiles in flight) as
-# fast as 2 or 4 within a few percent. int8 runs it too (tests) but is not measured yet: its default
-# stays the tensor-core tile.
+# at one token (bench/results/gemm_tune_int4_g128_gemv.json, per-channel int4): moe_up 140 us (the
+# 16-row DEQ 3 tile 141.5), moe_down 73 (103), qkv 22.5 (27.4), dense 19.6 (22.4); 3 stages (tiles in
+# flight) within 8% of 2 or 4. int8 runs it too (tests) but is not measured yet: its default stays the
+# tensor-core tile.
 GEMV_TILES = {INT4: dict(block_n=128, block_k=32, num_stages=3)}
 
 
 def tile_config(rows: int, w: Weights, one_row: bool = True) -> GemmConfig:
-    """One row of int weights with per-channel scales: gemv_kernel (whole 32-bit words in each half
+    """One row of int weights (per channel or group-wise): gemv_kernel (whole 32-bit words in each half
     of a gated weight: N a multiple of 64 / BITS). Taller tiles (block_m 32 and up) take int4 by the mantissa
     bits (DEQ 1): two planes there double the code and spill (bench/notes-gpu.md, bench/gemm_sass.py)."""
     if one_row and rows == 1 and w.fmt in GEMV_TILES and w.n % (64 // BITS[w.fmt]) == 0:

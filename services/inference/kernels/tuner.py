@@ -68,8 +68,9 @@ class GemmCase:
         self.rows = num_tokens if op == LINEAR else num_tokens * top_k  # the output's rows
         dtype = w.tensor.dtype if w.fmt == FLOAT else w.scale.dtype
         self.x = torch.randn(self.rows if op == MOE_DOWN else num_tokens, w.k, dtype=dtype, device=device)
-        self.ids = None if op == LINEAR else torch.randint(0, self.num_experts, (num_tokens, top_k),
-                                                           dtype=torch.int32, device=device)
+        # top_k distinct experts a token, as the router picks them (a repeat would read fewer experts)
+        self.ids = None if op == LINEAR else torch.rand(num_tokens, self.num_experts, device=device).topk(
+            top_k, dim=1).indices.to(torch.int32)
         self.default = (linear_config(num_tokens, w) if op == LINEAR
                         else moe_config(num_tokens, top_k, w, gated=self.gated))
 
@@ -124,7 +125,7 @@ def wide(case: GemmCase) -> list[GemmConfig]:
     gemv_kernel's tiles, warps and splits, and the 16-row tensor-core tile."""
     d = case.default
     if case.one_row and case.w.fmt != FLOAT:
-        gemv = GemmConfig(block_m=1, split_k=d.split_k)
+        gemv = GemmConfig(block_m=1, split_k=d.split_k, num_stages=GEMV_TILES[INT4]["num_stages"])
         splits = sorted({max(1, d.split_k // 2), d.split_k, 2 * d.split_k, 4 * d.split_k})
         return [other_kernel(case)] + [replace(gemv, block_n=n, block_k=k, num_warps=warps, split_k=s)
                                        for n in (64, 128, 256) for k in (32, 64, 128) for warps in (4, 8)

@@ -79,7 +79,8 @@ def test_group_wise_int4_matches_the_dequantized_product(group_size, config, dty
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_one_row_gemv_applies_group_scales(group_size, config, dtype, device):
     """gemv_kernel on group-wise int4: one or more tiles a group, a K split on group boundaries
-    (s4: more splits than groups, so some programs get no K), every value position of a word."""
+    (g64bk64s4: a split is rounded up to two groups, so the fourth split gets no K), every value
+    position of a word."""
     n, k, m = 96, 384, 3
     w, ref_w = weights(n, k, "int4", dtype, device, seed=n + group_size, group_size=group_size)
     assert w.group_size == group_size
