@@ -20,7 +20,7 @@ import triton
 from .gemm import (BITS, FLOAT, GEMV_TILES, INT4, INT8, Weights, fit_groups, gemm, linear_config, moe_config,
                    tile_config)
 from .moe import align, expert_weights
-from .tuning import LINEAR, MOE_DOWN, MOE_UP, GemmConfig
+from .tuning import LINEAR, MOE_DOWN, MOE_UP, GemmConfig, triton_fails
 
 MODES = ("fast", "full")
 
@@ -138,7 +138,8 @@ def wide(case: GemmCase) -> list[GemmConfig]:
 
 def launchable(config: GemmConfig, case: GemmCase) -> bool:
     """What gemm() and FusedMoE run correctly: gemv_kernel on int weights of whole
-    words; DEQ 3 on int4 to bfloat16 on CUDA; gate+up split along K only in one-row programs."""
+    words; DEQ 3 on int4 to bfloat16 on CUDA; gate+up split along K only in one-row programs; tiles
+    Triton compiles (tuning.triton_fails)."""
     w = case.w
     if config.block_m == 1 and (w.fmt == FLOAT or w.n % (64 // BITS[w.fmt])
                                 or config.block_n < 32 // BITS[w.fmt]):
@@ -146,6 +147,8 @@ def launchable(config: GemmConfig, case: GemmCase) -> bool:
     try:
         config.k_per_split(w.k, w.group_size)
     except ValueError:
+        return False
+    if triton_fails(config):
         return False
     if config.dequant == 3 and config.block_m > 1 and not (w.fmt == INT4 and w.tensor.is_cuda
                                                            and w.scale.dtype == torch.bfloat16):
