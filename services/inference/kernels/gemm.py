@@ -548,10 +548,10 @@ SMALL_TILES = {FLOAT: dict(block_n=64, block_k=256, num_stages=3, dequant=0),
                INT8: dict(block_n=128, block_k=128, num_stages=4, dequant=0),
                INT4: dict(block_n=64, block_k=256, num_stages=3, dequant=2)}
 # gemv_kernel's tile where it is the default (one row a program), from bench/gemm_tune.py on an H200
-# at one token (bench/results/gemm_tune_int4_g128_gemv.json, per-channel int4): moe_up 140 us (the
-# 16-row DEQ 3 tile 141.5), moe_down 73 (103), qkv 22.5 (27.4), dense 19.6 (22.4); 3 stages (tiles in
-# flight) within 8% of 2 or 4. int8 runs it too (tests) but is not measured yet: its default stays the
-# tensor-core tile.
+# at one token (bench/results/gemm_tune_int4_g128_gemv_first.json, per-channel int4): moe_up 160 us at
+# split 4 (the 16-row DEQ 3 tile 182), moe_down 77 (121), qkv 22.2 (27.4), dense 19.4 (22.3); 3 stages
+# (tiles in flight) within 8% of 2 or 4. int8 runs it too (tests) but is not measured yet: its default
+# stays the tensor-core tile.
 GEMV_TILES = {INT4: dict(block_n=128, block_k=32, num_stages=3)}
 
 
