@@ -66,7 +66,7 @@ def test_fused_moe_matches_the_per_expert_loop(precision, dequant, tokens, dtype
 def test_one_row_programs_match_the_per_expert_loop(precision, split_k, dtype, device, monkeypatch):
     """gemv_kernel for both expert GEMMs (a program a pair); split K: gate+up's partial sums come
     back apart and SwiGLU follows their sum (FusedMoE.activation)."""
-    monkeypatch.setattr(moe_module, "moe_config", lambda *a, **kw: GemmConfig(1, 32, 16, split_k))
+    monkeypatch.setattr(moe_module, "moe_config", lambda *a, **kw: GemmConfig(1, 64, 32, split_k, num_stages=2))
     plain = plain_moe(precision, dtype, seed=split_k)
     fused = plain_moe(precision, dtype, seed=split_k).to(device)
     fused.__class__ = FusedMoE
