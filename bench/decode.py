@@ -149,12 +149,14 @@ def summarize_run(engine, spec: ModelSpec) -> dict:
             "tokens_per_s": round(output_tokens / seconds, 2)}
 
 
-def kernel_times(engine, batch: int, context: int) -> list[dict]:
-    """Per-kernel GPU time of one eager decode step (no CUDA graph; rank 0's), the largest first."""
+def kernel_times(engine, batch: int, context: int, eager: bool = True) -> list[dict]:
+    """Per-kernel GPU time of one decode step (rank 0's), the largest first: an eager one (no CUDA
+    graph), or the step as timed (`eager` False: its graph replayed; CUPTI sees the graph's kernels)."""
     from torch.profiler import ProfilerActivity, profile
 
     ids = seed_context(engine, batch, context, 8)
-    graphs, engine.runner.graphs = engine.runner.graphs, None
+    graphs = engine.runner.graphs
+    engine.runner.graphs = None if eager else graphs
     try:
         engine.step()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -205,8 +207,11 @@ def run_precision(spec: ModelSpec, args, bandwidth: float, device, backend=None,
     if args.summarize:
         out["summarize"] = summarize_run(engine, spec)
         print(json.dumps(out["summarize"]), file=sys.stderr, flush=True)
-    if args.profile:
-        out["profile"] = {f"batch{b}": kernel_times(engine, b, args.context[0])[:25] for b in args.profile}
+    for batch in args.profile:  # the step as timed, and an eager one (its kernels apart)
+        for eager in (False, True):
+            rows = kernel_times(engine, batch, args.context[0], eager)
+            out.setdefault("profile", {})[f"batch{batch}" + ("_eager" if eager else "")] = {
+                "gpu_ms": round(sum(r["us_total"] for r in rows) / 1e3, 3), "kernels": rows[:25]}
     del engine
     gc.collect()  # the runner and its CUDA graphs refer to each other
     torch.cuda.empty_cache() if device.type == "cuda" else None

@@ -1,7 +1,8 @@
 """Triton kernels for the engine on CUDA GPUs (and in Triton's interpreter on
 the CPU, for tests): the GEMM of every linear layer and expert (gemm.py), the
-fused mixture of experts (moe.py), and attention over the paged cache with the
-rotary embedding and cache write fused (attention.py).
+fused mixture of experts (moe.py), attention over the paged cache with the
+rotary embedding and cache write fused (attention.py), LayerNorm (norm.py) and
+the sums of K-split partials (splits.py).
 
 `swap_modules` puts them into a model from outside, as new classes of the same
 modules: parameters, names and state dicts stay the model's.
@@ -13,15 +14,19 @@ from dbrx_serve.shared.weight_only import WeightOnlyLinear
 from .attention import TritonAttention
 from .gemm import TritonWeightOnlyLinear
 from .moe import FusedMoE
+from .norm import TritonLayerNorm
 
 
 def swap_modules(model: DbrxModel) -> DbrxModel:
-    """Retype each block's attention, experts and weight-only projections (float projections stay
-    nn.Linear: cuBLAS). Call after the weight-only swap, before or after loading weights."""
+    """Retype each block's attention, experts, LayerNorms and weight-only projections (float projections
+    stay nn.Linear: cuBLAS). Call after the weight-only swap, before or after loading weights."""
     for block in model.transformer.layers:
         block.attention.__class__ = TritonAttention
         block.mlp.__class__ = FusedMoE
+        block.input_layernorm.__class__ = block.post_layernorm.__class__ = TritonLayerNorm
         for linear in (block.attention.qkv, block.attention.dense):
             if type(linear) is WeightOnlyLinear:
                 linear.__class__ = TritonWeightOnlyLinear
+    if hasattr(model.transformer, "ln_f"):
+        model.transformer.ln_f.__class__ = TritonLayerNorm
     return model

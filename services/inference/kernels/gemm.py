@@ -33,6 +33,7 @@ import triton.language as tl
 
 from dbrx_serve.shared.weight_only import WeightOnlyLinear
 
+from .splits import sum_splits
 from .tuning import ACTIVE, LINEAR, MOE_DOWN, MOE_UP, GemmConfig, shape_key
 
 FLOAT, INT8, INT4 = 0, 1, 2
@@ -239,8 +240,8 @@ def gemv_kernel(
     gate_offset,
     MOE: tl.constexpr, X_ROW_DIV: tl.constexpr, WEIGHTED: tl.constexpr, GATED: tl.constexpr,
     BITS: tl.constexpr, SHIFT: tl.constexpr, XOR: tl.constexpr, EVEN_N: tl.constexpr, PTX: tl.constexpr,
-    GROUP: tl.constexpr, STAGES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr,
+    GROUP: tl.constexpr, GROUP_ROWS: tl.constexpr, HALF2: tl.constexpr, STAGES: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     """gemm_kernel for one row a program (BLOCK_M 1) and int8/int4 weights, without tensor cores; gated
     with SPLIT_K > 1 it writes the scaled partial sums of up [.., :N] and gate [.., N:] (SwiGLU needs
@@ -256,7 +257,17 @@ def gemv_kernel(
     Row t of the tile at step j is K row k_start + t * T + j (T = k_per_split / BLOCK_K steps): each
     accumulator row sums T consecutive K rows, so with group-wise scales (GROUP > 0; GemmConfig.k_per_split
     makes T divide GROUP and splits start on a group) all of its rows lie in one group, and its group's
-    scale multiplies it once, after the loop, as a per-channel scale does: nothing per value."""
+    scale multiplies it once, after the loop, as a per-channel scale does: nothing per value. GROUP_ROWS
+    consecutive accumulator rows lie in one group (GROUP / T): they are summed first, so each group's
+    scales are loaded and multiplied once (bench/results/gemm_tune_int4g128_epilogue.json).
+
+    HALF2 (NVIDIA GPUs: GemmConfig.dequant 3 at block_m 1) multiplies two values an instruction: a word's
+    nibbles (bytes) become four (two) float16 pairs (NIBBLES_TO_HALF2_FMA, BYTES_TO_HALF2_FMA: LOP3 and one
+    HFMA2 a pair) that one HFMA2 each
+    adds times x into float16x2 accumulators (columns i and i + VALUES / 2 of each word). x is scaled first by a
+    power of two (`_x_scale`: exact) so that T steps cannot overflow float16; float32 from the
+    accumulators on. Each accumulator's sum rounds to float16's 11 bits at every step (the bound:
+    tests/services/inference/kernels/test_gemm.py)."""
     VALUES: tl.constexpr = 32 // BITS
     WORDS: tl.constexpr = BLOCK_N // VALUES
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -271,6 +282,10 @@ def gemv_kernel(
     zero = tl.zeros((BLOCK_K, WORDS), dtype=tl.float32)
     a0, a1, a2, a3, a4, a5, a6, a7 = zero, zero, zero, zero, zero, zero, zero, zero
     g0, g1, g2, g3, g4, g5, g6, g7 = zero, zero, zero, zero, zero, zero, zero, zero
+    pairs = tl.zeros((BLOCK_K, WORDS), dtype=tl.int32)  # HALF2: float16x2 accumulators (bits), up's and gate's
+    h0, h1, h2, h3, k0, k1, k2, k3 = pairs, pairs, pairs, pairs, pairs, pairs, pairs, pairs
+    x_scale = _x_scale(x_ptr + (rows // X_ROW_DIV) * stride_xm, stride_xk, row_ok, k_start, k_end, steps,
+                       BITS) if HALF2 else 1.0
     # Each step's words are loaded STAGES - 1 steps before its arithmetic, in a ring of registers
     # (w, v: this step's up and gate words; w1, v1 and w2, v2 the next ones).
     AHEAD: tl.constexpr = STAGES - 1
@@ -281,10 +296,17 @@ def gemv_kernel(
         x = tl.load(x_ptrs, mask=row_ok[None, :] & (offs_k + j < k_end), other=0.0).to(tl.float32)
         w_new, v_new = _words(w_ptrs, gate_step, offs_k + (j + AHEAD), k_end, word_ok, j + AHEAD < steps, GATED)
         w_ptrs += stride_wk
-        a0, a1, a2, a3, a4, a5, a6, a7 = _accumulate(x, w ^ XOR, a0, a1, a2, a3, a4, a5, a6, a7, BITS, SHIFT, PTX)
-        if GATED:
-            g0, g1, g2, g3, g4, g5, g6, g7 = _accumulate(x, v ^ XOR, g0, g1, g2, g3, g4, g5, g6, g7, BITS, SHIFT,
-                                                          PTX)
+        if HALF2:
+            x2 = _half2(x * x_scale)
+            h0, h1, h2, h3 = _accumulate_half2(w, x2, h0, h1, h2, h3, BITS)
+            if GATED:
+                k0, k1, k2, k3 = _accumulate_half2(v, x2, k0, k1, k2, k3, BITS)
+        else:
+            a0, a1, a2, a3, a4, a5, a6, a7 = _accumulate(x, w ^ XOR, a0, a1, a2, a3, a4, a5, a6, a7, BITS, SHIFT,
+                                                         PTX)
+            if GATED:
+                g0, g1, g2, g3, g4, g5, g6, g7 = _accumulate(x, v ^ XOR, g0, g1, g2, g3, g4, g5, g6, g7, BITS,
+                                                              SHIFT, PTX)
         if AHEAD == 1:
             w, v = w_new, v_new
         elif AHEAD == 2:
@@ -292,17 +314,28 @@ def gemv_kernel(
         else:
             w, v, w1, v1, w2, v2 = w1, v1, w2, v2, w_new, v_new
         x_ptrs += stride_xk
-    # GROUP: each accumulator row times its group's scale of its column (up's, then gate's: fewer registers)
-    s_ptrs = (scale_ptr + expert * stride_se + (offs_k // GROUP) * stride_sg
-              + (words * VALUES)[None, :] * stride_sn) if GROUP > 0 else scale_ptr  # [BLOCK_K, WORDS]: value 0's
-    s_ok = (offs_k < k_end) & word_ok
-    acc = _columns(a0, a1, a2, a3, a4, a5, a6, a7, s_ptrs, s_ok, stride_sn, BITS, SHIFT, GROUP > 0)
+    # GROUP: the accumulator rows of each group summed, times the group's scale of their column (up's,
+    # then gate's: fewer registers)
+    GROUPS: tl.constexpr = BLOCK_K // GROUP_ROWS if GROUP > 0 else 1  # the groups of a split
+    group_k = k_start + tl.arange(0, GROUPS)[:, None] * GROUP  # [GROUPS, 1]: each group's first K row
+    s_ptrs = (scale_ptr + expert * stride_se + (group_k // GROUP) * stride_sg
+              + (words * VALUES)[None, :] * stride_sn) if GROUP > 0 else scale_ptr  # [GROUPS, WORDS]: value 0's
+    s_ok = (group_k < k_end) & word_ok
+    if HALF2 and BITS == 4:  # float32 from here on
+        a0, a4, a1, a5, a2, a6, a3, a7 = _halves(h0) + _halves(h1) + _halves(h2) + _halves(h3)
+        g0, g4, g1, g5, g2, g6, g3, g7 = _halves(k0) + _halves(k1) + _halves(k2) + _halves(k3)
+    elif HALF2:
+        a0, a2, a1, a3 = _halves(h0) + _halves(h1)
+        g0, g2, g1, g3 = _halves(k0) + _halves(k1)
+    acc = _columns(a0, a1, a2, a3, a4, a5, a6, a7, s_ptrs, s_ok, stride_sn, BITS, SHIFT, GROUP_ROWS, not HALF2)
+    acc = acc / x_scale if HALF2 else acc
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     out_ptrs = out_ptr + pid_k * stride_os + rows[:, None] * stride_om
     gate = acc
     if GATED:
         gate = _columns(g0, g1, g2, g3, g4, g5, g6, g7, s_ptrs + gate_offset * VALUES * stride_sn, s_ok, stride_sn,
-                        BITS, SHIFT, GROUP > 0)
+                        BITS, SHIFT, GROUP_ROWS, not HALF2)
+        gate = gate / x_scale if HALF2 else gate
     if GATED and SPLIT_K > 1:  # partial sums of up and gate, scaled, apart: SwiGLU comes after their sum
         _finish(acc, acc, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, 0, topk_weights_ptr,
                 out_ptrs, stride_on, N, GROUP == 0, False, WEIGHTED)
@@ -368,40 +401,119 @@ def _accumulate(x, w, a0, a1, a2, a3, a4, a5, a6, a7, BITS: tl.constexpr, SHIFT:
     return a0, a1, a2, a3, a4, a5, a6, a7
 
 
+# HALF2's step on one int4 word (offset-binary nibbles after the XOR; value i at bits 4i): float16
+# 1024 + u or 1024 + 16u by one LOP3 ((a & b) | c = 0xEA) under the exponent 0x6400, minus 1032 (or
+# times 1/16 minus 72) gives u - 8 exactly, two values a register; then acc += value * x by
+# fma.rn.f16x2. Inputs: $4 the word, $5 x in both halves, $6..$9 the accumulators of value pairs
+# (0, 4), (1, 5), (2, 6), (3, 7).
+NIBBLES_TO_HALF2_FMA = tl.constexpr("""{
+.reg .b32 u, s, t0, t1, t2, t3, m0, m1, e, b0, b1, sixteenth;
+mov.b32 m0, 0x000F000F; mov.b32 m1, 0x00F000F0; mov.b32 e, 0x64006400;
+mov.b32 b0, 0xE408E408; mov.b32 b1, 0xD480D480; mov.b32 sixteenth, 0x2C002C00;
+xor.b32 u, $4, 0x88888888;
+shr.u32 s, u, 8;
+lop3.b32 t0, u, m0, e, 0xEA; lop3.b32 t1, u, m1, e, 0xEA;
+lop3.b32 t2, s, m0, e, 0xEA; lop3.b32 t3, s, m1, e, 0xEA;
+add.rn.f16x2 t0, t0, b0; fma.rn.f16x2 t1, t1, sixteenth, b1;
+add.rn.f16x2 t2, t2, b0; fma.rn.f16x2 t3, t3, sixteenth, b1;
+fma.rn.f16x2 $0, t0, $5, $6; fma.rn.f16x2 $1, t1, $5, $7;
+fma.rn.f16x2 $2, t2, $5, $8; fma.rn.f16x2 $3, t3, $5, $9;
+}""")
+# The same for an int8 word (bytes u = q + 128 after the XOR): 1024 + u, minus 1152. Accumulators of
+# value pairs (0, 2), (1, 3): $2, $3 in, $0, $1 out.
+BYTES_TO_HALF2_FMA = tl.constexpr("""{
+.reg .b32 u, s, t0, t1, m, e, b;
+mov.b32 m, 0x00FF00FF; mov.b32 e, 0x64006400; mov.b32 b, 0xE480E480;
+xor.b32 u, $4, 0x80808080;
+shr.u32 s, u, 8;
+lop3.b32 t0, u, m, e, 0xEA; lop3.b32 t1, s, m, e, 0xEA;
+add.rn.f16x2 t0, t0, b; add.rn.f16x2 t1, t1, b;
+fma.rn.f16x2 $0, t0, $5, $2; fma.rn.f16x2 $1, t1, $5, $3;
+}""")
+
+
 @triton.jit
-def _scaled(a0, a1, a2, a3, a4, a5, a6, a7, s_ptrs, ok, stride_sn, BITS: tl.constexpr):
-    """Accumulator i times the scales at s_ptrs + i columns (int8 words hold four values: a4..a7 are zero)."""
-    a0 *= tl.load(s_ptrs, mask=ok, other=0.0).to(tl.float32)
-    a1 *= tl.load(s_ptrs + stride_sn, mask=ok, other=0.0).to(tl.float32)
-    a2 *= tl.load(s_ptrs + 2 * stride_sn, mask=ok, other=0.0).to(tl.float32)
-    a3 *= tl.load(s_ptrs + 3 * stride_sn, mask=ok, other=0.0).to(tl.float32)
+def _accumulate_half2(w, x2, h0, h1, h2, h3, BITS: tl.constexpr):
+    """HALF2: the float16x2 accumulators plus each value pair of words w (two's complement) times x2
+    (int8: h0, h1 only)."""
+    x2 = tl.broadcast_to(x2, w.shape)
     if BITS == 4:
-        a4 *= tl.load(s_ptrs + 4 * stride_sn, mask=ok, other=0.0).to(tl.float32)
-        a5 *= tl.load(s_ptrs + 5 * stride_sn, mask=ok, other=0.0).to(tl.float32)
-        a6 *= tl.load(s_ptrs + 6 * stride_sn, mask=ok, other=0.0).to(tl.float32)
-        a7 *= tl.load(s_ptrs + 7 * stride_sn, mask=ok, other=0.0).to(tl.float32)
-    return a0, a1, a2, a3, a4, a5, a6, a7
+        h0, h1, h2, h3 = tl.inline_asm_elementwise(NIBBLES_TO_HALF2_FMA, "=r,=r,=r,=r,r,r,r,r,r,r",
+                                                   [w, x2, h0, h1, h2, h3], dtype=(tl.int32,) * 4, is_pure=True,
+                                                   pack=1)
+    else:
+        h0, h1 = tl.inline_asm_elementwise(BYTES_TO_HALF2_FMA, "=r,=r,r,r,r,r", [h0, h1, w, x2],
+                                           dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
+    return h0, h1, h2, h3
 
 
 @triton.jit
-def _sum_k(a, i: tl.constexpr, BITS: tl.constexpr, SHIFT: tl.constexpr):
-    """Accumulator i summed over K, times 2^-pos (_value's pos)."""
-    pos: tl.constexpr = i * BITS - SHIFT * (i * BITS + BITS > 23)
+def _half2(x):
+    """float32 x as float16 in both halves of an int32."""
+    bits = x.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return bits | (bits << 16)
+
+
+@triton.jit
+def _halves(h):
+    """float16x2 accumulators (int32 bits) as float32 (low half, high half)."""
+    low = (h & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    high = (h >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return low, high
+
+
+@triton.jit
+def _x_scale(x_row, stride_xk, row_ok, k_start, k_end, steps, BITS: tl.constexpr, CHUNK: tl.constexpr = 512):
+    """HALF2: a power of two that puts the program's x (K rows k_start to k_end) within +-2^14 / (2^(BITS-1)
+    * steps), so that `steps` products of int values (|q| <= 2^(BITS-1)) and x add up within float16's
+    range (65,504), with room for log2's rounding."""
+    amax = tl.zeros((CHUNK,), dtype=tl.float32)
+    for k0 in range(k_start, k_end, CHUNK):
+        offs = k0 + tl.arange(0, CHUNK)
+        x = tl.load(x_row + offs * stride_xk, mask=(offs < k_end) & row_ok, other=0.0)
+        amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
+    limit = 16384.0 / ((1 << (BITS - 1)) * tl.maximum(steps, 1))
+    exponent = tl.floor(tl.log2(limit) - tl.log2(tl.maximum(tl.max(amax, axis=0), 1e-30)))
+    return tl.exp2(tl.minimum(tl.maximum(exponent, -100.0), 100.0))
+
+
+@triton.jit
+def _grouped(a, i: tl.constexpr, s_ptrs, ok, stride_sn, GROUP_ROWS: tl.constexpr):
+    """Accumulator a [BLOCK_K, WORDS] as [groups, WORDS]: the sums of its GROUP_ROWS rows a group, times
+    the scales at s_ptrs + i columns (value i's)."""
+    BLOCK_K: tl.constexpr = a.shape[0]
+    sums = tl.sum(tl.reshape(a, [BLOCK_K // GROUP_ROWS, GROUP_ROWS, a.shape[1]]), axis=1)
+    return sums * tl.load(s_ptrs + i * stride_sn, mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _sum_k(a, i: tl.constexpr, BITS: tl.constexpr, SHIFT: tl.constexpr, PLACED: tl.constexpr):
+    """Accumulator i summed over K, times 2^-pos (_value's pos) where its values were PLACED there."""
+    pos: tl.constexpr = (i * BITS - SHIFT * (i * BITS + BITS > 23)) if PLACED else 0
     return tl.sum(a, axis=0) * (1.0 / (1 << pos))
 
 
 @triton.jit
 def _columns(a0, a1, a2, a3, a4, a5, a6, a7, s_ptrs, s_ok, stride_sn, BITS: tl.constexpr, SHIFT: tl.constexpr,
-             GROUPED: tl.constexpr):
-    """The accumulators summed over K in column order (VALUES * word + i): [1, BLOCK_N]; GROUPED: each
-    times the scales at s_ptrs (value 0's column of each row's group) first, else unscaled."""
-    if GROUPED:
-        a0, a1, a2, a3, a4, a5, a6, a7 = _scaled(a0, a1, a2, a3, a4, a5, a6, a7, s_ptrs, s_ok, stride_sn, BITS)
-    s0, s1, s2, s3 = _sum_k(a0, 0, BITS, SHIFT), _sum_k(a1, 1, BITS, SHIFT), _sum_k(a2, 2, BITS, SHIFT), \
-        _sum_k(a3, 3, BITS, SHIFT)
+             GROUP_ROWS: tl.constexpr, PLACED: tl.constexpr):
+    """The accumulators summed over K in column order (VALUES * word + i): [1, BLOCK_N]; group-wise
+    (GROUP_ROWS > 0): summed a group first, times the group's scales at s_ptrs (value 0's column of
+    each group), else unscaled. int8 words hold four values: a4..a7 are zero, and left alone."""
+    if GROUP_ROWS > 0:
+        a0 = _grouped(a0, 0, s_ptrs, s_ok, stride_sn, GROUP_ROWS)
+        a1 = _grouped(a1, 1, s_ptrs, s_ok, stride_sn, GROUP_ROWS)
+        a2 = _grouped(a2, 2, s_ptrs, s_ok, stride_sn, GROUP_ROWS)
+        a3 = _grouped(a3, 3, s_ptrs, s_ok, stride_sn, GROUP_ROWS)
+        if BITS == 4:
+            a4 = _grouped(a4, 4, s_ptrs, s_ok, stride_sn, GROUP_ROWS)
+            a5 = _grouped(a5, 5, s_ptrs, s_ok, stride_sn, GROUP_ROWS)
+            a6 = _grouped(a6, 6, s_ptrs, s_ok, stride_sn, GROUP_ROWS)
+            a7 = _grouped(a7, 7, s_ptrs, s_ok, stride_sn, GROUP_ROWS)
+    s0, s1 = _sum_k(a0, 0, BITS, SHIFT, PLACED), _sum_k(a1, 1, BITS, SHIFT, PLACED)
+    s2, s3 = _sum_k(a2, 2, BITS, SHIFT, PLACED), _sum_k(a3, 3, BITS, SHIFT, PLACED)
     if BITS == 4:
-        s4, s5, s6, s7 = _sum_k(a4, 4, BITS, SHIFT), _sum_k(a5, 5, BITS, SHIFT), _sum_k(a6, 6, BITS, SHIFT), \
-            _sum_k(a7, 7, BITS, SHIFT)
+        s4, s5 = _sum_k(a4, 4, BITS, SHIFT, PLACED), _sum_k(a5, 5, BITS, SHIFT, PLACED)
+        s6, s7 = _sum_k(a6, 6, BITS, SHIFT, PLACED), _sum_k(a7, 7, BITS, SHIFT, PLACED)
         even = tl.interleave(tl.interleave(s0, s4), tl.interleave(s2, s6))  # values 0, 2, 4, 6 of each word
         odd = tl.interleave(tl.interleave(s1, s5), tl.interleave(s3, s7))
     else:
@@ -482,11 +594,16 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
                              f"{'in each half of a gated weight ' if gated else ''}are not")
         words = w.tensor.view(torch.int32)
         args[1], args[15:18], args[-1] = words, words.stride(), gate_offset * bits // 32
-        ptx = x.is_cuda and torch.version.hip is None  # NVIDIA's GPUs (ROCm's tensors say is_cuda too)
+        ptx = on_nvidia(x)
+        half2 = config.dequant == 3
+        if half2 and not ptx:
+            raise ValueError("dequant 3 at block_m 1 (float16x2 arithmetic, inline PTX) runs on an NVIDIA GPU")
         cap = gemv_registers(config, gated) if ptx and w.group_size else None
         registers = dict(maxnreg=cap) if cap else {}
+        k_steps = config.k_per_split(w.k, w.group_size) // config.block_k  # the K rows an accumulator row sums
         gemv_kernel[grid](*args, BITS=bits, SHIFT=GEMV_SHIFT[bits], XOR=GEMV_XOR[bits],
                           EVEN_N=n_out % config.block_n == 0, PTX=ptx, GROUP=w.group_size,
+                          GROUP_ROWS=w.group_size // k_steps, HALF2=half2,
                           STAGES=gemv_stages(config), SPLIT_K=config.split_k, **flags, **registers,
                           num_stages=config.num_stages)
         return out
@@ -496,6 +613,11 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
                       PRECISION=precision_of(x.dtype), GROUP=w.group_size, BLOCK_M=config.block_m, **flags,
                       num_stages=stages)
     return out
+
+
+def on_nvidia(t: torch.Tensor) -> bool:
+    """Whether t is on an NVIDIA GPU, where inline PTX runs (ROCm's tensors say is_cuda too)."""
+    return t.is_cuda and torch.version.hip is None
 
 
 def gemv_stages(config: GemmConfig) -> int:
@@ -551,20 +673,23 @@ SMALL_TILES = {FLOAT: dict(block_n=64, block_k=256, num_stages=3, dequant=0),
 # at one token (bench/results/gemm_tune_int4_g128_gemv_first.json, per-channel int4): moe_up 160 us at
 # split 4 (the 16-row DEQ 3 tile 182), moe_down 77 (121), qkv 22.2 (27.4), dense 19.4 (22.3); 3 stages
 # (tiles in flight) within 8% of 2 or 4. int8 runs it too (tests) but is not measured yet: its default
-# stays the tensor-core tile.
+# stays the tensor-core tile. On NVIDIA GPUs int4 takes float16x2 arithmetic (HALF2) in wider tiles:
+# moe_up 107 us, moe_down 54 (2.45 TB/s), qkv 21, dense 19 (bench/results/gemm_tune_int4_half2.json).
 GEMV_TILES = {INT4: dict(block_n=128, block_k=32, num_stages=3)}
+HALF2_TILE = dict(block_n=256, block_k=32, num_stages=3, dequant=3)
 
 
 def tile_config(rows: int, w: Weights, one_row: bool = True) -> GemmConfig:
     """One row of int weights (per channel or group-wise): gemv_kernel (whole 32-bit words in each half
-    of a gated weight: N a multiple of 64 / BITS). Taller tiles (block_m 32 and up) take int4 by the mantissa
-    bits (DEQ 1): two planes there double the code and spill (bench/notes-gpu.md, bench/gemm_sass.py)."""
+    of a gated weight: N a multiple of 64 / BITS; int4 of 16-bit models on NVIDIA GPUs in float16x2).
+    Taller tiles (block_m 32 and up) take int4 by the mantissa bits (DEQ 1): two planes there double the code and spill (bench/notes-gpu.md, bench/gemm_sass.py)."""
     if one_row and rows == 1 and w.fmt in GEMV_TILES and w.n % (64 // BITS[w.fmt]) == 0:
-        return GemmConfig(block_m=1, **GEMV_TILES[w.fmt])
+        half2 = w.fmt == INT4 and on_nvidia(w.tensor) and w.scale.dtype != torch.float32  # float32 models: float32
+        return GemmConfig(block_m=1, **(HALF2_TILE if half2 else GEMV_TILES[w.fmt]))
     bm = block_m_for(rows)
     if bm == 16:
         config = GemmConfig(block_m=bm, **SMALL_TILES[w.fmt])
-        packed = w.fmt == INT4 and w.tensor.is_cuda and w.scale.dtype == torch.bfloat16
+        packed = w.fmt == INT4 and on_nvidia(w.tensor) and w.scale.dtype == torch.bfloat16
         return replace(config, dequant=3) if packed else config
     dequant = 1 if w.fmt == INT4 else 0
     if bm <= 64:  # a taller x tile: BLOCK_K 256 spills registers (int4 at 128 tokens: 10x slower, measured)
@@ -615,5 +740,5 @@ class TritonWeightOnlyLinear(WeightOnlyLinear):
         out = torch.empty(config.split_k, rows.shape[0], w.n, dtype=torch.float32 if split else x.dtype,
                           device=x.device)
         gemm(rows, w, out, config)
-        y = out.sum(0).to(x.dtype) if split else out[0]
+        y = sum_splits(out, x.dtype) if split else out[0]
         return y.view(*x.shape[:-1], w.n)

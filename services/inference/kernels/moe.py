@@ -5,7 +5,7 @@
             padded to a multiple of BLOCK_M, the expert of every block
     gemm    gate+up for all active experts in one launch, SwiGLU fused (gemm.py)
     gemm    down for all active experts in one launch, times the router weight
-    sum     the top-k outputs of each token (deterministic: no atomics)
+    sum     the K splits and top-k outputs of each token (splits.py; deterministic: no atomics)
 
 Every launch has a size fixed by the number of tokens alone, so decode steps
 capture into CUDA graphs. `FusedMoE` takes the model's `MoE` parameters as they
@@ -20,6 +20,7 @@ import triton.language as tl
 from dbrx_serve.shared.model import MoE
 
 from .gemm import GemmConfig, Weights, gemm, moe_config
+from .splits import sum_splits
 
 
 @triton.jit
@@ -99,9 +100,11 @@ def align(ids: torch.Tensor, num_experts: int, expert_offset: int, block_m: int)
     sorted_ids = torch.empty(slots, dtype=torch.int32, device=ids.device)
     block_experts = torch.empty(slots // block_m, dtype=torch.int32, device=ids.device)
     num_sorted = torch.empty(1, dtype=torch.int32, device=ids.device)
-    align_kernel[(1,)](ids, num_pairs, sorted_ids, block_experts, num_sorted, slots, E=num_experts,
-                       E_P2=triton.next_power_of_2(num_experts), EXPERT_OFFSET=expert_offset, BLOCK_M=block_m,
-                       CHUNK=512, num_warps=8)
+    chunk = min(512, triton.next_power_of_2(slots))  # one pass of each loop up to 512 slots (decode)
+    e_p2 = triton.next_power_of_2(num_experts)
+    align_kernel[(1,)](ids, num_pairs, sorted_ids, block_experts, num_sorted, slots, E=num_experts, E_P2=e_p2,
+                       EXPERT_OFFSET=expert_offset, BLOCK_M=block_m, CHUNK=chunk,
+                       num_warps=1 if chunk * e_p2 <= 1024 else 8)
     return sorted_ids, block_experts, num_sorted
 
 
@@ -129,7 +132,7 @@ class FusedMoE(MoE):
         act = self.activation(x, fc, up_config, moe)  # [N*K,Il]
         y = self.down_buffer(n * k, x, down_config)  # [S,N*K,H]
         gemm(act, proj, y, down_config, moe=moe, topk_weights=weights)
-        return y.view(-1, n, k, shape[-1]).sum((0, 2)).to(x.dtype).view(shape)
+        return sum_splits(y, x.dtype, rows_per_out=k).view(shape)  # the splits and each token's top-k
 
     def activation(self, x: torch.Tensor, fc: Weights, config: GemmConfig, moe: tuple) -> torch.Tensor:
         """SwiGLU of gate+up for every pair: in the GEMM, or after the sum of its K-split partials."""
@@ -138,8 +141,7 @@ class FusedMoE(MoE):
             act = torch.empty(num_pairs, self.ffn_size, dtype=x.dtype, device=x.device)
             return gemm(x, fc, act, config, moe=moe, x_row_div=self.top_k, gated=True)
         parts = torch.empty(config.split_k, num_pairs, 2 * self.ffn_size, dtype=torch.float32, device=x.device)
-        up, gate = gemm(x, fc, parts, config, moe=moe, x_row_div=self.top_k, gated=True).sum(0).chunk(2, dim=-1)
-        return (up * F.silu(gate)).to(x.dtype)
+        return sum_splits(gemm(x, fc, parts, config, moe=moe, x_row_div=self.top_k, gated=True), x.dtype, gated=True)
 
     def down_buffer(self, num_pairs: int, x: torch.Tensor, config: GemmConfig) -> torch.Tensor:
         """Zeros where pairs may go to another rank's experts (never written here), else uninitialized."""

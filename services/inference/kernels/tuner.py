@@ -18,7 +18,7 @@ import torch
 import triton
 
 from .gemm import (BITS, FLOAT, GEMV_TILES, INT4, INT8, Weights, fit_groups, gemm, linear_config, moe_config,
-                   tile_config)
+                   on_nvidia, tile_config)
 from .moe import align, expert_weights
 from .tuning import LINEAR, MOE_DOWN, MOE_UP, GemmConfig, triton_fails
 
@@ -115,21 +115,28 @@ def nearby(case: GemmCase) -> list[GemmConfig]:
     d = case.default
     configs = [replace(d, block_n=d.block_n // 2), replace(d, block_n=d.block_n * 2),
                replace(d, split_k=d.split_k * 2), replace(d, split_k=max(1, d.split_k // 2))]
-    if d.block_m == 1:  # gemv_kernel: tiles in flight (gemm.py's STAGES, 2 to 4)
+    if d.block_m == 1:  # gemv_kernel: tiles in flight (gemm.py's STAGES, 2 to 4); float16x2 arithmetic (int4)
         configs += [replace(d, num_stages=stages) for stages in (2, 3, 4) if stages != d.num_stages]
-    return configs + ([other_kernel(case)] if case.one_row and case.w.fmt != FLOAT else [])
+        other = 1 if d.dequant == 3 else 3  # float32 or float16x2 arithmetic (int4 on NVIDIA GPUs)
+        configs += [replace(d, dequant=other), replace(d, dequant=other, block_n=128),
+                    replace(d, block_n=d.block_n // 2, split_k=max(1, d.split_k // 2))]
+    if case.one_row and case.w.fmt != FLOAT:  # the other kernel (at one row, both arithmetics)
+        other = other_kernel(case)
+        configs += [other, replace(other, dequant=3)] if other.block_m == 1 else [other]
+    return configs
 
 
 def wide(case: GemmCase) -> list[GemmConfig]:
     """Tiles, K splits and the ways to dequantize around the default; at one row of int weights
-    gemv_kernel's tiles, warps and splits, and the 16-row tensor-core tile."""
+    gemv_kernel's tiles, warps, splits and arithmetic (float32; float16x2 on int4), and the 16-row
+    tensor-core tile."""
     d = case.default
     if case.one_row and case.w.fmt != FLOAT:
         gemv = GemmConfig(block_m=1, split_k=d.split_k, num_stages=GEMV_TILES[INT4]["num_stages"])
         splits = sorted({max(1, d.split_k // 2), d.split_k, 2 * d.split_k, 4 * d.split_k})
-        return [other_kernel(case)] + [replace(gemv, block_n=n, block_k=k, num_warps=warps, split_k=s)
+        return [other_kernel(case)] + [replace(gemv, block_n=n, block_k=k, num_warps=warps, split_k=s, dequant=deq)
                                        for n in (64, 128, 256) for k in (32, 64, 128) for warps in (4, 8)
-                                       for s in splits]
+                                       for s in splits for deq in (1, 3)]
     splits = {d.split_k} if case.gated else {d.split_k, 2 * d.split_k}
     dequant = {FLOAT: [0], INT8: [0, 1], INT4: [1, 2, 3]}[case.w.fmt]
     return [replace(d, block_n=n, block_k=k, num_stages=stages, split_k=s, dequant=deq)
@@ -150,9 +157,9 @@ def launchable(config: GemmConfig, case: GemmCase) -> bool:
         return False
     if triton_fails(config):
         return False
-    if config.dequant == 3 and config.block_m > 1 and not (w.fmt == INT4 and w.tensor.is_cuda
-                                                           and w.scale.dtype == torch.bfloat16):
-        return False
+    if config.dequant == 3 and not (on_nvidia(w.tensor) and (config.block_m == 1 or (
+            w.fmt == INT4 and w.scale.dtype == torch.bfloat16))):
+        return False  # inline PTX: int8/int4 at one row, int4 to bfloat16 at block_m > 1
     return config.block_n >= 16 and not (case.gated and config.block_m > 1 and config.split_k > 1)
 
 

@@ -41,7 +41,9 @@ class GemmConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 4
-    dequant: int = 1  # gemm_kernel's DEQ: 0 cast, 1 float-mantissa bits, 2 (int4) two planes, 3 packed asm
+    # gemm_kernel's DEQ: 0 cast, 1 float-mantissa bits, 2 (int4) two planes, 3 packed asm; at block_m 1
+    # (gemv_kernel) 3 is float16x2 arithmetic (HALF2, NVIDIA GPUs), any other value float32 arithmetic
+    dequant: int = 1
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -172,8 +174,8 @@ def check_launchable(match: re.Match, config: GemmConfig, where: str) -> None:
     if config.block_m == 1 and config.block_n < 32 // int(fmt[3]):
         raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads whole 32-bit words: block_n of "
                            f"{32 // int(fmt[3])} or more for {fmt}")
-    if config.dequant == 3 and not fmt.startswith("int4"):
-        raise InvalidInput(f"{where}: dequant 3 converts int4 weights only (gemm.py's DEQ), not {fmt}")
+    if config.dequant == 3 and config.block_m > 1 and not fmt.startswith("int4"):
+        raise InvalidInput(f"{where}: dequant 3 at block_m > 1 converts int4 weights only (gemm.py's DEQ), not {fmt}")
     if group and int(group) % config.block_k:
         raise InvalidInput(f"{where}: block_k {config.block_k} must divide the group size {group}")
     try:

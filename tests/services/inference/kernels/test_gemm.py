@@ -9,7 +9,7 @@ from dbrx_serve.services.inference.kernels.gemm import GemmConfig, TritonWeightO
 from dbrx_serve.shared.quantization import dequantize_weight, quantize_weight
 from dbrx_serve.shared.weight_only import WeightOnlyLinear
 
-from .conftest import BOUND, DEVICE, DTYPES, relative_error
+from .conftest import BOUND, DEVICE, DTYPES, HALF2_BOUND, ONE_ROW_DTYPES, relative_error
 
 CONFIGS = [GemmConfig(16, 32, 64, 1, 4, 2, dequant=0), GemmConfig(32, 64, 32, 2, 4, 2, dequant=1),
            GemmConfig(16, 32, 32, 3, 4, 3, dequant=2)]
@@ -50,7 +50,7 @@ def test_gemm_matches_the_float_product(precision, config, dtype, device):
 @pytest.mark.parametrize("config", [GemmConfig(1, 32, 32, 1, 4, 2), GemmConfig(1, 64, 16, 3, 4, 3),
                                     GemmConfig(1, 32, 16, 2, 4, 4)],
                          ids=["bn32bk32", "bn64bk16s3-stages3", "bn32bk16s2-stages4"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", ONE_ROW_DTYPES, ids=str)
 def test_one_row_gemv_matches_the_float_product(precision, config, dtype, device):
     """gemv_kernel (block_m 1): each value placed in a float's mantissa at its bit position; every
     value position of a word, split K, masked edges (n a multiple of a word's values, k and m ragged),
@@ -76,7 +76,7 @@ def test_group_wise_int4_matches_the_dequantized_product(group_size, config, dty
                                                 (128, GemmConfig(1, 64, 16, 2, 4, 3)),
                                                 (64, GemmConfig(1, 32, 64, 4, 4, 4))],
                          ids=["g64bk32", "g128bk16s2", "g64bk64s4"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", ONE_ROW_DTYPES, ids=str)
 def test_one_row_gemv_applies_group_scales(group_size, config, dtype, device):
     """gemv_kernel on group-wise int4: one or more tiles a group, a K split on group boundaries
     (g64bk64s4: a split is rounded up to two groups, so the fourth split gets no K), every value
@@ -110,6 +110,40 @@ def test_packed_int4_conversion_matches_the_float_product(config, device):
     n, k, m = 80, 208, 37
     w, ref_w = weights(n, k, "int4", torch.bfloat16, device, seed=7)
     assert product_error(m, w, ref_w, config, torch.bfloat16, device) <= BOUND[torch.bfloat16]
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="inline PTX runs on a CUDA GPU only")
+@pytest.mark.parametrize("precision, n, k, group_size, config", [
+    ("int4", 96, 208, None, GemmConfig(1, 32, 16, 2, 4, 3, dequant=3)),  # ragged K, split, masked rows
+    ("int4", 256, 6144, None, GemmConfig(1, 128, 32, 4, 4, 3, dequant=3)),  # DBRX's K, 48 steps a row
+    ("int4", 256, 10752, None, GemmConfig(1, 128, 32, 1, 4, 2, dequant=3)),  # 336 steps
+    ("int4", 256, 6144, 128, GemmConfig(1, 128, 32, 8, 4, 3, dequant=3)),
+    ("int8", 96, 208, None, GemmConfig(1, 32, 16, 2, 4, 3, dequant=3)),
+    ("int8", 256, 10752, None, GemmConfig(1, 128, 32, 4, 4, 3, dequant=3))],
+    ids=["ragged", "k6144", "k10752", "k6144g128", "int8-ragged", "int8-k10752"])
+@pytest.mark.parametrize("outlier", [False, True], ids=["", "outlier"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_one_row_half2_stays_within_float16_rounding(precision, n, k, group_size, config, outlier, dtype, device):
+    """gemv_kernel's HALF2 (dequant 3 at block_m 1): two values an instruction in float16x2, against the
+    dequantized product in float32; an activation of 20,000 (outlier: its int4 products reach 160,000)
+    would overflow float16 sums without the power-of-two scaling of x."""
+    w, ref_w = weights(n, k, precision, dtype, device, seed=k + n, group_size=group_size)
+    x = torch.randn(3, k, generator=torch.Generator().manual_seed(1)).to(dtype)
+    if outlier:
+        x[1, k // 3] = 2e4
+    split = config.split_k > 1
+    out = torch.full((config.split_k, 3, n), float("nan"), dtype=torch.float32 if split else dtype, device=device)
+    gemm(x.to(device), w, out if split else out[0], config)
+    got = out.sum(0) if split else out[0]
+    assert relative_error(got.cpu(), x.float() @ ref_w.T) <= HALF2_BOUND
+
+
+@pytest.mark.skipif(DEVICE.type == "cuda", reason="the CPU's interpreter refuses inline PTX")
+def test_half2_is_refused_off_nvidia_gpus(device):
+    w, _ = weights(32, 64, "int4", torch.float32, device, seed=0)
+    x, out = torch.zeros(1, 64, device=device), torch.zeros(1, 32, device=device)
+    with pytest.raises(ValueError, match=r"dequant 3 at block_m 1 \(float16x2 arithmetic, inline PTX\) runs on an NVIDIA"):
+        gemm(x, w, out, GemmConfig(1, 32, 32, dequant=3))
 
 
 @pytest.mark.parametrize("precision, group_size", [("int8", None), ("int4", None), ("int4", 64)])

@@ -1,0 +1,53 @@
+"""LayerNorm (norm.py) and the sums of K-split partials (splits.py) against their plain torch forms."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dbrx_serve.services.inference.kernels.norm import TritonLayerNorm
+from dbrx_serve.services.inference.kernels.splits import sum_splits
+
+from .conftest import BOUND, DTYPES, relative_error
+
+
+@pytest.mark.parametrize("rows, width", [(1, 6144), (5, 96), (3, 100)], ids=["dbrx-row", "rows", "ragged"])
+@pytest.mark.parametrize("bias", [False, True], ids=["", "bias"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_layer_norm_matches_torch(rows, width, bias, dtype, device):
+    g = torch.Generator().manual_seed(width + rows)
+    plain = torch.nn.LayerNorm(width, eps=1e-5, bias=bias)
+    with torch.no_grad():
+        plain.weight.copy_(torch.randn(width, generator=g))
+        if bias:
+            plain.bias.copy_(torch.randn(width, generator=g))
+    ours = torch.nn.LayerNorm(width, eps=1e-5, bias=bias, dtype=dtype).to(device)
+    ours.load_state_dict(plain.state_dict())
+    ours.__class__ = TritonLayerNorm
+    x = (3 + 2 * torch.randn(2, rows, width, generator=g)).to(dtype)  # an offset: the mean matters
+    with torch.no_grad():
+        got, want = ours(x.to(device)), plain(x.float())
+    assert got.shape == x.shape and got.dtype == dtype
+    assert relative_error(got.cpu(), want) <= BOUND[dtype]
+
+
+@pytest.mark.parametrize("splits, rows_per_out, gated", [(1, 1, False), (4, 1, False), (3, 1, True), (2, 4, False),
+                                                        (1, 4, False)],
+                         ids=["one", "splits", "swiglu", "topk-splits", "topk"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_sum_splits_matches_the_torch_chain(splits, rows_per_out, gated, dtype, device):
+    """The K splits summed (and each token's top-k rows, and SwiGLU of gate+up), as FusedMoE and the
+    weight-only linear layers used to in torch: sum, SiLU, product, cast."""
+    parts = torch.randn(splits, 3 * rows_per_out, 2 * 600, generator=torch.Generator().manual_seed(splits))
+    got = sum_splits(parts.to(device), dtype, gated=gated, rows_per_out=rows_per_out)
+    summed = parts.view(splits, 3, rows_per_out, -1).sum((0, 2))
+    up, gate = summed.chunk(2, dim=-1)
+    want = up * F.silu(gate) if gated else summed
+    assert got.shape == want.shape and got.dtype == dtype
+    assert relative_error(got.cpu(), want) <= BOUND[dtype]
+
+
+def test_sum_splits_refuses_what_it_cannot_sum(device):
+    with pytest.raises(ValueError, match="R a multiple of 4"):
+        sum_splits(torch.zeros(2, 6, 8, device=device), torch.float32, rows_per_out=4)
+    with pytest.raises(ValueError, match="contiguous last dimension"):
+        sum_splits(torch.zeros(2, 8, 6, device=device).transpose(1, 2), torch.float32)
