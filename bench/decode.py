@@ -243,7 +243,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--tune", choices=["off", "fast", "full"], default="off",
                         help="tune the GEMMs at the --batch sizes first, as `dbrx build --tune` does (one GPU)")
     parser.add_argument("--int8_max_tokens", type=int, default=64 * 2048, help="skip int8 runs with more context")
-    parser.add_argument("--profile", type=int, nargs="*", default=[], help="batch sizes to profile per kernel")
+    parser.add_argument("--profile", type=int, nargs="*", default=[],
+                        help="batch sizes to profile per kernel (the step as timed, CUDA graph and all, and eager)")
     parser.add_argument("--baselines", action="store_true", help="transformers and the plain-torch path (bf16)")
     parser.add_argument("--plot", default=None, help="draw tokens/s and fraction of the floor to this PNG")
     parser.add_argument("--out", default=None, help="also write the JSON here")

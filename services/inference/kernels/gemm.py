@@ -261,13 +261,12 @@ def gemv_kernel(
     consecutive accumulator rows lie in one group (GROUP / T): they are summed first, so each group's
     scales are loaded and multiplied once (bench/results/gemm_tune_int4g128_epilogue.json).
 
-    HALF2 (NVIDIA GPUs: GemmConfig.dequant 3 at block_m 1) multiplies two values an instruction: a word's
-    nibbles (bytes) become four (two) float16 pairs (NIBBLES_TO_HALF2_FMA, BYTES_TO_HALF2_FMA: LOP3 and one
-    HFMA2 a pair) that one HFMA2 each
-    adds times x into float16x2 accumulators (columns i and i + VALUES / 2 of each word). x is scaled first by a
-    power of two (`_x_scale`: exact) so that T steps cannot overflow float16; float32 from the
-    accumulators on. Each accumulator's sum rounds to float16's 11 bits at every step (the bound:
-    tests/services/inference/kernels/test_gemm.py)."""
+    HALF2 (NVIDIA GPUs: GemmConfig.dequant 3 at block_m 1) multiplies two values an instruction: a
+    word's nibbles (bytes) become four (two) float16 pairs (NIBBLES_TO_HALF2_FMA, BYTES_TO_HALF2_FMA:
+    LOP3 and one HFMA2 a pair) that one HFMA2 each adds times x into float16x2 accumulators (columns i
+    and i + VALUES / 2 of each word). x is scaled first by a power of two (`_x_scale`: exact) so that T
+    steps cannot overflow float16; float32 from the accumulators on. Each accumulator's sum rounds to
+    float16's 11 bits at every step (the bound: HALF2_BOUND in tests/services/inference/kernels/conftest.py)."""
     VALUES: tl.constexpr = 32 // BITS
     WORDS: tl.constexpr = BLOCK_N // VALUES
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -669,23 +668,26 @@ def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, group_size: i
 SMALL_TILES = {FLOAT: dict(block_n=64, block_k=256, num_stages=3, dequant=0),
                INT8: dict(block_n=128, block_k=128, num_stages=4, dequant=0),
                INT4: dict(block_n=64, block_k=256, num_stages=3, dequant=2)}
-# gemv_kernel's tile where it is the default (one row a program), from bench/gemm_tune.py on an H200
-# at one token (bench/results/gemm_tune_int4_g128_gemv_first.json, per-channel int4): moe_up 160 us at
-# split 4 (the 16-row DEQ 3 tile 182), moe_down 77 (121), qkv 22.2 (27.4), dense 19.4 (22.3); 3 stages
-# (tiles in flight) within 8% of 2 or 4. int8 runs it too (tests) but is not measured yet: its default
-# stays the tensor-core tile. On NVIDIA GPUs int4 takes float16x2 arithmetic (HALF2) in wider tiles:
-# moe_up 107 us, moe_down 54 (2.45 TB/s), qkv 21, dense 19 (bench/results/gemm_tune_int4_half2.json).
-GEMV_TILES = {INT4: dict(block_n=128, block_k=32, num_stages=3)}
-HALF2_TILE = dict(block_n=256, block_k=32, num_stages=3, dequant=3)
+# gemv_kernel's tiles, the default at one row a program (bench/gemm_tune.py on an H200 at one token).
+# In float32 arithmetic (the CPU's interpreter, float32 models; bench/results/gemm_tune_int4_g128_gemv_first.json):
+# int4 moe_up 160 us at split 4 (the 16-row DEQ 3 tile 182), moe_down 77 (121), qkv 22.2 (27.4), dense
+# 19.4 (22.3); 3 stages (tiles in flight) within 8% of 2 or 4. In float16x2 (HALF2: 16-bit models on
+# NVIDIA GPUs), twice the columns: int4 moe_up 107 us, moe_down 54 (2.45 TB/s), qkv 21, dense 19
+# (bench/results/gemm_tune_int4_half2.json); int8 moe_up 178 us (2.97 TB/s) against the tensor-core
+# tile's 314 (bench/results/gemm_tune_int8_half2.json). int8 words hold half int4's values: half the columns.
+GEMV_TILES = {INT4: dict(block_n=128, block_k=32, num_stages=3), INT8: dict(block_n=64, block_k=32, num_stages=3)}
+HALF2_TILES = {INT4: dict(block_n=256, block_k=32, num_stages=3, dequant=3),
+               INT8: dict(block_n=128, block_k=32, num_stages=4, dequant=3)}
 
 
 def tile_config(rows: int, w: Weights, one_row: bool = True) -> GemmConfig:
     """One row of int weights (per channel or group-wise): gemv_kernel (whole 32-bit words in each half
-    of a gated weight: N a multiple of 64 / BITS; int4 of 16-bit models on NVIDIA GPUs in float16x2).
-    Taller tiles (block_m 32 and up) take int4 by the mantissa bits (DEQ 1): two planes there double the code and spill (bench/notes-gpu.md, bench/gemm_sass.py)."""
+    of a gated weight: N a multiple of 64 / BITS), in float16x2 for 16-bit models on NVIDIA GPUs. Taller
+    tiles (block_m 32 and up) take int4 by the mantissa bits (DEQ 1): two planes there double the code
+    and spill (bench/notes-gpu.md, bench/gemm_sass.py)."""
     if one_row and rows == 1 and w.fmt in GEMV_TILES and w.n % (64 // BITS[w.fmt]) == 0:
-        half2 = w.fmt == INT4 and on_nvidia(w.tensor) and w.scale.dtype != torch.float32  # float32 models: float32
-        return GemmConfig(block_m=1, **(HALF2_TILE if half2 else GEMV_TILES[w.fmt]))
+        half2 = on_nvidia(w.tensor) and w.scale.dtype != torch.float32  # float32 models: float32 arithmetic
+        return GemmConfig(block_m=1, **(HALF2_TILES if half2 else GEMV_TILES)[w.fmt])
     bm = block_m_for(rows)
     if bm == 16:
         config = GemmConfig(block_m=bm, **SMALL_TILES[w.fmt])

@@ -141,7 +141,8 @@ class FusedMoE(MoE):
             act = torch.empty(num_pairs, self.ffn_size, dtype=x.dtype, device=x.device)
             return gemm(x, fc, act, config, moe=moe, x_row_div=self.top_k, gated=True)
         parts = torch.empty(config.split_k, num_pairs, 2 * self.ffn_size, dtype=torch.float32, device=x.device)
-        return sum_splits(gemm(x, fc, parts, config, moe=moe, x_row_div=self.top_k, gated=True), x.dtype, gated=True)
+        gemm(x, fc, parts, config, moe=moe, x_row_div=self.top_k, gated=True)
+        return sum_splits(parts, x.dtype, gated=True)
 
     def down_buffer(self, num_pairs: int, x: torch.Tensor, config: GemmConfig) -> torch.Tensor:
         """Zeros where pairs may go to another rank's experts (never written here), else uninitialized."""

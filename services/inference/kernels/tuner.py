@@ -115,9 +115,9 @@ def nearby(case: GemmCase) -> list[GemmConfig]:
     d = case.default
     configs = [replace(d, block_n=d.block_n // 2), replace(d, block_n=d.block_n * 2),
                replace(d, split_k=d.split_k * 2), replace(d, split_k=max(1, d.split_k // 2))]
-    if d.block_m == 1:  # gemv_kernel: tiles in flight (gemm.py's STAGES, 2 to 4); float16x2 arithmetic (int4)
+    if d.block_m == 1:  # gemv_kernel: tiles in flight (gemm.py's STAGES, 2 to 4); the other arithmetic
         configs += [replace(d, num_stages=stages) for stages in (2, 3, 4) if stages != d.num_stages]
-        other = 1 if d.dequant == 3 else 3  # float32 or float16x2 arithmetic (int4 on NVIDIA GPUs)
+        other = 1 if d.dequant == 3 else 3  # float32 or float16x2 (NVIDIA GPUs: launchable says)
         configs += [replace(d, dequant=other), replace(d, dequant=other, block_n=128),
                     replace(d, block_n=d.block_n // 2, split_k=max(1, d.split_k // 2))]
     if case.one_row and case.w.fmt != FLOAT:  # the other kernel (at one row, both arithmetics)
@@ -128,7 +128,7 @@ def nearby(case: GemmCase) -> list[GemmConfig]:
 
 def wide(case: GemmCase) -> list[GemmConfig]:
     """Tiles, K splits and the ways to dequantize around the default; at one row of int weights
-    gemv_kernel's tiles, warps, splits and arithmetic (float32; float16x2 on int4), and the 16-row
+    gemv_kernel's tiles, warps, splits and arithmetic (float32; float16x2 on NVIDIA GPUs), and the 16-row
     tensor-core tile."""
     d = case.default
     if case.one_row and case.w.fmt != FLOAT:

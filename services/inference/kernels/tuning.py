@@ -175,7 +175,8 @@ def check_launchable(match: re.Match, config: GemmConfig, where: str) -> None:
         raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads whole 32-bit words: block_n of "
                            f"{32 // int(fmt[3])} or more for {fmt}")
     if config.dequant == 3 and config.block_m > 1 and not fmt.startswith("int4"):
-        raise InvalidInput(f"{where}: dequant 3 at block_m > 1 converts int4 weights only (gemm.py's DEQ), not {fmt}")
+        raise InvalidInput(f"{where}: dequant 3 at block_m > 1 converts int4 weights only (gemm.py's DEQ), "
+                           f"not {fmt}")
     if group and int(group) % config.block_k:
         raise InvalidInput(f"{where}: block_k {config.block_k} must divide the group size {group}")
     try:

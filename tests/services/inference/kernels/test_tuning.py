@@ -78,7 +78,8 @@ def test_another_gpus_table_leaves_the_defaults_with_a_log_line(monkeypatch, cap
     ({"moe_up:int4:n24:k64:e4": {"1": STORED.to_dict()}}, "N 24 is not a multiple of 16"),
     ({DOWN: TABLE[DOWN]}, "must be stored at the same batch buckets with the same block_m"),
     ({"linear:int8:n64:k64:e1": {"1": replace(SMALL, block_m=8).to_dict()}}, "block_k of 16 or more"),
-    ({"linear:int8:n64:k64:e1": {"1": replace(SMALL, dequant=3).to_dict()}}, "dequant 3 at block_m > 1 converts int4 weights only"),
+    ({"linear:int8:n64:k64:e1": {"1": replace(SMALL, dequant=3).to_dict()}},
+     "dequant 3 at block_m > 1 converts int4 weights only"),
     ({"linear:int4g64:n64:k4096:e1": {"1": GemmConfig(1, 64, 16).to_dict()}}, "64 groups of 64; split K more"),
     ({"linear:int8:n64:k64:e1": {"1": GemmConfig(64, 32, 128).to_dict()}}, "Triton cannot compile block_m 64"),
 ], ids=range(14))
