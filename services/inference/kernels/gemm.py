@@ -619,6 +619,12 @@ def on_nvidia(t: torch.Tensor) -> bool:
     return t.is_cuda and torch.version.hip is None
 
 
+def half2_fits(w: "Weights") -> bool:
+    """Whether gemv_kernel may take float16x2 arithmetic (HALF2) for these int weights: on an NVIDIA GPU,
+    for a 16-bit model (a float32 model keeps float32's accuracy)."""
+    return on_nvidia(w.tensor) and w.scale.dtype != torch.float32
+
+
 def gemv_stages(config: GemmConfig) -> int:
     """gemv_kernel's tiles in flight a program (its STAGES): num_stages, within 2 to 4."""
     return min(max(config.num_stages, 2), 4)
@@ -672,7 +678,7 @@ SMALL_TILES = {FLOAT: dict(block_n=64, block_k=256, num_stages=3, dequant=0),
 # In float32 arithmetic (the CPU's interpreter, float32 models; bench/results/gemm_tune_int4_g128_gemv_first.json):
 # int4 moe_up 160 us at split 4 (the 16-row DEQ 3 tile 182), moe_down 77 (121), qkv 22.2 (27.4), dense
 # 19.4 (22.3); 3 stages (tiles in flight) within 8% of 2 or 4. In float16x2 (HALF2: 16-bit models on
-# NVIDIA GPUs), twice the columns: int4 moe_up 107 us, moe_down 54 (2.45 TB/s), qkv 21, dense 19
+# NVIDIA GPUs), twice the columns: int4 moe_up 107 us, moe_down 54 (2.4-2.5 TB/s), qkv 21, dense 19
 # (bench/results/gemm_tune_int4_half2.json); int8 moe_up 178 us (2.97 TB/s) against the tensor-core
 # tile's 314 (bench/results/gemm_tune_int8_half2.json). int8 words hold half int4's values: half the columns.
 GEMV_TILES = {INT4: dict(block_n=128, block_k=32, num_stages=3), INT8: dict(block_n=64, block_k=32, num_stages=3)}
@@ -686,8 +692,7 @@ def tile_config(rows: int, w: Weights, one_row: bool = True) -> GemmConfig:
     tiles (block_m 32 and up) take int4 by the mantissa bits (DEQ 1): two planes there double the code
     and spill (bench/notes-gpu.md, bench/gemm_sass.py)."""
     if one_row and rows == 1 and w.fmt in GEMV_TILES and w.n % (64 // BITS[w.fmt]) == 0:
-        half2 = on_nvidia(w.tensor) and w.scale.dtype != torch.float32  # float32 models: float32 arithmetic
-        return GemmConfig(block_m=1, **(HALF2_TILES if half2 else GEMV_TILES)[w.fmt])
+        return GemmConfig(block_m=1, **(HALF2_TILES if half2_fits(w) else GEMV_TILES)[w.fmt])
     bm = block_m_for(rows)
     if bm == 16:
         config = GemmConfig(block_m=bm, **SMALL_TILES[w.fmt])

@@ -100,7 +100,7 @@ def align(ids: torch.Tensor, num_experts: int, expert_offset: int, block_m: int)
     sorted_ids = torch.empty(slots, dtype=torch.int32, device=ids.device)
     block_experts = torch.empty(slots // block_m, dtype=torch.int32, device=ids.device)
     num_sorted = torch.empty(1, dtype=torch.int32, device=ids.device)
-    chunk = min(512, triton.next_power_of_2(slots))  # one pass of each loop up to 512 slots (decode)
+    chunk = min(512, max(16, triton.next_power_of_2(slots)))  # one pass of each loop up to 512 slots (decode)
     e_p2 = triton.next_power_of_2(num_experts)
     align_kernel[(1,)](ids, num_pairs, sorted_ids, block_experts, num_sorted, slots, E=num_experts, E_P2=e_p2,
                        EXPERT_OFFSET=expert_offset, BLOCK_M=block_m, CHUNK=chunk,

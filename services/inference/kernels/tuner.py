@@ -17,8 +17,8 @@ from typing import Callable
 import torch
 import triton
 
-from .gemm import (BITS, FLOAT, GEMV_TILES, INT4, INT8, Weights, fit_groups, gemm, linear_config, moe_config,
-                   on_nvidia, tile_config)
+from .gemm import (BITS, FLOAT, GEMV_TILES, INT4, INT8, Weights, fit_groups, gemm, half2_fits, linear_config,
+                   moe_config, on_nvidia, tile_config)
 from .moe import align, expert_weights
 from .tuning import LINEAR, MOE_DOWN, MOE_UP, GemmConfig, triton_fails
 
@@ -157,9 +157,9 @@ def launchable(config: GemmConfig, case: GemmCase) -> bool:
         return False
     if triton_fails(config):
         return False
-    if config.dequant == 3 and not (on_nvidia(w.tensor) and (config.block_m == 1 or (
-            w.fmt == INT4 and w.scale.dtype == torch.bfloat16))):
-        return False  # inline PTX: int8/int4 at one row, int4 to bfloat16 at block_m > 1
+    if config.dequant == 3 and not (half2_fits(w) if config.block_m == 1 else (
+            on_nvidia(w.tensor) and w.fmt == INT4 and w.scale.dtype == torch.bfloat16)):
+        return False  # inline PTX: float16x2 at one row (16-bit models), int4 to bfloat16 at block_m > 1
     return config.block_n >= 16 and not (case.gated and config.block_m > 1 and config.split_k > 1)
 
 

@@ -126,6 +126,12 @@ def test_routing_matches_softmax_top_k_and_the_p_norm(device):
     assert torch.allclose(got_w.cpu(), want_w, atol=1e-6)
 
 
+def test_align_of_no_pairs_sorts_none(device):
+    """No tokens at one row a block: no slots at all, and nothing sorted."""
+    sorted_ids, block_experts, num_sorted = align(torch.zeros(0, 3, dtype=torch.int32, device=device), 6, 0, 1)
+    assert sorted_ids.numel() == 0 and int(num_sorted) == 0
+
+
 @pytest.mark.parametrize("offset, num_local, tokens", [(0, 6, 23), (2, 2, 23), (0, 6, 200)],
                          ids=["all-local", "two-local", "two-passes"])
 def test_align_sorts_pairs_by_expert_in_padded_blocks(offset, num_local, tokens, device):
