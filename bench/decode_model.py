@@ -77,14 +77,11 @@ def write_engine_dir(path: Path, spec: ModelSpec, dtype: str, limits: EngineLimi
 def tune_kernels(spec: ModelSpec, mode: str, buckets: list[int]) -> dict:
     """build_config.kernel_tuning as `dbrx build --tune MODE` writes it (services/builder/kernel_tuning.py),
     for rank 0's GEMMs at these batch sizes (a decode step of B sequences takes the bucket >= B)."""
-    from dbrx_serve.services.builder.kernel_tuning import TuningPlan, run_tuning
-    from dbrx_serve.services.inference.backends import BACKENDS
-    from dbrx_serve.services.inference.kernels.tuner import model_gemms
-    from dbrx_serve.services.inference.model_runner import empty_model
+    from dbrx_serve.services.builder.kernel_tuning import TuningPlan, engine_gemms, run_tuning
     from dbrx_serve.shared.progress import Reporter
 
-    model = empty_model(spec.config("bfloat16"), spec.mapping, weight_only_of(spec), BACKENDS["triton"])
-    plan = TuningPlan(mode, model_gemms(model.to(torch.bfloat16)), buckets)
+    gemms = engine_gemms(spec.config("bfloat16"), spec.mapping, weight_only_of(spec), torch.bfloat16, ranks=[0])
+    plan = TuningPlan(mode, gemms, buckets)
     return run_tuning(plan, Reporter(plan.steps))
 
 

@@ -8,11 +8,15 @@ CUDA device, or with `--tune off`, the engine stores none (a log line says so)
 and the runtime launches its default tiles."""
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
+from dbrx_serve.shared.config import DbrxConfig
+from dbrx_serve.shared.mapping import Mapping
 from dbrx_serve.shared.progress import Reporter
+from dbrx_serve.shared.quantization import WeightOnly
 from dbrx_serve.shared.reference import torch_dtype
 
 from .checkpoint import Checkpoint
@@ -40,18 +44,21 @@ def plan_tuning(options: BuildOptions, ckpt: Checkpoint, limits: BuildLimits) ->
     if not torch.cuda.is_available():
         log.info("kernel tuning: skipped, no CUDA device (the runtime uses its default tiles)")
         return None
-    return TuningPlan(options.tune, engine_gemms(ckpt), decode_buckets(limits))
+    gemms = engine_gemms(ckpt.model, ckpt.mapping, ckpt.weight_only, torch_dtype(ckpt.model.torch_dtype))
+    return TuningPlan(options.tune, gemms, decode_buckets(limits))
 
 
-def engine_gemms(ckpt: Checkpoint) -> list:
-    """The GEMMs of every rank's model as the runtime makes it (on the meta device: shapes only)."""
+def engine_gemms(config: DbrxConfig, mapping: Mapping, weight_only: WeightOnly | None, dtype: torch.dtype,
+                 ranks: Iterable[int] | None = None) -> list:
+    """The GEMMs of the ranks' models (every rank's by default) as the runtime makes them, each shape
+    once (on the meta device: shapes only); bench/decode.py tunes rank 0's the same way."""
     from dbrx_serve.services.inference.backends import BACKENDS
     from dbrx_serve.services.inference.kernels.tuner import model_gemms
     from dbrx_serve.services.inference.model_runner import empty_model
 
-    dtype, gemms = torch_dtype(ckpt.model.torch_dtype), {}
-    for rank in range(ckpt.mapping.world_size):
-        model = empty_model(ckpt.model, ckpt.mapping, ckpt.weight_only, BACKENDS["triton"], rank).to(dtype)
+    gemms = {}
+    for rank in range(mapping.world_size) if ranks is None else ranks:
+        model = empty_model(config, mapping, weight_only, BACKENDS["triton"], rank).to(dtype)
         gemms.update({g.weights.key(g.op): g for g in model_gemms(model)})
     return list(gemms.values())
 

@@ -14,6 +14,7 @@ from dbrx_serve.services.builder.convert_pb import options_from_pb, options_to_p
 from dbrx_serve.services.builder.kernel_tuning import decode_buckets, engine_gemms, plan_tuning
 from dbrx_serve.services.builder.options import BuildOptions
 from dbrx_serve.shared.errors import InvalidInput
+from dbrx_serve.shared.reference import torch_dtype
 
 from .conftest import read_engine, run_build
 
@@ -43,10 +44,15 @@ def test_tune_is_an_option_of_the_build_request(tmp_path):
     assert plan_tuning(BuildOptions("ckpt", "engine", tune="off"), None, None) is None
 
 
+def gemms_of(ckpt) -> list:
+    """Every rank's GEMMs of a checkpoint's engine, as the build's plan takes them."""
+    return engine_gemms(ckpt.model, ckpt.mapping, ckpt.weight_only, torch_dtype(ckpt.model.torch_dtype))
+
+
 def test_the_engines_gemms_and_buckets(checkpoints):
-    float_gemms = engine_gemms(read_checkpoint(checkpoints()))  # float projections run cuBLAS: not ours to tune
+    float_gemms = gemms_of(read_checkpoint(checkpoints()))  # float projections run cuBLAS: not ours to tune
     assert {g.weights.key(g.op) for g in float_gemms} == {"moe_up:float32:n64:k64:e4", "moe_down:float32:n64:k32:e4"}
-    int4 = engine_gemms(read_checkpoint(checkpoints(use_weight_only=True, weight_only_precision="int4")))
+    int4 = gemms_of(read_checkpoint(checkpoints(use_weight_only=True, weight_only_precision="int4")))
     assert {g.weights.key(g.op) for g in int4} == INT4_GEMMS
     options = BuildOptions("ckpt", "engine", max_batch_size=48)
     assert decode_buckets(options.limits(128)) == [1, 2, 4, 8, 16, 32]
@@ -57,7 +63,7 @@ def test_the_tuner_keeps_the_fastest_and_the_experts_share_block_m(checkpoints):
     """A timer that favours half the default block_n for the linears; for the experts, each GEMM's
     own block_m (gate+up: its default, 1 at one token; down: 16), down's the costlier to miss: both
     take 16, the pair's fastest sum, though gate+up alone is faster at 1."""
-    gemms = engine_gemms(read_checkpoint(checkpoints(use_weight_only=True, weight_only_precision="int4")))
+    gemms = gemms_of(read_checkpoint(checkpoints(use_weight_only=True, weight_only_precision="int4")))
     defaults = {}
 
     def timer(config, case):
