@@ -576,9 +576,9 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
     out3 = out if out.dim() == 3 else out[None]
     gate_offset = n_out if gated else 0  # in columns; the kernel halves it for int4 bytes
     grid = (grid_m, triton.cdiv(n_out, config.block_n), config.split_k)
+    k_per_split = config.k_per_split(w.k, w.group_size)
     args = [x, w.tensor, scale, out3, sorted_ids, block_experts, num_sorted,
-            topk_weights if topk_weights is not None else x, m, n_out, w.k, num_pairs,
-            config.k_per_split(w.k, w.group_size),
+            topk_weights if topk_weights is not None else x, m, n_out, w.k, num_pairs, k_per_split,
             x.stride(0), x.stride(1), *w.strides(),
             scale.stride(0) if w.scale is not None else 0, scale.stride(1) if w.group_size else 0,
             scale.stride(-1) if w.scale is not None else 0, out3.stride(0), out3.stride(1), out3.stride(2), gate_offset]
@@ -599,7 +599,7 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
             raise ValueError("dequant 3 at block_m 1 (float16x2 arithmetic, inline PTX) runs on an NVIDIA GPU")
         cap = gemv_registers(config, gated) if ptx and w.group_size else None
         registers = dict(maxnreg=cap) if cap else {}
-        k_steps = config.k_per_split(w.k, w.group_size) // config.block_k  # the K rows an accumulator row sums
+        k_steps = k_per_split // config.block_k  # the K rows an accumulator row sums
         gemv_kernel[grid](*args, BITS=bits, SHIFT=GEMV_SHIFT[bits], XOR=GEMV_XOR[bits],
                           EVEN_N=n_out % config.block_n == 0, PTX=ptx, GROUP=w.group_size,
                           GROUP_ROWS=w.group_size // k_steps, HALF2=half2,
