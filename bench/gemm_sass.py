@@ -1,5 +1,6 @@
 """Compile the GEMM kernel for Hopper (sm_90) on a machine without a GPU and report,
-per launch configuration, registers, spilled bytes and the size of its machine code.
+per launch configuration, registers, spilled bytes, the size of its machine code and its
+tensor-core instructions (Hopper's wgmma, HGMMA, or the older mma.sync, HMMA).
 
     python bench/gemm_sass.py --precision int4 --gated --block_m 16 32 --block_k 64 128 --dequant 1 2 3
     python bench/gemm_sass.py --precision int4 --gated --block_m 1 --block_n 128 --block_k 32 --group_size 128
@@ -71,7 +72,8 @@ def report(src: ASTSource, num_warps: int, num_stages: int, maxnreg: int | None 
     instructions = [line.split("*/")[1].split()[0] for line in sass.splitlines()
                     if line.strip().startswith("/*") and "*/" in line and len(line.split("*/")[1].split()) > 0]
     return {"registers": int(usage.split("REG:")[1].split()[0]), "stack_bytes": int(usage.split("STACK:")[1].split()[0]),
-            "instructions": len(instructions), "spill_instructions": sum(i.startswith(("LDL", "STL")) for i in instructions)}
+            "instructions": len(instructions), "spill_instructions": sum(i.startswith(("LDL", "STL")) for i in instructions),
+            "wgmma": sum(i.startswith("HGMMA") for i in instructions), "mma_sync": sum(i.startswith("HMMA") for i in instructions)}
 
 
 def main() -> None:

@@ -11,7 +11,10 @@ K loop; group-wise int4 scales [E, K/GROUP, N] inside it, one product per
 BLOCK_K chunk (BLOCK_K divides GROUP, so a chunk lies in one group), or, in
 gemv_kernel (one row a program), after it too: each of its accumulator rows
 sums K rows of one group. Small batches are bandwidth-bound, so how int weights
-become floats is a choice (`GemmConfig.dequant`, measured by bench/gemm_tune.py). `linear_config` and
+become floats is a choice (`GemmConfig.dequant`, measured by bench/gemm_tune.py). Tiles of 16 rows and
+up (gemm_kernel) compute the output transposed, out^T = W^T x^T: the weights are the tensor-core MMA's
+first operand, so on Hopper wgmma takes 64 of their columns at a time straight from the registers where
+they were dequantized, and the tokens (16 to 128 a tile) are its second. `linear_config` and
 `moe_config` launch the engine's tuned configuration for the shape and batch
 where it stores one (tuning.py), else the default tiles below.
 
@@ -84,11 +87,12 @@ def _nibbles(packed, DEQ: tl.constexpr, DTYPE: tl.constexpr):
 
 @triton.jit
 def _load_weight_tile(w_ptrs, mask, FMT: tl.constexpr, DEQ: tl.constexpr, DTYPE: tl.constexpr):
-    """A [BLOCK_K, BLOCK_N] tile of W in DTYPE. int4 pointers address bytes [BLOCK_K, BLOCK_N/2]."""
+    """A [BLOCK_N, BLOCK_K] tile of W in DTYPE. int4 pointers address bytes [BLOCK_N/2, BLOCK_K]."""
     raw = tl.load(w_ptrs, mask=mask, other=0)
     if FMT == 2:
         low, high = _nibbles(raw, DEQ, DTYPE)
-        tile = tl.interleave(low, high)  # columns 2j, 2j+1
+        pairs = tl.permute(tl.join(low, high), (0, 2, 1))  # [BLOCK_N/2, 2, BLOCK_K]: rows 2j, 2j+1
+        tile = tl.reshape(pairs, (2 * low.shape[0], low.shape[1]))
     elif FMT == 1 and DEQ != 0:
         tile = _to_float((raw.to(tl.int32) & 0xFF) ^ 0x80, 128, DTYPE)
     else:
@@ -99,19 +103,20 @@ def _load_weight_tile(w_ptrs, mask, FMT: tl.constexpr, DEQ: tl.constexpr, DTYPE:
 @triton.jit
 def _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset, topk_weights_ptr,
             out_ptrs, stride_on, N, SCALED: tl.constexpr, GATED: tl.constexpr, WEIGHTED: tl.constexpr):
-    """Per-channel scales (once per tile), SwiGLU, the router weight; store the columns `cols`."""
+    """acc [columns, rows] (the output transposed): per-channel scales (once per tile), SwiGLU, the
+    router weight; store the columns `cols` of the rows `rows`."""
     n_ok = cols < N
     if SCALED:
         s_ptrs = scale_ptr + expert * stride_se + cols * stride_sn
-        acc *= tl.load(s_ptrs, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        acc *= tl.load(s_ptrs, mask=n_ok, other=0.0).to(tl.float32)[:, None]
         if GATED:
-            gate *= tl.load(s_ptrs + gate_offset * stride_sn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+            gate *= tl.load(s_ptrs + gate_offset * stride_sn, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     if GATED:  # DBRX's SwiGLU: up * silu(gate)
         acc = acc * (gate / (1.0 + tl.exp(-gate)))
     if WEIGHTED:
-        acc *= tl.load(topk_weights_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-    tl.store(out_ptrs + cols[None, :] * stride_on, acc.to(out_ptrs.dtype.element_ty),
-             mask=row_ok[:, None] & n_ok[None, :])
+        acc *= tl.load(topk_weights_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptrs + cols[:, None] * stride_on, acc.to(out_ptrs.dtype.element_ty),
+             mask=n_ok[:, None] & row_ok[None, :])
 
 
 @triton.jit
@@ -138,12 +143,13 @@ def _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, M, K
 
 
 @triton.jit
-def _dot(x, w, acc, k, s_ptrs, s_ok, stride_sg, GROUP: tl.constexpr, PRECISION: tl.constexpr):
-    """acc + x @ w; group-wise (GROUP > 0): the chunk at K offset k alone, times its group's scales."""
+def _dot(w, x, acc, k, s_ptrs, s_ok, stride_sg, GROUP: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + w @ x (a weight tile [N, K] times x transposed [K, M]); group-wise (GROUP > 0): the chunk at
+    K offset k alone, times its group's scales."""
     if GROUP == 0:
-        return tl.dot(x, w, acc, input_precision=PRECISION)
+        return tl.dot(w, x, acc, input_precision=PRECISION)
     scale = tl.load(s_ptrs + (k // GROUP) * stride_sg, mask=s_ok, other=0.0).to(tl.float32)
-    return acc + tl.dot(x, w, input_precision=PRECISION) * scale[None, :]
+    return acc + tl.dot(w, x, input_precision=PRECISION) * scale[:, None]
 
 
 @triton.jit
@@ -178,46 +184,45 @@ def gemm_kernel(
     w_col_ok = w_cols < (N // 2 if FMT == 2 else N)
     offs_k = k_start + tl.arange(0, BLOCK_K)
 
-    x_ptrs = x_ptr + x_rows[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    w_ptrs = w_ptr + expert * stride_we + offs_k[:, None] * stride_wk + w_cols[None, :] * stride_wn
+    x_ptrs = x_ptr + x_rows[None, :] * stride_xm + offs_k[:, None] * stride_xk  # [BLOCK_K, BLOCK_M]: x transposed
+    w_ptrs = w_ptr + expert * stride_we + w_cols[:, None] * stride_wn + offs_k[None, :] * stride_wk
     g_ptrs = w_ptrs + (gate_offset // 2 if FMT == 2 else gate_offset) * stride_wn
-    acc = tl.zeros((BLOCK_M, ACC_N), dtype=tl.float32)
-    acc_odd = tl.zeros((BLOCK_M, ACC_N), dtype=tl.float32)  # PLANES: the odd columns
-    gate = tl.zeros((BLOCK_M, ACC_N), dtype=tl.float32)
-    gate_odd = tl.zeros((BLOCK_M, ACC_N), dtype=tl.float32)
-    s_cols = pid_n * BLOCK_N + tl.arange(0, ACC_N) * (2 if PLANES else 1)  # GROUP: acc's columns, each chunk
-    s_ptrs = scale_ptr + expert * stride_se + s_cols * stride_sn
+    acc = tl.zeros((ACC_N, BLOCK_M), dtype=tl.float32)
+    acc_odd = tl.zeros((ACC_N, BLOCK_M), dtype=tl.float32)  # PLANES: the odd columns
+    gate = tl.zeros((ACC_N, BLOCK_M), dtype=tl.float32)
+    gate_odd = tl.zeros((ACC_N, BLOCK_M), dtype=tl.float32)
+    s_cols = pid_n * BLOCK_N + tl.arange(0, ACC_N) * (2 if PLANES else 1)  # acc's columns
+    s_ptrs = scale_ptr + expert * stride_se + s_cols * stride_sn  # GROUP: their scales, each chunk
     s_ok = s_cols < N
     sg_ptrs = s_ptrs + gate_offset * stride_sn
     for k in range(k_start, k_end, BLOCK_K):
         k_ok = offs_k < K - (k - k_start)
-        x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        w_mask = k_ok[:, None] & w_col_ok[None, :]
+        x = tl.load(x_ptrs, mask=k_ok[:, None] & row_ok[None, :], other=0.0)
+        w_mask = w_col_ok[:, None] & k_ok[None, :]
         if PLANES:
             low, high = _nibbles(tl.load(w_ptrs, mask=w_mask, other=0), DEQ, DTYPE)
-            acc = _dot(x, low, acc, k, s_ptrs, s_ok, stride_sg, GROUP, PRECISION)
-            acc_odd = _dot(x, high, acc_odd, k, s_ptrs + stride_sn, s_ok, stride_sg, GROUP, PRECISION)
+            acc = _dot(low, x, acc, k, s_ptrs, s_ok, stride_sg, GROUP, PRECISION)
+            acc_odd = _dot(high, x, acc_odd, k, s_ptrs + stride_sn, s_ok, stride_sg, GROUP, PRECISION)
             if GATED:
                 low, high = _nibbles(tl.load(g_ptrs, mask=w_mask, other=0), DEQ, DTYPE)
-                gate = _dot(x, low, gate, k, sg_ptrs, s_ok, stride_sg, GROUP, PRECISION)
-                gate_odd = _dot(x, high, gate_odd, k, sg_ptrs + stride_sn, s_ok, stride_sg, GROUP, PRECISION)
+                gate = _dot(low, x, gate, k, sg_ptrs, s_ok, stride_sg, GROUP, PRECISION)
+                gate_odd = _dot(high, x, gate_odd, k, sg_ptrs + stride_sn, s_ok, stride_sg, GROUP, PRECISION)
         else:
-            acc = _dot(x, _load_weight_tile(w_ptrs, w_mask, FMT, DEQ, DTYPE), acc, k, s_ptrs, s_ok, stride_sg,
+            acc = _dot(_load_weight_tile(w_ptrs, w_mask, FMT, DEQ, DTYPE), x, acc, k, s_ptrs, s_ok, stride_sg,
                        GROUP, PRECISION)
             if GATED:
-                gate = _dot(x, _load_weight_tile(g_ptrs, w_mask, FMT, DEQ, DTYPE), gate, k, sg_ptrs, s_ok,
+                gate = _dot(_load_weight_tile(g_ptrs, w_mask, FMT, DEQ, DTYPE), x, gate, k, sg_ptrs, s_ok,
                             stride_sg, GROUP, PRECISION)
         g_ptrs += BLOCK_K * stride_wk
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
 
-    out_ptrs = out_ptr + pid_k * stride_os + rows[:, None] * stride_om
-    cols = pid_n * BLOCK_N + tl.arange(0, ACC_N) * (2 if PLANES else 1)
+    out_ptrs = out_ptr + pid_k * stride_os + rows[None, :] * stride_om
     SCALED: tl.constexpr = FMT != 0 and GROUP == 0  # per-channel scales, applied once
-    _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset, topk_weights_ptr,
+    _finish(acc, gate, s_cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset, topk_weights_ptr,
             out_ptrs, stride_on, N, SCALED, GATED, WEIGHTED)
     if PLANES:
-        _finish(acc_odd, gate_odd, cols + 1, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset,
+        _finish(acc_odd, gate_odd, s_cols + 1, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset,
                 topk_weights_ptr, out_ptrs, stride_on, N, SCALED, GATED, WEIGHTED)
 
 
@@ -329,7 +334,7 @@ def gemv_kernel(
     acc = _columns(a0, a1, a2, a3, a4, a5, a6, a7, s_ptrs, s_ok, stride_sn, BITS, SHIFT, GROUP_ROWS, not HALF2)
     acc = acc / x_scale if HALF2 else acc
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    out_ptrs = out_ptr + pid_k * stride_os + rows[:, None] * stride_om
+    out_ptrs = out_ptr + pid_k * stride_os + rows[None, :] * stride_om
     gate = acc
     if GATED:
         gate = _columns(g0, g1, g2, g3, g4, g5, g6, g7, s_ptrs + gate_offset * VALUES * stride_sn, s_ok, stride_sn,
@@ -495,7 +500,7 @@ def _sum_k(a, i: tl.constexpr, BITS: tl.constexpr, SHIFT: tl.constexpr, PLACED: 
 @triton.jit
 def _columns(a0, a1, a2, a3, a4, a5, a6, a7, s_ptrs, s_ok, stride_sn, BITS: tl.constexpr, SHIFT: tl.constexpr,
              GROUP_ROWS: tl.constexpr, PLACED: tl.constexpr):
-    """The accumulators summed over K in column order (VALUES * word + i): [1, BLOCK_N]; group-wise
+    """The accumulators summed over K in column order (VALUES * word + i): [BLOCK_N, 1]; group-wise
     (GROUP_ROWS > 0): summed a group first, times the group's scales at s_ptrs (value 0's column of
     each group), else unscaled. int8 words hold four values: a4..a7 are zero, and left alone."""
     if GROUP_ROWS > 0:
@@ -517,7 +522,7 @@ def _columns(a0, a1, a2, a3, a4, a5, a6, a7, s_ptrs, s_ok, stride_sn, BITS: tl.c
         odd = tl.interleave(tl.interleave(s1, s5), tl.interleave(s3, s7))
     else:
         even, odd = tl.interleave(s0, s2), tl.interleave(s1, s3)
-    return tl.interleave(even, odd)[None, :]
+    return tl.interleave(even, odd)[:, None]
 
 @dataclass(frozen=True)
 class Weights:
@@ -667,13 +672,16 @@ def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, group_size: i
     return replace(config, split_k=split)
 
 
-# Tiles per weight format at small batch, from bench/gemm_tune.py on an H200 (decode, DBRX's shapes):
-# float experts read at ~4.1 TB/s with BLOCK_K 256; int8 is fastest cast directly (1.7-2.1 TB/s);
-# int4 in two planes (DEQ 2, ~1.05 TB/s, against 0.55 cast + interleave), faster still with eight
-# nibbles a register by inline PTX (DEQ 3: moe_up at one token 247 -> 178 us; bfloat16 on CUDA only).
+# Tensor-core tiles (block_m 16 and up) per weight format, from bench/gemm_tune.py on an H200 (DBRX's
+# shapes). gemm_kernel multiplies the weights as the MMA's first operand, so Hopper's wgmma takes 64 of
+# their columns at a time from the registers where they were dequantized, and the tokens (16 and up) as
+# its second: int4 gate+up at 64 tokens 792 -> 505 us, at 128 tokens 2,393 -> 658 us, against x as the
+# first operand (bench/results/gemm_swap_ab_probe.json). int4 wants 128 columns (two planes of 64: wgmma's
+# least) and K chunks of 64, converted by inline PTX where it can (DEQ 3: bfloat16 on NVIDIA GPUs), else in
+# planes (DEQ 2); 8 warps hold block_m 128 without spilling (bench/gemm_sass.py).
 SMALL_TILES = {FLOAT: dict(block_n=64, block_k=256, num_stages=3, dequant=0),
-               INT8: dict(block_n=128, block_k=128, num_stages=4, dequant=0),
-               INT4: dict(block_n=64, block_k=256, num_stages=3, dequant=2)}
+               INT8: dict(block_n=128, block_k=128, num_stages=4, dequant=0)}
+INT4_TILE = dict(block_n=128, block_k=64, num_stages=3)
 # gemv_kernel's tiles, the default at one row a program (bench/gemm_tune.py on an H200 at one token).
 # In float32 arithmetic (the CPU's interpreter, float32 models; bench/results/gemm_tune_int4_g128_gemv_first.json):
 # int4 moe_up 160 us at split 4 (the 16-row DEQ 3 tile 182), moe_down 77 (121), qkv 22.2 (27.4), dense
@@ -686,22 +694,25 @@ HALF2_TILES = {INT4: dict(block_n=256, block_k=32, num_stages=3, dequant=3),
                INT8: dict(block_n=128, block_k=32, num_stages=4, dequant=3)}
 
 
-def tile_config(rows: int, w: Weights, one_row: bool = True) -> GemmConfig:
+def tile_config(rows: int, w: Weights, one_row: bool = True, gated: bool = False) -> GemmConfig:
     """One row of int weights (per channel or group-wise): gemv_kernel (whole 32-bit words in each half
-    of a gated weight: N a multiple of 64 / BITS), in float16x2 for 16-bit models on NVIDIA GPUs. Taller
-    tiles (block_m 32 and up) take int4 by the mantissa bits (DEQ 1): two planes there double the code
-    and spill (bench/notes-gpu.md, bench/gemm_sass.py)."""
+    of a gated weight: N a multiple of 64 / BITS), in float16x2 for 16-bit models on NVIDIA GPUs. Else
+    the tensor-core tile of block_m_for(rows); int4 at 128 rows (prefill) 256 columns wide where it is
+    not gated: 2,048 tokens' down projection 3.2 -> 2.3 ms, qkv 554 -> 376 us, though it spills
+    (bench/results/gemm_tune_int4_swap_ab.json)."""
     if one_row and rows == 1 and w.fmt in GEMV_TILES and w.n % (64 // BITS[w.fmt]) == 0:
         return GemmConfig(block_m=1, **(HALF2_TILES if half2_fits(w) else GEMV_TILES)[w.fmt])
     bm = block_m_for(rows)
+    warps = 8 if bm == 128 else 4
+    if w.fmt == INT4:
+        packed = on_nvidia(w.tensor) and w.scale.dtype == torch.bfloat16
+        wide = dict(block_n=256) if bm == 128 and not gated else {}
+        return GemmConfig(block_m=bm, num_warps=warps, dequant=3 if packed else 2, **{**INT4_TILE, **wide})
     if bm == 16:
-        config = GemmConfig(block_m=bm, **SMALL_TILES[w.fmt])
-        packed = w.fmt == INT4 and on_nvidia(w.tensor) and w.scale.dtype == torch.bfloat16
-        return replace(config, dequant=3) if packed else config
-    dequant = 1 if w.fmt == INT4 else 0
-    if bm <= 64:  # a taller x tile: BLOCK_K 256 spills registers (int4 at 128 tokens: 10x slower, measured)
-        return GemmConfig(block_m=bm, block_n=64, block_k=128, num_stages=4, dequant=dequant)
-    return GemmConfig(block_m=bm, block_n=128, block_k=64, num_warps=8, num_stages=3, dequant=dequant)
+        return GemmConfig(block_m=bm, **SMALL_TILES[w.fmt])
+    if bm <= 64:  # a taller x tile: BLOCK_K 256 spills registers
+        return GemmConfig(block_m=bm, block_n=64, block_k=128, num_stages=4, dequant=0)
+    return GemmConfig(block_m=bm, block_n=128, block_k=64, num_warps=warps, num_stages=3, dequant=0)
 
 
 def fit_groups(config: GemmConfig, w: Weights) -> GemmConfig:
@@ -729,7 +740,10 @@ def moe_config(num_tokens: int, top_k: int, w: Weights, gated: bool = False, one
     if tuned is not None:
         return tuned
     num_pairs = num_tokens * top_k
-    config = fit_groups(tile_config(max(1, num_pairs // w.tensor.shape[0]), w, one_row), w)
+    mean = max(1, num_pairs // w.tensor.shape[0])  # pairs an expert gets on average
+    # an expert's pairs spread around the mean: blocks of twice it hold most experts' pairs in one (a
+    # block reads its expert's weights; bench/results/gemm_swap_ab_probe.json: 64 tokens, block_m 32)
+    config = fit_groups(tile_config(1 if mean == 1 else 2 * mean, w, one_row, gated), w)
     if config.block_m > 1:
         return config
     columns = w.n // 2 if gated else w.n  # gate+up: a program computes a column of both halves

@@ -20,7 +20,7 @@ import triton
 from .gemm import (BITS, FLOAT, GEMV_TILES, INT4, INT8, Weights, fit_groups, gemm, half2_fits, linear_config,
                    moe_config, on_nvidia, tile_config)
 from .moe import align, expert_weights
-from .tuning import LINEAR, MOE_DOWN, MOE_UP, GemmConfig, triton_fails
+from .tuning import LINEAR, MOE_DOWN, MOE_UP, GemmConfig
 
 MODES = ("fast", "full")
 
@@ -108,13 +108,15 @@ def other_kernel(case: GemmCase) -> GemmConfig:
     split = case.default.split_k
     if case.default.block_m > 1:
         return GemmConfig(block_m=1, **GEMV_TILES.get(case.w.fmt, dict(block_n=128, block_k=32)), split_k=split)
-    return replace(tile_config(16, case.w), split_k=1 if case.gated else split)
+    return replace(tile_config(16, case.w, gated=case.gated), split_k=1 if case.gated else split)
 
 
 def nearby(case: GemmCase) -> list[GemmConfig]:
     d = case.default
     configs = [replace(d, block_n=d.block_n // 2), replace(d, block_n=d.block_n * 2),
                replace(d, split_k=d.split_k * 2), replace(d, split_k=max(1, d.split_k // 2))]
+    if d.block_m > 1:  # taller and shorter tiles (an expert's pairs spread around their mean)
+        configs += [replace(d, block_m=m) for m in (d.block_m // 2, d.block_m * 2) if 16 <= m <= 128]
     if d.block_m == 1:  # gemv_kernel: tiles in flight (gemm.py's STAGES, 2 to 4); the other arithmetic
         configs += [replace(d, num_stages=stages) for stages in (2, 3, 4) if stages != d.num_stages]
         other = 1 if d.dequant == 3 else 3  # float32 or float16x2 (NVIDIA GPUs: launchable says)
@@ -140,13 +142,13 @@ def wide(case: GemmCase) -> list[GemmConfig]:
     splits = {d.split_k} if case.gated else {d.split_k, 2 * d.split_k}
     dequant = {FLOAT: [0], INT8: [0, 1], INT4: [1, 2, 3]}[case.w.fmt]
     return [replace(d, block_n=n, block_k=k, num_stages=stages, split_k=s, dequant=deq)
-            for n, k, stages in [(64, 128, 4), (128, 128, 4), (64, 256, 3)] for s in sorted(splits) for deq in dequant]
+            for n, k, stages in [(64, 128, 4), (128, 128, 4), (64, 256, 3), (128, 64, 3), (128, 64, 4), (256, 64, 3)]
+            for s in sorted(splits) for deq in dequant]
 
 
 def launchable(config: GemmConfig, case: GemmCase) -> bool:
     """What gemm() and FusedMoE run correctly: gemv_kernel on int weights of whole
-    words; DEQ 3 on int4 to bfloat16 on CUDA; gate+up split along K only in one-row programs; tiles
-    Triton compiles (tuning.triton_fails)."""
+    words; DEQ 3 on int4 to bfloat16 on CUDA; gate+up split along K only in one-row programs."""
     w = case.w
     if config.block_m == 1 and (w.fmt == FLOAT or w.n % (64 // BITS[w.fmt])
                                 or config.block_n < 32 // BITS[w.fmt]):
@@ -154,8 +156,6 @@ def launchable(config: GemmConfig, case: GemmCase) -> bool:
     try:
         config.k_per_split(w.k, w.group_size)
     except ValueError:
-        return False
-    if triton_fails(config):
         return False
     if config.dequant == 3 and not (half2_fits(w) if config.block_m == 1 else (
             on_nvidia(w.tensor) and w.fmt == INT4 and w.scale.dtype == torch.bfloat16)):

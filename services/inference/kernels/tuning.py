@@ -152,17 +152,8 @@ def parse_buckets(key: str, buckets, where: str) -> dict[int, GemmConfig]:
     return dict(sorted(parsed.items()))
 
 
-def triton_fails(config: GemmConfig) -> bool:
-    """Tiles Triton 3.6 cannot compile (TritonGPUOptimizeDotOperands fails): 64 rows and up, 32 columns
-    or fewer, 128-deep K chunks (bench/gemm_sass.py --block_m 64 --block_n 32 --block_k 128)."""
-    return config.block_m >= 64 and config.block_n <= 32 and config.block_k >= 128
-
-
 def check_launchable(match: re.Match, config: GemmConfig, where: str) -> None:
     op, fmt, group = match.group(1), match.group(2), match.group(3)
-    if triton_fails(config):
-        raise InvalidInput(f"{where}: Triton cannot compile block_m {config.block_m}, block_n {config.block_n}, "
-                           f"block_k {config.block_k} (block_m >= 64 with block_n <= 32 and block_k >= 128)")
     if config.block_m == 1 and not fmt.startswith("int"):
         raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads int8 or int4 weights, not {fmt}")
     if config.block_m == 1 and int(match.group(4)) % (64 // int(fmt[3])):

@@ -2,6 +2,8 @@
 channel and group-wise) as the engine stores them, ragged shapes, split K, the
 weight-only module swap."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -100,6 +102,21 @@ def test_group_wise_weights_refuse_a_block_k_past_the_group(device):
     x, out = torch.zeros(4, 128, device=device), torch.zeros(4, 32, device=device)
     with pytest.raises(ValueError, match="block_k 128 must divide the group size 64"):
         gemm(x, w, out, GemmConfig(16, 32, 128))
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the GPU's tile shapes: Hopper's wgmma at 64 columns and up")
+@pytest.mark.parametrize("precision, dequant", [(None, 0), ("int8", 0), ("int4", 1), ("int4", 2), ("int4", 3)])
+@pytest.mark.parametrize("config", [GemmConfig(32, 128, 64, 1, 4, 3), GemmConfig(32, 128, 64, 1, 8, 3),
+                                    GemmConfig(128, 128, 64, 1, 8, 3), GemmConfig(128, 256, 64, 1, 8, 3),
+                                    GemmConfig(64, 256, 64, 2, 8, 4)],
+                         ids=lambda c: f"bm{c.block_m}bn{c.block_n}w{c.num_warps}s{c.split_k}")
+def test_wide_tiles_match_the_float_product(precision, dequant, config, device):
+    """The tiles the GPU defaults and the tuner pick (weights as wgmma's first operand, 4 and 8 warps),
+    on whole tiles (unmasked loads) and on ragged edges."""
+    for n, k, m in [(512, 1024, 200), (320, 600, 37)]:
+        w, ref_w = weights(n, k, precision, torch.bfloat16, device, seed=n + m)
+        config = replace(config, dequant=dequant)
+        assert product_error(m, w, ref_w, config, torch.bfloat16, device) <= BOUND[torch.bfloat16], (n, k, m)
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="inline PTX runs on a CUDA GPU only")

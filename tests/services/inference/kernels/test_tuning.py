@@ -81,8 +81,7 @@ def test_another_gpus_table_leaves_the_defaults_with_a_log_line(monkeypatch, cap
     ({"linear:int8:n64:k64:e1": {"1": replace(SMALL, dequant=3).to_dict()}},
      "dequant 3 at block_m > 1 converts int4 weights only"),
     ({"linear:int4g64:n64:k4096:e1": {"1": GemmConfig(1, 64, 16).to_dict()}}, "64 groups of 64; split K more"),
-    ({"linear:int8:n64:k64:e1": {"1": GemmConfig(64, 32, 128).to_dict()}}, "Triton cannot compile block_m 64"),
-], ids=range(14))
+], ids=range(13))
 def test_a_malformed_table_is_refused(table, match):
     with pytest.raises(InvalidInput, match=match):
         install({"NVIDIA H200": table}, torch.device("cpu"))
