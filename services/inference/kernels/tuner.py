@@ -17,10 +17,12 @@ from typing import Callable
 import torch
 import triton
 
-from .gemm import (BITS, FLOAT, GEMV_TILES, INT4, INT8, Weights, fit_groups, gemm, half2_fits, linear_config,
+from dbrx_serve.shared.errors import InvalidInput
+
+from .gemm import (FLOAT, GEMV_TILES, INT4, INT8, Weights, fit_groups, gemm, half2_fits, linear_config,
                    moe_config, on_nvidia, tile_config)
 from .moe import align, expert_weights
-from .tuning import LINEAR, MOE_DOWN, MOE_UP, GemmConfig
+from .tuning import LINEAR, MOE_DOWN, MOE_UP, GemmConfig, check_launchable
 
 MODES = ("fast", "full")
 
@@ -147,20 +149,17 @@ def wide(case: GemmCase) -> list[GemmConfig]:
 
 
 def launchable(config: GemmConfig, case: GemmCase) -> bool:
-    """What gemm() and FusedMoE run correctly: gemv_kernel on int weights of whole
-    words; DEQ 3 on int4 to bfloat16 on CUDA; gate+up split along K only in one-row programs."""
-    w = case.w
-    if config.block_m == 1 and (w.fmt == FLOAT or w.n % (64 // BITS[w.fmt])
-                                or config.block_n < 32 // BITS[w.fmt]):
-        return False
+    """What gemm() and FusedMoE run correctly here: what a stored table may hold (tuning.check_launchable),
+    and DEQ 3 (inline PTX) on NVIDIA GPUs only: float16x2 at one row for 16-bit models, int4 to bfloat16
+    at block_m > 1."""
+    key = case.w.key(case.op)
     try:
-        config.k_per_split(w.k, w.group_size)
-    except ValueError:
+        check_launchable(key, config, key)
+    except InvalidInput:
         return False
-    if config.dequant == 3 and not (half2_fits(w) if config.block_m == 1 else (
-            on_nvidia(w.tensor) and w.fmt == INT4 and w.scale.dtype == torch.bfloat16)):
-        return False  # inline PTX: float16x2 at one row (16-bit models), int4 to bfloat16 at block_m > 1
-    return config.block_n >= 16 and not (case.gated and config.block_m > 1 and config.split_k > 1)
+    w = case.w
+    return config.dequant != 3 or (half2_fits(w) if config.block_m == 1 else (
+        on_nvidia(w.tensor) and w.fmt == INT4 and w.scale.dtype == torch.bfloat16))
 
 
 @dataclass(frozen=True)

@@ -148,11 +148,14 @@ def parse_buckets(key: str, buckets, where: str) -> dict[int, GemmConfig]:
         raise InvalidInput(f"{where} must map batch buckets (positive integers) to configurations, got {buckets!r}")
     parsed = {int(b): GemmConfig.from_dict(c, f"{where}[{b!r}]") for b, c in buckets.items()}
     for bucket, config in parsed.items():
-        check_launchable(match, config, f"{where}[{str(bucket)!r}]")
+        check_launchable(key, config, f"{where}[{str(bucket)!r}]")
     return dict(sorted(parsed.items()))
 
 
-def check_launchable(match: re.Match, config: GemmConfig, where: str) -> None:
+def check_launchable(key: str, config: GemmConfig, where: str) -> None:
+    """InvalidInput where gemm() and FusedMoE cannot run `config` for the GEMM of this shape key on any
+    device: a stored table's rule and the tuner's (tuner.launchable adds DEQ 3's device rule)."""
+    match = SHAPE_KEY.match(key)
     op, fmt, group = match.group(1), match.group(2), match.group(3)
     if config.block_m == 1 and not fmt.startswith("int"):
         raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads int8 or int4 weights, not {fmt}")
