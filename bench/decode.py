@@ -58,6 +58,7 @@ from dbrx_serve.services.inference.world import (launched_by_mpi, launched_rank,
                                                     prepare_process, refuse, start)
 
 
+LOOKAHEAD = {"on": (True,), "off": (False,), "both": (False, True)}  # the engine's lookahead (engine.py)
 SUMMARIZE_SHAPE = (923, 100)  # TensorRT-LLM's summarize.py on cnn_dailymail at batch 1: 119.35 tokens/s on 8 GPUs
 
 
@@ -79,14 +80,17 @@ def seed_context(engine, batch: int, context: int, new_tokens: int) -> list[str]
 
 
 def time_steps(engine, steps: int, warmup: int, device) -> list[float]:
+    """ms between consecutive step() returns: each waits for its step's tokens, so with the engine's
+    lookahead (the next step launched before this one is read) each is one step's period."""
     for _ in range(warmup):
         engine.step()
-    times = []
+    torch.cuda.synchronize(device) if device.type == "cuda" else None
+    times, last = [], time.perf_counter()
     for _ in range(steps):
-        torch.cuda.synchronize(device) if device.type == "cuda" else None
-        start = time.perf_counter()
         engine.step()
-        times.append((time.perf_counter() - start) * 1e3)
+        now = time.perf_counter()
+        times.append((now - last) * 1e3)
+        last = now
     return times
 
 
@@ -155,15 +159,16 @@ def kernel_times(engine, batch: int, context: int, eager: bool = True) -> list[d
     from torch.profiler import ProfilerActivity, profile
 
     ids = seed_context(engine, batch, context, 8)
-    graphs = engine.runner.graphs
+    graphs, lookahead = engine.runner.graphs, engine.lookahead
     engine.runner.graphs = None if eager else graphs
+    engine.lookahead = False  # one step in the profile, not the next one's launch too
     try:
         engine.step()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             engine.step()
             torch.cuda.synchronize()
     finally:
-        engine.runner.graphs = graphs
+        engine.runner.graphs, engine.lookahead = graphs, lookahead
     for request_id in ids:
         engine.abort(request_id)
     rows = [{"kernel": e.key[:90], "calls": e.count, "us_total": round(e.device_time_total, 1)}
@@ -199,8 +204,11 @@ def run_precision(spec: ModelSpec, args, bandwidth: float, device, backend=None,
     out = {"build_seconds": round(time.perf_counter() - started, 1), "tune": args.tune if tuned else "off",
            "tuning_seconds": tuning_seconds, "kernel_tuning": tuning, "decode": [], "prefill": []}
     for batch, context in runs:
-        out["decode"].append(decode_run(engine, spec, batch, context, args, bandwidth))
-        print(json.dumps(out["decode"][-1]), file=sys.stderr, flush=True)
+        for ahead in LOOKAHEAD[args.lookahead]:
+            engine.lookahead = ahead and engine.executor.feeds_tokens
+            out["decode"].append({**decode_run(engine, spec, batch, context, args, bandwidth),
+                                  "lookahead": engine.lookahead})
+            print(json.dumps(out["decode"][-1]), file=sys.stderr, flush=True)
     for length in args.prefill:
         out["prefill"].append(prefill_run(engine, spec, length))
         print(json.dumps(out["prefill"][-1]), file=sys.stderr, flush=True)
@@ -243,6 +251,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--tune", choices=["off", "fast", "full"], default="off",
                         help="tune the GEMMs at the --batch sizes first, as `dbrx build --tune` does (one GPU)")
     parser.add_argument("--int8_max_tokens", type=int, default=64 * 2048, help="skip int8 runs with more context")
+    parser.add_argument("--lookahead", choices=list(LOOKAHEAD), default="on",
+                        help="decode steps launched one ahead (one-rank engines; both: off, then on)")
     parser.add_argument("--profile", type=int, nargs="*", default=[],
                         help="batch sizes to profile per kernel (the step as timed, CUDA graph and all, and eager)")
     parser.add_argument("--baselines", action="store_true", help="transformers and the plain-torch path (bf16)")

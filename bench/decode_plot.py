@@ -10,7 +10,8 @@ def plot(result: dict, path: str) -> None:
     fig, (speed, fraction) = plt.subplots(1, 2, figsize=(13, 5))
     for name, run in result["runs"].items():
         for context in sorted({d["context"] for d in run["decode"]}):
-            rows = [d for d in run["decode"] if d["context"] == context]
+            # one row a batch size: with --lookahead both, the second (looking ahead)
+            rows = list({d["batch"]: d for d in run["decode"] if d["context"] == context}.values())
             batches = [d["batch"] for d in rows]
             line, = speed.plot(batches, [d["tokens_per_s"] for d in rows], "o-", label=f"{name} ctx {context}")
             speed.plot(batches, [d["batch"] / d["floor_ms"] * 1e3 for d in rows], ":", color=line.get_color(),

@@ -10,12 +10,19 @@ or step by step: `add_request` / `abort` / `step()` (continuous batching:
 requests added between steps join the running batch), `expire()` (requests
 past their deadline), and `stats()`. async_engine.py streams step outputs to
 asyncio callers.
+
+Looking ahead (one-rank engines on a GPU): while a decoding batch goes on
+unchanged, `step()` launches the next step, its input ids the tokens this one
+sampled, still on the device, before it reads them; the host's work between
+two steps (reading, stop checks, the next plan) then runs while the GPU works.
+A sequence that stops meanwhile has computed one token for nothing, dropped.
 """
 
 import logging
 import secrets
 import time
 import uuid
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -32,9 +39,9 @@ from .outputs import EngineStats, Result, StepOutput
 from .params import SamplingParams
 from .plan import StepPlan
 from .prompt import Prompt, PromptEncoder
-from .sampler import Sampler, SamplingRows
-from .scheduler import Scheduler
-from .sequence import Sequence
+from .sampler import Draws, Sampler, SamplingRows
+from .scheduler import Chunk, Scheduler
+from .sequence import PENDING, Sequence
 from .stop import FinishReason, StopChecker
 
 
@@ -48,12 +55,22 @@ def load_tokenizer_of(engine: EngineDir):
     return load_tokenizer(engine.tokenizer_dir) if engine.tokenizer_dir else None
 
 
+@dataclass(frozen=True)
+class Launched:
+    """A step running on the device: the sequences it samples for, their draws not yet read."""
+
+    seqs: list[Sequence]
+    draws: Draws
+
+
 class Engine:
     def __init__(self, engine: EngineDir, limits: EngineLimits, device: str | torch.device = "cpu",
-                 backend: str | None = None, model=None, verify: tuple[bool, bool] = (True, False)):
+                 backend: str | None = None, model=None, verify: tuple[bool, bool] = (True, False),
+                 lookahead: bool | None = None):
         """`backend`: backends.py's name (None: the device's default); `model`: weights already on the
         device (benchmarks), else the engine's rank file; `verify`: how the other ranks of a
-        multi-rank engine check the directory (quick check, every sha256)."""
+        multi-rank engine check the directory (quick check, every sha256); `lookahead` (the module's
+        docstring): None on CUDA devices only, where the host and the GPU overlap; one-rank engines."""
         self.engine_dir, self.limits = engine, limits
         self.tokenizer = load_tokenizer_of(engine)
         self.vocab_size = engine.config.vocab_size
@@ -65,19 +82,22 @@ class Engine:
         self.blocks = BlockManager(self.runner.memory.num_blocks, limits.tokens_per_block)
         self.scheduler = Scheduler(limits, self.blocks)
         self.sequences: dict[str, Sequence] = {}
+        on_gpu = self.runner.device.type == "cuda"
+        self.lookahead = (on_gpu if lookahead is None else lookahead) and self.executor.feeds_tokens
+        self.ahead: Launched | None = None  # the step launched ahead, not yet read
 
     @classmethod
     def from_dir(cls, engine_dir: str | Path, device: str | torch.device = "cpu", verify: bool = True,
                  verify_checksums: bool = False, tokenizer_dir: str | Path | None = None,
-                 backend: str | None = None, **runtime_limits) -> "Engine":
+                 backend: str | None = None, lookahead: bool | None = None, **runtime_limits) -> "Engine":
         """Load an engine directory, checked quickly against its manifest (every byte hashed with
         `verify_checksums`); `tokenizer_dir` replaces its tokenizer/; `backend`: backends.py's name
-        (None: the device's default); `runtime_limits`: limits.py's RUNTIME_LIMITS."""
+        (None: the device's default); `lookahead`: __init__'s; `runtime_limits`: limits.py's RUNTIME_LIMITS."""
         started = time.perf_counter()
         engine = load_engine_dir(engine_dir, verify, verify_checksums, tokenizer_dir)
         checked = time.perf_counter()
         loaded = cls(engine, EngineLimits.from_build_config(engine.build, **runtime_limits), device, backend,
-                     verify=(verify, verify_checksums))
+                     verify=(verify, verify_checksums), lookahead=lookahead)
         log_load_time(loaded, checked - started, time.perf_counter() - checked, verify_checksums)
         return loaded
 
@@ -154,17 +174,41 @@ class Engine:
         return self.scheduler.has_unfinished
 
     def step(self) -> list[StepOutput]:
-        """Run one scheduled batch; an output for each sequence that sampled a token."""
-        chunks = self.scheduler.schedule()
-        if not chunks:
-            return []
-        logits = self.executor.run(StepPlan.of(chunks, self.limits.tokens_per_block))  # [S,V], rows that sample
+        """Run one scheduled batch; an output for each sequence that sampled a token (looking ahead,
+        the step launched by the call before, the next one launched first)."""
+        launched, self.ahead = self.ahead, None
+        if launched is None:
+            chunks = self.scheduler.schedule()
+            if not chunks:
+                return []
+            launched = self.launch(chunks)
+        if self.lookahead:
+            chunks = self.scheduler.schedule_ahead(launched.seqs)
+            self.ahead = self.launch(chunks, feed=launched.draws.tokens) if chunks else None
+        return self.read(launched)
+
+    def launch(self, chunks: list[Chunk], feed: torch.Tensor | None = None) -> Launched:
+        """Run the chunks and start sampling (not waited for); `feed`: the input ids on the device
+        (ModelRunner.run's)."""
+        logits = self.executor.run(StepPlan.of(chunks, self.limits.tokens_per_block), feed)  # [S,V]
         self.scheduler.advance(chunks)
         seqs = [c.seq for c in chunks if c.samples]
         rows = SamplingRows(tuple(s.params for s in seqs), tuple(s.seed for s in seqs),
                             tuple(len(s.output_ids) for s in seqs))
-        tokens, logprobs = self.sampler.sample(logits, rows)
-        return [self.append(seq, t, lp) for seq, t, lp in zip(seqs, tokens, logprobs)]
+        return Launched(seqs, self.sampler.draw_async(logits, rows))
+
+    def read(self, launched: Launched) -> list[StepOutput]:
+        """A launched step's tokens (waiting for them), recorded in place of their PENDING stand-ins;
+        sequences that ended while it ran (stopped a step earlier, aborted, expired) take none."""
+        tokens, logprobs = launched.draws.result()
+        outputs = []
+        for seq, token, logprob in zip(launched.seqs, tokens, logprobs):
+            if seq.is_finished:
+                continue
+            if seq.output_ids and seq.output_ids[-1] == PENDING:
+                seq.output_ids.pop()
+            outputs.append(self.append(seq, token, logprob))
+        return outputs
 
     def append(self, seq: Sequence, token: int, logprob: float | None) -> StepOutput:
         """Record a sampled token (an end id that finishes is not kept); finish the sequence when done."""

@@ -63,11 +63,13 @@ class Step:
 class LocalExecutor:
     """A one-rank engine: the model runner in this process."""
 
+    feeds_tokens = True  # run() takes a step's input ids from the device (the engine's lookahead)
+
     def __init__(self, runner: ModelRunner):
         self.runner = runner
 
-    def run(self, plan: StepPlan) -> torch.Tensor:
-        return self.runner.run(plan)
+    def run(self, plan: StepPlan, feed: torch.Tensor | None = None) -> torch.Tensor:
+        return self.runner.run(plan, feed)
 
     def check(self) -> None:
         """Raises WorldLost once the executor can run no more steps (never, here)."""
@@ -79,6 +81,8 @@ class LocalExecutor:
 class WorldExecutor:
     """Rank 0 of an MPI world: each step's plan goes to every rank, the logits come back here."""
 
+    feeds_tokens = False  # every rank takes a step's input ids from its plan, broadcast from here
+
     def __init__(self, world: mpi_world.World, engine: EngineDir, limits: EngineLimits, device: torch.device,
                  backend: str | None, verify: tuple[bool, bool], sample=None):
         self.world, self.id = world, next(EXECUTOR_IDS)
@@ -88,7 +92,9 @@ class WorldExecutor:
         runner = weakref.ref(self.runner)
         world.on_close(lambda: drop_graphs(runner()))
 
-    def run(self, plan: StepPlan) -> torch.Tensor:
+    def run(self, plan: StepPlan, feed: torch.Tensor | None = None) -> torch.Tensor:
+        if feed is not None:
+            raise ValueError("a multi-rank engine takes each step's input ids from its plan (feeds_tokens False)")
         return self.world.run(Step(self.id, plan).pack(), lambda: self.runner.parallel.step(self.runner, plan))
 
     def check(self) -> None:

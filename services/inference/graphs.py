@@ -34,9 +34,10 @@ class CudaGraphs:
     def covers(self, plan: StepPlan) -> bool:
         return plan.is_decode and plan.num_seqs <= self.sizes[-1]
 
-    def replay(self, plan: StepPlan) -> torch.Tensor:
-        """The plan's logits [B, V]: a view of the graph's output, valid until the next replay."""
+    def replay(self, plan: StepPlan, feed: torch.Tensor | None = None) -> torch.Tensor:
+        """The plan's logits [B, V]: a view of the graph's output, valid until the next replay (whose
+        kernels run after the work already queued on it). `feed`: ModelRunner.run's."""
         size = next(s for s in self.sizes if s >= plan.num_seqs)
-        self.runner.prepare(padded_decode(plan, size), self.runner.cache.decode_block_q)
+        self.runner.prepare(padded_decode(plan, size), self.runner.cache.decode_block_q, feed)
         self.graphs[size].replay()
         return self.logits[size][:plan.num_seqs]

@@ -141,17 +141,21 @@ class ModelRunner:
         return graphs
 
     @torch.inference_mode()
-    def run(self, plan: StepPlan) -> torch.Tensor | None:
+    def run(self, plan: StepPlan, feed: torch.Tensor | None = None) -> torch.Tensor | None:
         """One step: logits [len(plan.sample_rows), V] float32, on the device (None on a pipeline
-        stage before the last, which sends its hidden states on)."""
+        stage before the last, which sends its hidden states on). `feed`: the input ids of the plan's
+        first len(feed) tokens, on the device (the tokens the step before sampled), in place of the plan's."""
         if self.graphs is not None and self.graphs.covers(plan):
-            return self.graphs.replay(plan)
-        self.prepare(plan, self.cache.decode_block_q if plan.is_decode else PREFILL_BLOCK_Q)
+            return self.graphs.replay(plan, feed)
+        self.prepare(plan, self.cache.decode_block_q if plan.is_decode else PREFILL_BLOCK_Q, feed)
         return self.forward(plan.num_tokens, len(plan.sample_rows))
 
-    def prepare(self, plan: StepPlan, block_q: int) -> None:
-        """The plan into the step tensors and the cache; `block_q`: query tokens per attention program."""
+    def prepare(self, plan: StepPlan, block_q: int, feed: torch.Tensor | None = None) -> None:
+        """The plan into the step tensors and the cache; `block_q`: query tokens per attention program;
+        `feed`: run()'s."""
         self.cache.prepare(plan, self.tensors.load(plan, block_q), block_q)
+        if feed is not None:
+            self.tensors.token_ids[:len(feed)].copy_(feed)  # after the plan's copy, in stream order
 
     def forward(self, num_tokens: int, num_samples: int) -> torch.Tensor | None:
         """DbrxModel.forward over the paged cache on the step tensors, the LM head on sampled rows only."""

@@ -92,6 +92,24 @@ class SamplingRows:
         return floats[0], floats[1].long(), floats[2], floats[3].bool(), ints[0], ints[1]
 
 
+@dataclass(frozen=True)
+class Draws:
+    """A step's sampled tokens: `tokens` [B] on the logits' device (what the next step may read as its
+    input ids), and their host copy (with the logprobs asked for), ready once `result()` returns."""
+
+    tokens: torch.Tensor
+    host: torch.Tensor  # [1 or 2, B] float32: the ids, then the logprobs where any row asked
+    copied: torch.cuda.Event | None  # recorded after the device-to-host copy (None on the CPU)
+    wanted: tuple[bool, ...]  # return_logprobs of each row
+
+    def result(self) -> tuple[list[int], list[float | None]]:
+        if self.copied is not None:
+            self.copied.synchronize()
+        logprobs = self.host[1].tolist() if self.host.shape[0] > 1 else [None] * len(self.wanted)
+        return ([int(t) for t in self.host[0].tolist()],
+                [float(lp) if want else None for lp, want in zip(logprobs, self.wanted)])
+
+
 class Sampler:
     def __init__(self, banned: torch.Tensor | None = None):
         self.banned = banned  # bool [V]: True at unassigned ids
@@ -104,14 +122,23 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, rows: SamplingRows) -> tuple[list[int], list[float | None]]:
         """logits [B,V] -> B tokens and, where asked, their logprobs (one device-to-host copy)."""
+        return self.draw_async(logits, rows).result()
+
+    def draw_async(self, logits: torch.Tensor, rows: SamplingRows) -> "Draws":
+        """The draws of logits [B,V] on their device, their copy to the host started, not waited for."""
         logits = self.mask(logits.float())
         tokens = logits.argmax(-1) if rows.all_greedy else self.draw(logits, rows)
-        if not any(p.return_logprobs for p in rows.params):
-            return [int(t) for t in tokens.cpu()], [None] * len(rows.params)
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0]
-        host = torch.stack([tokens.float(), logprobs]).cpu()  # ids < 2^24 are exact in float32
-        return ([int(t) for t in host[0]],
-                [float(lp) if p.return_logprobs else None for lp, p in zip(host[1], rows.params)])
+        wanted = tuple(p.return_logprobs for p in rows.params)
+        values = tokens.float()[None]  # ids < 2^24 are exact in float32
+        if any(wanted):
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0]
+            values = torch.stack([tokens.float(), logprobs])
+        host = torch.empty(values.shape, dtype=torch.float32, pin_memory=values.is_cuda)
+        host.copy_(values, non_blocking=True)
+        copied = torch.cuda.Event() if values.is_cuda else None
+        if copied is not None:
+            copied.record()
+        return Draws(tokens, host, copied, wanted)
 
     @staticmethod
     def draw(logits: torch.Tensor, rows: SamplingRows) -> torch.Tensor:

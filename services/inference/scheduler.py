@@ -20,7 +20,7 @@ from dbrx_serve.shared.errors import CapacityExhausted, InvalidInput
 
 from .block_manager import BlockManager
 from .limits import EngineLimits
-from .sequence import Sequence, SequenceState
+from .sequence import PENDING, Sequence, SequenceState
 from .stop import FinishReason
 
 
@@ -96,6 +96,19 @@ class Scheduler:
         while self.waiting and budget[0] > 0 and self.can_admit(self.waiting[0]):
             chunks.append(self.take(self.admit(), budget))
         return chunks
+
+    def schedule_ahead(self, seqs: list[Sequence]) -> list[Chunk] | None:
+        """The engine's lookahead: the next step while the tokens that `seqs` just sampled are still on the
+        device (each stands in as PENDING at the end of its output ids until the engine reads it), where
+        that step is certainly one decode token for each of them: every running sequence sampled, none
+        at its last token, no waiting request could join. Else None, and nothing changed."""
+        if (set(seqs) != set(self.running) or len(seqs) > self.limits.max_num_tokens
+                or any(len(seq.output_ids) + 1 >= seq.params.max_new_tokens for seq in seqs)
+                or (self.waiting and self.can_admit(self.waiting[0]))):
+            return None
+        for seq in seqs:
+            seq.output_ids.append(PENDING)
+        return [self.take(seq, [1]) for seq in seqs]
 
     def take(self, seq: Sequence, budget: list[int]) -> Chunk:
         n = min(seq.num_pending, budget[0])

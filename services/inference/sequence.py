@@ -8,6 +8,9 @@ from .params import SamplingParams
 from .stop import FinishReason, StopChecker
 
 
+PENDING = -1  # an output id sampled on the device and not yet read (the engine's lookahead: engine.py)
+
+
 class SequenceState(Enum):
     WAITING = "waiting"
     RUNNING = "running"

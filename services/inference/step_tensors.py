@@ -2,9 +2,11 @@
 
 Every field has a fixed place in one int32 buffer, so a step costs one
 host-to-device copy (from a pinned staging buffer) and CUDA graphs, captured
-on these buffers, replay on whatever the next step writes into them. The
-attention kernel's program table (which sequence and first token each program
-takes) is derived here from the plan's query starts.
+on these buffers, replay on whatever the next step writes into them. Two
+staging buffers take turns, each rewritten only once its last copy is done: a
+step may be staged while the one before is still queued (the engine's
+lookahead). The attention kernel's program table (which sequence and first
+token each program takes) is derived here from the plan's query starts.
 """
 
 import numpy as np
@@ -24,7 +26,10 @@ class StepTensors:
                  "program_seq": max_tokens, "program_start": max_tokens, "block_tables": max_seqs * self.width}
         self.offsets = dict(zip(FIELDS, np.cumsum([0] + [sizes[f] for f in FIELDS])))
         total = int(self.offsets["block_tables"]) + sizes["block_tables"]
-        self.host = torch.zeros(total, dtype=torch.int32, pin_memory=device.type == "cuda")
+        pinned = device.type == "cuda"
+        self.staging = [torch.zeros(total, dtype=torch.int32, pin_memory=pinned) for _ in range(2)]
+        self.copied: list[torch.cuda.Event | None] = [None, None]  # after each staging buffer's last copy
+        self.turn = 0
         self.device = torch.zeros(total, dtype=torch.int32, device=device)
         for name in FIELDS:
             setattr(self, name, self.device[self.offsets[name]:self.offsets[name] + sizes[name]])
@@ -33,7 +38,11 @@ class StepTensors:
     def load(self, plan: StepPlan, block_q: int) -> int:
         """Copy the plan in; returns the number of attention programs (blocks of block_q new tokens)."""
         program_seq, program_start = programs(plan.query_start, block_q)
-        host = self.host.numpy()
+        staging, turn = self.staging[self.turn], self.turn
+        self.turn = 1 - turn
+        if self.copied[turn] is not None:
+            self.copied[turn].synchronize()  # its last copy has left it (in steady use, long since)
+        host = staging.numpy()
         for name, value in (("token_ids", plan.token_ids), ("positions", plan.positions), ("slots", plan.slots),
                             ("query_start", plan.query_start), ("seq_lens", plan.seq_lens),
                             ("sample_rows", plan.sample_rows), ("program_seq", program_seq),
@@ -43,7 +52,10 @@ class StepTensors:
         tables = host[start:start + plan.num_seqs * self.width].reshape(plan.num_seqs, self.width)
         tables[:, :plan.block_tables.shape[1]] = plan.block_tables
         used = start + plan.num_seqs * self.width
-        self.device[:used].copy_(self.host[:used], non_blocking=True)
+        self.device[:used].copy_(staging[:used], non_blocking=True)
+        if self.device.is_cuda:
+            self.copied[turn] = torch.cuda.Event()
+            self.copied[turn].record()
         return len(program_seq)
 
 

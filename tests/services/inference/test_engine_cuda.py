@@ -1,5 +1,6 @@
 """The engine on CUDA (skipped without a GPU; run on the lent GPU): greedy tokens
-as on the CPU up to float32 near-ties, seeded sampling reproducible, int8 KV,
+as on the CPU up to float32 near-ties, seeded sampling reproducible, looking ahead
+as one step at a time, int8 KV,
 the KV pool sized by the memory plan (its profiling pass measured, its budget kept) and empty after."""
 
 import pytest
@@ -32,6 +33,22 @@ def test_seeded_sampling_on_cuda_is_reproducible(engine_dir):
     first = engine.generate([PROMPTS[0]], params)[0].output_ids
     company = engine.generate([PROMPTS[1], PROMPTS[0]], [SamplingParams(max_new_tokens=4, seed=1), params])
     assert company[1].output_ids == first
+
+
+def test_looking_ahead_on_cuda_gives_what_one_step_at_a_time_gives(engine_dir):
+    """The default on CUDA (engine.py's lookahead): each decode step replayed (a CUDA graph) with the ids
+    the step before sampled, fed on the device. The same batches as without, so the same bits: greedy,
+    seeded sampling and logprobs, int4 and float."""
+    from .test_lookahead import PARAMS, PROMPTS as LOOKAHEAD_PROMPTS
+
+    for name in ("fp32", "int4"):
+        ahead = Engine.from_dir(engine_dir(name), device="cuda", num_kv_blocks=256)
+        one_at_a_time = Engine.from_dir(engine_dir(name), device="cuda", num_kv_blocks=256, lookahead=False)
+        assert ahead.lookahead and ahead.runner.graphs is not None
+        for got, want in zip(ahead.generate(LOOKAHEAD_PROMPTS, PARAMS),
+                             one_at_a_time.generate(LOOKAHEAD_PROMPTS, PARAMS)):
+            assert (got.output_ids, got.logprobs, got.text) == (want.output_ids, want.logprobs, want.text), name
+        assert ahead.stats().kv_blocks_used == 0
 
 
 def test_int8_kv_and_weight_only_engines_run_on_cuda(engine_dir):

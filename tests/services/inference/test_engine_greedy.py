@@ -60,13 +60,13 @@ def test_chunked_prefill_logits_stay_within_float32_noise(engine_dir):
 
 
 def capture_logits(engine: Engine) -> list[torch.Tensor]:
-    """Record the sampled rows' raw logits of every step."""
-    seen, sample = [], engine.sampler.sample
+    """Record the sampled rows' raw logits of every step launched (what the engine's sampler draws from)."""
+    seen, draw = [], engine.sampler.draw_async
 
     def recording(logits, rows):
         seen.extend(logits.clone())
-        return sample(logits, rows)
-    engine.sampler.sample = recording
+        return draw(logits, rows)
+    engine.sampler.draw_async = recording
     return seen
 
 

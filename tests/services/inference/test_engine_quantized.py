@@ -63,7 +63,7 @@ def max_logit_diff(engine: Engine, reference, prompts, banned, steps: int, atten
     for prompt in prompts:
         seen.clear()
         out = list(engine.generate([prompt], SamplingParams(max_new_tokens=steps, temperature=0))[0].output_ids)
-        got = torch.stack(seen).cpu().masked_fill(banned, float("-inf"))
+        got = torch.stack(seen[:len(out)]).cpu().masked_fill(banned, float("-inf"))  # not a step launched ahead
         diff = (got - teacher_forced_logits(reference, prompt, out, banned, attend)).nan_to_num(0.0)
         worst = max(worst, float(diff.abs().max()))
     return worst
