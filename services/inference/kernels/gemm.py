@@ -144,8 +144,8 @@ def _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, M, K
 
 @triton.jit
 def _dot(w, x, acc, k, s_ptrs, s_ok, stride_sg, GROUP: tl.constexpr, PRECISION: tl.constexpr):
-    """acc + w @ x (a weight tile [N, K] times x transposed [K, M]); group-wise (GROUP > 0): the chunk at
-    K offset k alone, times its group's scales."""
+    """acc + w @ x (a weight tile [N, K], or one plane's [N/2, K], times x transposed [K, M]); group-wise
+    (GROUP > 0): the chunk at K offset k alone, times its group's scales."""
     if GROUP == 0:
         return tl.dot(w, x, acc, input_precision=PRECISION)
     scale = tl.load(s_ptrs + (k // GROUP) * stride_sg, mask=s_ok, other=0.0).to(tl.float32)
@@ -568,6 +568,8 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
     """Launch the kernel: x [rows, K] -> out [M, N] (or [split_k, M, N] float32 partials).
     `moe` = (sorted_ids, block_experts, num_sorted, num_pairs) for the experts."""
     n_out = w.n // 2 if gated else w.n
+    if gated and w.fmt == INT4 and n_out % 2:
+        raise ValueError(f"gated int4 weights hold whole bytes in each half: {n_out} columns a half is not")
     if w.group_size % config.block_k:
         raise ValueError(f"block_k {config.block_k} must divide the group size {w.group_size} of group-wise "
                          "weights (fit_groups)")
@@ -678,7 +680,7 @@ def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, group_size: i
 # its second: int4 gate+up at 64 tokens 792 -> 505 us, at 128 tokens 2,393 -> 658 us, against x as the
 # first operand (bench/results/gemm_swap_ab_probe.json). int4 wants 128 columns (two planes of 64: wgmma's
 # least) and K chunks of 64, converted by inline PTX where it can (DEQ 3: bfloat16 on NVIDIA GPUs), else in
-# planes (DEQ 2); 8 warps hold block_m 128 without spilling (bench/gemm_sass.py).
+# planes (DEQ 2); block_m 128 takes 8 warps (at 4 it spills far more: bench/gemm_sass.py).
 SMALL_TILES = {FLOAT: dict(block_n=64, block_k=256, num_stages=3, dequant=0),
                INT8: dict(block_n=128, block_k=128, num_stages=4, dequant=0)}
 INT4_TILE = dict(block_n=128, block_k=64, num_stages=3)
@@ -710,7 +712,7 @@ def tile_config(rows: int, w: Weights, one_row: bool = True, gated: bool = False
         return GemmConfig(block_m=bm, num_warps=warps, dequant=3 if packed else 2, **{**INT4_TILE, **wide})
     if bm == 16:
         return GemmConfig(block_m=bm, **SMALL_TILES[w.fmt])
-    if bm <= 64:  # a taller x tile: BLOCK_K 256 spills registers
+    if bm <= 64:  # a taller x tile: BLOCK_K 256 spilled registers (measured with x as the first operand)
         return GemmConfig(block_m=bm, block_n=64, block_k=128, num_stages=4, dequant=0)
     return GemmConfig(block_m=bm, block_n=128, block_k=64, num_warps=warps, num_stages=3, dequant=0)
 
@@ -731,8 +733,8 @@ def linear_config(m: int, w: Weights) -> GemmConfig:
 
 
 def moe_config(num_tokens: int, top_k: int, w: Weights, gated: bool = False, one_row: bool = True) -> GemmConfig:
-    """The tuned configuration of this expert GEMM at num_tokens (tuning.py), else tiles by the pairs
-    an expert gets on average. The two expert GEMMs share the sorted pairs, so they must agree on
+    """The tuned configuration of this expert GEMM at num_tokens (tuning.py), else tiles by twice the
+    pairs an expert gets on average. The two expert GEMMs share the sorted pairs, so they must agree on
     block_m: where they would not (one-row programs for one of them only), FusedMoE asks again with
     one_row False (the default tiles of 16 rows and up, untuned). No K split for tiles of 16 rows
     and up: all active experts fill the grid; one-row programs (a program a pair) split K."""

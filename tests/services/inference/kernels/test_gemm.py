@@ -97,6 +97,14 @@ def test_one_row_gemv_refuses_a_gated_half_of_part_words(device):
         gemm(x, w, out, GemmConfig(1, 32, 32), gated=True)
 
 
+def test_a_gated_int4_weight_of_odd_halves_is_refused(device):
+    """int4 gate+up of 2 x 9 columns: the gate's first column is the high nibble of a byte."""
+    w, _ = weights(18, 64, "int4", torch.float32, device, seed=0)
+    x, out = torch.zeros(4, 64, device=device), torch.zeros(4, 9, device=device)
+    with pytest.raises(ValueError, match="whole bytes in each half: 9 columns"):
+        gemm(x, w, out, GemmConfig(16, 32, 32), gated=True)
+
+
 def test_group_wise_weights_refuse_a_block_k_past_the_group(device):
     w, _ = weights(32, 128, "int4", torch.float32, device, seed=0, group_size=64)
     x, out = torch.zeros(4, 128, device=device), torch.zeros(4, 32, device=device)
