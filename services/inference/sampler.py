@@ -124,7 +124,7 @@ class Sampler:
         """logits [B,V] -> B tokens and, where asked, their logprobs (one device-to-host copy)."""
         return self.draw_async(logits, rows).result()
 
-    def draw_async(self, logits: torch.Tensor, rows: SamplingRows) -> "Draws":
+    def draw_async(self, logits: torch.Tensor, rows: SamplingRows) -> Draws:
         """The draws of logits [B,V] on their device, their copy to the host started, not waited for."""
         logits = self.mask(logits.float())
         tokens = logits.argmax(-1) if rows.all_greedy else self.draw(logits, rows)

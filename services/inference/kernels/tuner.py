@@ -118,7 +118,8 @@ def nearby(case: GemmCase) -> list[GemmConfig]:
     configs = [replace(d, block_n=d.block_n // 2), replace(d, block_n=d.block_n * 2),
                replace(d, split_k=d.split_k * 2), replace(d, split_k=max(1, d.split_k // 2))]
     if d.block_m > 1:  # taller and shorter tiles (an expert's pairs spread around their mean)
-        configs += [replace(d, block_m=m) for m in (d.block_m // 2, d.block_m * 2) if 16 <= m <= 128]
+        configs += [replace(d, block_m=m, num_warps=8 if m == 128 else d.num_warps)  # tile_config's warps
+                    for m in (d.block_m // 2, d.block_m * 2) if 16 <= m <= 128]
     if d.block_m == 1:  # gemv_kernel: tiles in flight (gemm.py's STAGES, 2 to 4); the other arithmetic
         configs += [replace(d, num_stages=stages) for stages in (2, 3, 4) if stages != d.num_stages]
         other = 1 if d.dequant == 3 else 3  # float32 or float16x2 (NVIDIA GPUs: launchable says)
