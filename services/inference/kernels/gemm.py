@@ -632,6 +632,12 @@ def half2_fits(w: "Weights") -> bool:
     return on_nvidia(w.tensor) and w.scale.dtype != torch.float32
 
 
+def packed_fits(w: "Weights") -> bool:
+    """Whether gemm_kernel may convert these weights by inline PTX (DEQ 3 at block_m > 1): int4 to
+    bfloat16, on an NVIDIA GPU."""
+    return on_nvidia(w.tensor) and w.fmt == INT4 and w.scale.dtype == torch.bfloat16
+
+
 def gemv_stages(config: GemmConfig) -> int:
     """gemv_kernel's tiles in flight a program (its STAGES): num_stages, within 2 to 4."""
     return min(max(config.num_stages, 2), 4)
@@ -707,9 +713,8 @@ def tile_config(rows: int, w: Weights, one_row: bool = True, gated: bool = False
     bm = block_m_for(rows)
     warps = 8 if bm == 128 else 4
     if w.fmt == INT4:
-        packed = on_nvidia(w.tensor) and w.scale.dtype == torch.bfloat16
-        wide = dict(block_n=256) if bm == 128 and not gated else {}
-        return GemmConfig(block_m=bm, num_warps=warps, dequant=3 if packed else 2, **{**INT4_TILE, **wide})
+        config = GemmConfig(block_m=bm, num_warps=warps, dequant=3 if packed_fits(w) else 2, **INT4_TILE)
+        return replace(config, block_n=256) if bm == 128 and not gated else config
     if bm == 16:
         return GemmConfig(block_m=bm, **SMALL_TILES[w.fmt])
     if bm <= 64:  # a taller x tile: BLOCK_K 256 spilled registers (measured with x as the first operand)

@@ -20,7 +20,7 @@ import triton
 from dbrx_serve.shared.errors import InvalidInput
 
 from .gemm import (FLOAT, GEMV_TILES, INT4, INT8, Weights, fit_groups, gemm, half2_fits, linear_config,
-                   moe_config, on_nvidia, tile_config)
+                   moe_config, packed_fits, tile_config)
 from .moe import align, expert_weights
 from .tuning import LINEAR, MOE_DOWN, MOE_UP, GemmConfig, check_launchable
 
@@ -158,9 +158,7 @@ def launchable(config: GemmConfig, case: GemmCase) -> bool:
         check_launchable(key, config, key)
     except InvalidInput:
         return False
-    w = case.w
-    return config.dequant != 3 or (half2_fits(w) if config.block_m == 1 else (
-        on_nvidia(w.tensor) and w.fmt == INT4 and w.scale.dtype == torch.bfloat16))
+    return config.dequant != 3 or (half2_fits if config.block_m == 1 else packed_fits)(case.w)
 
 
 @dataclass(frozen=True)
