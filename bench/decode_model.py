@@ -16,6 +16,7 @@ from dbrx_serve.shared.artifacts import write_json
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.mapping import Mapping
 from dbrx_serve.shared.quantization import SCHEMES, WeightOnly, scheme
+from dbrx_serve.shared.weight_only import weight_layout
 
 BASE_SEED = 1234
 FULL = dict(vocab_size=100352, d_model=6144, n_heads=48, kv_n_heads=8, ffn_hidden_size=10752, moe_num_experts=16,
@@ -67,9 +68,11 @@ def write_engine_dir(path: Path, spec: ModelSpec, dtype: str, limits: EngineLimi
     kernel tuning a build stores (tune_kernels), if any."""
     build = {name: getattr(limits, name) for name in ("max_batch_size", "max_seq_len")}
     path.mkdir(parents=True, exist_ok=True)
+    s = weight_only_of(spec)
     write_json(path / "config.json", {"pretrained_config": checkpoint_config(spec.config(dtype), spec.mapping, dtype,
-                                                                              weight_only=weight_only_of(spec)),
+                                                                              weight_only=s),
                                       "build_config": {**build, "dummy_weights": True,
+                                                       "weight_layout": weight_layout(s and s.precision),
                                                        "kernel_tuning": kernel_tuning or {}}})
     return path
 

@@ -3,7 +3,7 @@ per launch configuration, registers, spilled bytes, the size of its machine code
 tensor-core instructions (Hopper's wgmma, HGMMA, or the older mma.sync, HMMA).
 
     python bench/gemm_sass.py --precision int4 --gated --block_m 16 32 --block_k 64 128 --dequant 1 2 3
-    python bench/gemm_sass.py --precision int4 --gated --block_m 1 --block_n 128 --block_k 32 --group_size 128
+    python bench/gemm_sass.py --precision int8 --gated --block_m 1 --block_n 128 --block_k 32
 
 Uses the ptxas and cuobjdump that Triton's wheel carries. The kernel is specialized
 as the runtime specializes it (strides of 1 as constants, pointers and sizes
@@ -26,9 +26,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from dbrx_serve.services.inference.kernels.gemm import (BITS, FLOAT, FORMATS, GEMV_SHIFT, GEMV_XOR,  # noqa: E402
-                                                         GemmConfig, gemm_kernel, gemv_kernel, gemv_registers,
-                                                         gemv_stages)
+from dbrx_serve.services.inference.kernels.gemm import (FLOAT, FORMATS, INT8, GemmConfig, gemm_kernel,  # noqa: E402
+                                                         gemv_kernel, gemv_stages)
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 POINTERS = {"x_ptr": "*bf16", "scale_ptr": "*bf16", "out_ptr": "*bf16", "sorted_ids_ptr": "*i32",
@@ -39,21 +38,22 @@ INTS = ("M", "N", "K", "num_pairs", "k_per_split", "stride_xm", "stride_xk", "st
 
 def source(fmt: int, gated: bool, dequant: int, block_m: int, block_n: int, block_k: int, group: int,
            split_k: int, stages: int = 3) -> ASTSource:
-    """gemm_kernel, or gemv_kernel at block_m 1 (int weights read as 32-bit words)."""
+    """gemm_kernel, or gemv_kernel at block_m 1 (int8 weights read as 32-bit words)."""
     one_row = block_m == 1
     kernel = gemv_kernel if one_row else gemm_kernel
     signature = {**POINTERS, "w_ptr": "*i32" if one_row else "*bf16" if fmt == FLOAT else "*i8",
                  **{name: "i32" for name in INTS}}
     signature["stride_we"] = "i64"
     constants = {"MOE": True, "X_ROW_DIV": 4 if gated else 1, "WEIGHTED": not gated, "GATED": gated,
-                 "GROUP": group, "BLOCK_N": block_n, "BLOCK_K": block_k}
+                 "BLOCK_N": block_n, "BLOCK_K": block_k}
     if one_row:
-        bits = BITS[fmt]
-        constants.update({"BITS": bits, "SHIFT": GEMV_SHIFT[bits], "XOR": GEMV_XOR[bits], "EVEN_N": True, "PTX": True,
+        constants.update({"EVEN_N": True, "PTX": True, "HALF2": dequant == 3,
                           "STAGES": gemv_stages(GemmConfig(num_stages=stages)), "SPLIT_K": split_k})
     else:
-        constants.update({"FMT": fmt, "DEQ": dequant if fmt != FLOAT else 0, "PRECISION": None, "BLOCK_M": block_m})
-    unit = ("stride_xk", "stride_sn", "stride_on", "stride_wk" if fmt == FLOAT else "stride_wn")
+        constants.update({"FMT": fmt, "DEQ": dequant if fmt != FLOAT else 0, "PRECISION": None, "BLOCK_M": block_m,
+                          "PTX": True, "GROUP": group})
+    weight_unit = {FLOAT: ("stride_wk",), INT8: ("stride_wn",)}.get(fmt, ())  # int4: strides of whole tiles
+    unit = ("stride_xk", "stride_sn", "stride_on", *weight_unit)
     constants.update({name: 1 for name in unit})  # the runtime specializes arguments equal to 1
     signature.update({name: "constexpr" for name in constants})
     index = kernel.arg_names.index
@@ -62,8 +62,8 @@ def source(fmt: int, gated: bool, dequant: int, block_m: int, block_n: int, bloc
                      attrs={(index(n),): [["tt.divisibility", 16]] for n in divisible})
 
 
-def report(src: ASTSource, num_warps: int, num_stages: int, maxnreg: int | None = None) -> dict:
-    options = {"num_warps": num_warps, "num_stages": num_stages, **({"maxnreg": maxnreg} if maxnreg else {})}
+def report(src: ASTSource, num_warps: int, num_stages: int) -> dict:
+    options = {"num_warps": num_warps, "num_stages": num_stages}
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         Path(cubin.name).write_bytes(kernel.asm["cubin"])
@@ -95,11 +95,9 @@ def main() -> None:
                                                             args.num_warps, args.num_stages):
         config = {"block_m": bm, "block_n": bn, "block_k": bk, "dequant": deq, "num_warps": warps,
                   "num_stages": stages}
-        grouped_gemv = bm == 1 and args.group_size  # the runtime caps its registers (gemm.py's gemv_registers)
-        maxnreg = gemv_registers(GemmConfig(bm, bn, bk, num_warps=warps), args.gated) if grouped_gemv else None
         try:
             src = source(fmt, args.gated, deq, bm, bn, bk, args.group_size, args.split_k, stages)
-            rows.append({**config, **report(src, warps, stages, maxnreg)})
+            rows.append({**config, **report(src, warps, stages)})
         except Exception as error:  # a configuration that does not compile: say so and go on
             rows.append({**config, "error": str(error).splitlines()[-1][:200]})
         print(json.dumps(rows[-1]), flush=True)

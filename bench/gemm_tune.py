@@ -19,28 +19,29 @@ import torch
 from dbrx_serve.services.inference.kernels.gemm import Weights
 from dbrx_serve.services.inference.kernels.tuner import MODES, GemmCase, random_weights, time_candidates
 from dbrx_serve.services.inference.kernels.tuning import LINEAR, MOE_DOWN, MOE_UP
-from dbrx_serve.shared.quantization import SCHEMES
+from dbrx_serve.shared.weight_only import engine_weight_shape
 
 H, FFN, E, TOP_K, QKV = 6144, 10752, 16, 4, 8192
 SHAPES = {"qkv": (LINEAR, QKV, H, 1), "dense": (LINEAR, H, H, 1), "moe_up": (MOE_UP, 2 * FFN, H, E),
           "moe_down": (MOE_DOWN, H, FFN, E)}
 
 
-def meta_weights(n: int, k: int, experts: int, precision: str) -> Weights:
-    """A weight's shape and format (bf16 [E, N, K]; int8 [E, K, N], int4 [E, K, N/2] with scales [E, N];
-    int4g<G>: group-wise scales [E, K/G, N])."""
+def meta_weights(n: int, k: int, experts: int, precision: str, gated: bool) -> Weights:
+    """A weight's shape and format (bf16 [E, N, K]; int8 [E, K, N], int4 tiles [E, N/64, K/64, 2048] with
+    scales [E, N]; int4g<G>: group-wise scales [E, K/G, N])."""
     if precision == "bf16":
         return Weights.of(torch.empty(experts, n, k, dtype=torch.bfloat16, device="meta"))
     scheme, _, group = precision.partition("g")
-    cols = n * SCHEMES[scheme].bits // 8
     scale = (experts, k // int(group), n) if group else (experts, n)
-    return Weights.of(torch.empty(experts, k, cols, dtype=torch.int8, device="meta"),
-                      torch.empty(scale, dtype=torch.bfloat16, device="meta"), scheme)
+    shape = engine_weight_shape((experts,), n, k, scheme, 2 if gated else 1)
+    return Weights.of(torch.empty(shape, dtype=torch.int8, device="meta"),
+                      torch.empty(scale, dtype=torch.bfloat16, device="meta"), scheme, k)
 
 
 def case(name: str, precision: str, tokens: int, mode: str, device) -> dict:
     op, n, k, experts = SHAPES[name]
-    gemm_case = GemmCase(op, random_weights(meta_weights(n, k, experts, precision), device), TOP_K, tokens)
+    gemm_case = GemmCase(op, random_weights(meta_weights(n, k, experts, precision, op == MOE_UP), device), TOP_K,
+                         tokens)
     bytes_read = gemm_case.bytes_read
     results = [{"config": t.config.to_dict(), "error": t.error} if t.ms is None else
                {"config": t.config.to_dict(), "us": round(t.ms * 1e3, 1), "gbs": round(bytes_read / t.ms / 1e6, 1),

@@ -5,8 +5,11 @@ weights and scales under the same names (`per_channel_scale`, or group-wise
 int4's `weights_scaling_factor`) and dequantize them per layer at each call.
 `forward` of the model never branches on quantization.
 
-The layout and the quantize / pack / unpack code are the converter's
-(shared/quantization.py, docs/trtllm-checkpoint.md's weight-only table).
+The checkpoint's layout and the quantize / pack / unpack code are the converter's
+(shared/quantization.py, docs/trtllm-checkpoint.md's weight-only table); an
+engine holds int4 weights in tiles for the GPU's tensor cores (shared/int4_tiles.py),
+which these modules hold as loaded and turn back into the checkpoint's form to
+dequantize.
 """
 
 import torch
@@ -16,11 +19,36 @@ from torch import nn
 from .quantization import SCALE_SUFFIXES, WeightOnly, dequantize_weight, scheme
 from dbrx_serve.shared.errors import InvalidInput
 
+from .int4_tiles import tile_int4, tiled_shape, untile_int4
+
 from .model import DbrxModel, ExpertLinear
 
 
-def packed_columns(out_features: int, precision: str) -> int:
-    return out_features * scheme(precision).bits // 8
+GATED_SUFFIX = "mlp.fc.weight"  # the experts' [up; gate] along out: int4 tiles pad each half (int4_tiles.py)
+
+
+def weight_layout(precision: str | None) -> str:
+    """An engine's build_config.weight_layout: "int4_tiles" for int4 engines, else "plain" (the
+    checkpoint's: float, int8 [in, out])."""
+    return "int4_tiles" if precision is not None and scheme(precision).bits == 4 else "plain"
+
+
+def halves(name: str) -> int:
+    """The halves an int4 weight's tiles pad apart: 2 for the experts' gate+up, else 1."""
+    return 2 if name.endswith(GATED_SUFFIX) else 1
+
+
+def engine_weight_shape(lead: tuple[int, ...], out_features: int, in_features: int, precision: str,
+                        halves: int = 1) -> tuple[int, ...]:
+    """An engine's int weight: int8 [.., in, out]; int4 tiles [.., out'/64, in'/64, 2048] (int4_tiles.py)."""
+    if scheme(precision).bits == 4:
+        return tiled_shape(lead, out_features, in_features, halves)
+    return (*lead, in_features, out_features)
+
+
+def engine_weight(q: torch.Tensor, precision: str, halves: int = 1) -> torch.Tensor:
+    """A checkpoint's int weight [.., in, out*bits/8] as an engine holds it (int4: tiles)."""
+    return tile_int4(q, halves) if scheme(precision).bits == 4 else q
 
 
 def scale_shape(in_features: int, out_features: int, group_size: int | None) -> tuple[int, ...]:
@@ -34,14 +62,15 @@ def scale_shape(in_features: int, out_features: int, group_size: int | None) -> 
 
 
 class WeightOnlyLinear(nn.Module):
-    """nn.Linear(in, out) with `weight` int8 [in, out*bits/8] and its scale: `per_channel_scale` [out],
-    or `weights_scaling_factor` [in/group_size, out]."""
+    """nn.Linear(in, out) with `weight` as an engine holds it (engine_weight_shape) and its scale:
+    `per_channel_scale` [out], or `weights_scaling_factor` [in/group_size, out]."""
 
     def __init__(self, in_features: int, out_features: int, precision: str, dtype: torch.dtype,
-                 group_size: int | None = None):
+                 group_size: int | None = None, halves: int = 1):
         super().__init__()
+        self.in_features, self.out_features, self.halves = in_features, out_features, halves
         self.precision, self.scale_name = precision, scheme(precision, group_size).scale_name
-        self.register_buffer("weight", torch.empty(in_features, packed_columns(out_features, precision),
+        self.register_buffer("weight", torch.empty(engine_weight_shape((), out_features, in_features, precision),
                                                    dtype=torch.int8))
         self.register_buffer(self.scale_name, torch.empty(scale_shape(in_features, out_features, group_size),
                                                           dtype=dtype))
@@ -50,30 +79,36 @@ class WeightOnlyLinear(nn.Module):
     def scale(self) -> torch.Tensor:
         return getattr(self, self.scale_name)
 
+    def checkpoint_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """weight (this module's, or one expert's) in the checkpoint's int8 [in, out*bits/8]."""
+        if scheme(self.precision).bits == 4:
+            return untile_int4(weight, self.out_features, self.in_features, self.halves)
+        return weight
+
+    def dequantized(self) -> torch.Tensor:
+        """The float32 weight [.., out, in] (the reference's)."""
+        return dequantize_weight(self.checkpoint_weight(self.weight), self.scale, self.precision)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = dequantize_weight(self.weight, self.scale, self.precision)  # [out,in] float32
-        return F.linear(x, w.to(x.dtype))
+        return F.linear(x, self.dequantized().to(x.dtype))
 
 
-class WeightOnlyExpertLinear(nn.Module):
-    """ExpertLinear [El, out, in] with `weight` int8 [El, in, out*bits/8] and its scale: `per_channel_scale`
-    [El, out], or `weights_scaling_factor` [El, in/group_size, out]."""
+class WeightOnlyExpertLinear(WeightOnlyLinear):
+    """ExpertLinear [El, out, in] with `weight` [El, ..] as an engine holds it and its scale:
+    `per_channel_scale` [El, out], or `weights_scaling_factor` [El, in/group_size, out]."""
 
     def __init__(self, n_experts: int, out_features: int, in_features: int, precision: str, dtype: torch.dtype,
-                 group_size: int | None = None):
-        super().__init__()
+                 group_size: int | None = None, halves: int = 1):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features, self.halves = in_features, out_features, halves
         self.precision, self.scale_name = precision, scheme(precision, group_size).scale_name
-        self.register_buffer("weight", torch.empty(n_experts, in_features, packed_columns(out_features, precision),
-                                                   dtype=torch.int8))
+        self.register_buffer("weight", torch.empty(
+            engine_weight_shape((n_experts,), out_features, in_features, precision, halves), dtype=torch.int8))
         self.register_buffer(self.scale_name, torch.empty(n_experts, *scale_shape(in_features, out_features,
                                                                                   group_size), dtype=dtype))
 
-    @property
-    def scale(self) -> torch.Tensor:
-        return getattr(self, self.scale_name)
-
     def forward(self, x: torch.Tensor, expert: int) -> torch.Tensor:
-        w = dequantize_weight(self.weight[expert], self.scale[expert], self.precision)  # [out,in]
+        w = dequantize_weight(self.checkpoint_weight(self.weight[expert]), self.scale[expert], self.precision)
         return x @ w.to(x.dtype).T
 
 
@@ -81,9 +116,10 @@ def weight_only_linear(module: nn.Linear, s: WeightOnly, dtype: torch.dtype) -> 
     return WeightOnlyLinear(module.in_features, module.out_features, s.precision, dtype, s.group_size)
 
 
-def weight_only_experts(module: ExpertLinear, s: WeightOnly, dtype: torch.dtype) -> WeightOnlyExpertLinear:
+def weight_only_experts(module: ExpertLinear, s: WeightOnly, dtype: torch.dtype, halves: int = 1
+                        ) -> WeightOnlyExpertLinear:
     n_experts, out_features, in_features = module.weight.shape
-    return WeightOnlyExpertLinear(n_experts, out_features, in_features, s.precision, dtype, s.group_size)
+    return WeightOnlyExpertLinear(n_experts, out_features, in_features, s.precision, dtype, s.group_size, halves)
 
 
 def swap_weight_only(model: DbrxModel, s: WeightOnly, dtype: torch.dtype) -> DbrxModel:
@@ -92,13 +128,13 @@ def swap_weight_only(model: DbrxModel, s: WeightOnly, dtype: torch.dtype) -> Dbr
         attn, mlp = block.attention, block.mlp
         attn.qkv = weight_only_linear(attn.qkv, s, dtype)
         attn.dense = weight_only_linear(attn.dense, s, dtype)
-        mlp.fc = weight_only_experts(mlp.fc, s, dtype)
+        mlp.fc = weight_only_experts(mlp.fc, s, dtype, halves=2)
         mlp.proj = weight_only_experts(mlp.proj, s, dtype)
     return model
 
 
 def dequantized_state(state: dict[str, torch.Tensor], precision: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """A weight-only rank's tensors as float weights (what the float model loads): the reference."""
+    """A weight-only checkpoint rank's tensors as float weights (what the float model loads): the reference."""
     out = {}
     for name, tensor in state.items():
         if name.endswith(SCALE_SUFFIXES):
@@ -106,4 +142,14 @@ def dequantized_state(state: dict[str, torch.Tensor], precision: str, dtype: tor
         scales = [state.get(name.removesuffix(".weight") + suffix) for suffix in SCALE_SUFFIXES]
         scale = next((s for s in scales if s is not None), None)
         out[name] = tensor if scale is None else dequantize_weight(tensor, scale, precision).to(dtype)
+    return out
+
+
+def dequantized_engine_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A model's state with its weight-only GEMMs (as an engine holds them) as float weights, scales left
+    out: what the float model loads to be the reference of an engine."""
+    out = {name: t for name, t in model.state_dict().items() if not name.endswith(SCALE_SUFFIXES)}
+    for name, module in model.named_modules():
+        if isinstance(module, WeightOnlyLinear):
+            out[f"{name}.weight"] = module.dequantized().to(dtype)
     return out

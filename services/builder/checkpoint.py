@@ -49,11 +49,12 @@ class Checkpoint:
     def rank_path(self, rank: int) -> Path:
         return rank_path(self.root, rank)
 
-    def engine_layout(self, rank: int) -> Layout:
-        """The tensors the engine's rank file holds: float, or weight-only for quantized models."""
+    def engine_layout(self, rank: int, engine: bool = True) -> Layout:
+        """The tensors the engine's rank file holds: float, or weight-only for quantized models (int4 in
+        tiles); `engine` False: as a weight-only checkpoint holds them."""
         layout = float_layout(self.model, self.mapping, rank, self.dtype)
         s = self.weight_only
-        return layout if s is None else weight_only_layout(layout, s.precision, s.group_size)
+        return layout if s is None else weight_only_layout(layout, s.precision, s.group_size, engine)
 
 
 def rank_path(root: Path, rank: int) -> Path:
@@ -135,7 +136,7 @@ def stored_layout(ckpt: Checkpoint, rank: int) -> Layout:
     """What the checkpoint's rank file must hold (the engine's layout but for quantize-at-build)."""
     if ckpt.form == QUANTIZE_AT_BUILD:
         return float_layout(ckpt.model, ckpt.mapping, rank, ckpt.dtype)
-    return ckpt.engine_layout(rank)
+    return ckpt.engine_layout(rank, engine=False)
 
 
 def check_rank(ckpt: Checkpoint, rank: int) -> None:

@@ -3,11 +3,11 @@
 our backend's name and its kernel tuning table (kernel_tuning.py)."""
 
 from dbrx_serve import __version__
+from dbrx_serve.shared.weight_only import weight_layout
 
 from .plan import BuildPlan
 
 BACKEND = "dbrx-serve-torch"
-WEIGHT_LAYOUT = "plain"  # int8 [in, out], int4 [in, out/2] two columns a byte (docs/trtllm-checkpoint.md)
 
 
 def engine_config(plan: BuildPlan, kernel_tuning: dict) -> dict:
@@ -23,7 +23,7 @@ def engine_config(plan: BuildPlan, kernel_tuning: dict) -> dict:
         "kv_cache_dtype": plan.kv_cache_dtype,
         "plugin_config": options.plugin_config(),  # TensorRT's kernel choices: recorded, not used by our backend
         "backend": BACKEND,
-        "weight_layout": WEIGHT_LAYOUT,  # what services/inference/kernels/gemm.py reads as stored
+        "weight_layout": weight_layout(weight_only and weight_only.precision),  # what the kernels read as stored
         "weight_only": weight_only and {"precision": weight_only.precision, "group_size": weight_only.group_size},
         "kernel_tuning": kernel_tuning,  # {GPU name: {shape key: {batch bucket: GemmConfig}}}
         "build_options": options.to_dict(),

@@ -3,7 +3,8 @@
 Float names and shapes are those of `DbrxModel`'s state dict for the rank's
 `LocalShape` (built on the meta device, so nothing is allocated); the
 weight-only layout replaces the four GEMM weights as docs/trtllm-checkpoint.md's
-weight-only table says. The engine's rank files hold exactly these tensors.
+weight-only table says; an engine holds int4 weights in tiles (shared/int4_tiles.py).
+The engine's rank files hold exactly these tensors.
 """
 
 import re
@@ -11,7 +12,7 @@ import re
 import torch
 
 from dbrx_serve.shared.quantization import QUANTIZED_SUFFIXES, scheme
-from dbrx_serve.shared.weight_only import scale_shape
+from dbrx_serve.shared.weight_only import engine_weight_shape, halves, scale_shape
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.mapping import Mapping
 from dbrx_serve.shared.model import DbrxModel, LocalShape
@@ -29,14 +30,16 @@ def float_layout(cfg: DbrxConfig, mapping: Mapping, rank: int, dtype: torch.dtyp
             for name, t in model.state_dict().items()}
 
 
-def weight_only_layout(layout: Layout, precision: str, group_size: int | None = None) -> Layout:
-    """The four GEMMs as int8 [.., in, out*bits/8] plus, in D, per_channel_scale [.., out] or
-    group-wise weights_scaling_factor [.., in/group_size, out]."""
+def weight_only_layout(layout: Layout, precision: str, group_size: int | None = None, engine: bool = False) -> Layout:
+    """The four GEMMs as the checkpoint's int8 [.., in, out*bits/8] (or, `engine`, as an engine holds
+    them: int4 in tiles) plus, in D, per_channel_scale [.., out] or group-wise weights_scaling_factor
+    [.., in/group_size, out]."""
     s, out = scheme(precision, group_size), {}
     for name, (dtype, shape) in layout.items():
         if name.endswith(QUANTIZED_SUFFIXES):
             *lead, rows, cols = shape
-            out[name] = (torch.int8, (*lead, cols, rows * s.bits // 8))
+            out[name] = (torch.int8, engine_weight_shape(tuple(lead), rows, cols, precision, halves(name)) if engine
+                         else (*lead, cols, rows * s.bits // 8))
             out[name.removesuffix("weight") + s.scale_name] = (dtype, (*lead, *scale_shape(cols, rows, group_size)))
         else:
             out[name] = (dtype, shape)

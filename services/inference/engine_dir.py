@@ -15,10 +15,10 @@ from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.kv_scales import SCALES_FILE, KVScales
 from dbrx_serve.shared.mapping import Mapping
 from dbrx_serve.shared.quantization import WeightOnly, scheme_of
+from dbrx_serve.shared.weight_only import weight_layout
 
 BACKEND = "dbrx-serve-torch"
 KV_CACHE_DTYPES = ("model", "int8")
-WEIGHT_LAYOUTS = ("plain",)  # what the kernels read as stored (docs/trtllm-checkpoint.md)
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -89,7 +89,7 @@ def load_engine_dir(path: str | Path, verify: bool = True, verify_checksums: boo
     pretrained, build = config.get("pretrained_config"), config.get("build_config")
     if not isinstance(pretrained, dict) or not isinstance(build, dict):
         raise InvalidInput(f"{path / 'config.json'} needs pretrained_config and build_config objects")
-    check_build(build, path)
+    check_build(build, path, scheme_of(pretrained.get("quantization")))
     model = DbrxConfig.from_checkpoint_dict(pretrained)
     scales = KVScales.read(path / SCALES_FILE, model.n_layers) if build.get("kv_cache_dtype") == "int8" else None
     return EngineDir(path, model, pretrained, build, scales, checked_tokenizer_dir(tokenizer_dir))
@@ -101,14 +101,14 @@ def checked_tokenizer_dir(tokenizer_dir: str | Path | None) -> Path | None:
     return Path(tokenizer_dir) if tokenizer_dir is not None else None
 
 
-def check_build(build: dict, path: Path) -> None:
+def check_build(build: dict, path: Path, weight_only: WeightOnly | None) -> None:
     backend = build.get("backend", BACKEND)
     if backend != BACKEND:
         raise InvalidInput(f"{path} was built for backend {backend!r}; this runtime runs {BACKEND!r}")
-    layout = build.get("weight_layout", "plain")
-    if layout not in WEIGHT_LAYOUTS:
-        raise InvalidInput(f"{path}: weight_layout {layout!r} is not one this runtime reads "
-                           f"({', '.join(WEIGHT_LAYOUTS)}): build the engine again with this version")
+    layout, expected = build.get("weight_layout", "plain"), weight_layout(weight_only and weight_only.precision)
+    if layout != expected:  # e.g. an int4 engine of an earlier version, with int4 two columns a byte
+        raise InvalidInput(f"{path}: weight_layout {layout!r}, where this runtime reads {expected!r} for this "
+                           "model's weights: build the engine again with this version")
     kv = build.get("kv_cache_dtype", "model")
     if kv not in KV_CACHE_DTYPES:
         raise InvalidInput(f"{path}: kv_cache_dtype {kv!r} is not one of {', '.join(KV_CACHE_DTYPES)}")

@@ -4,17 +4,18 @@ projections and the experts, in bf16/fp16/fp32 or weight-only int8/int4.
     out[m, n] = sum_k x[row(m), k] * W[e(m), k, n]  (* scale[e, n])  (* router weight)
 
 Weights are read as the engine stores them (docs/trtllm-checkpoint.md, "Engine
-directory"): float [E, N, K] (nn.Linear's [out, in]); int8 [E, K, N]; int4
-[E, K, N/2], two columns a byte (column 2j in the low nibble, 2j+1 in the high
-one, two's complement); a per-channel scale [E, N] is applied once, after the
+directory"): float [E, N, K] (nn.Linear's [out, in]); int8 [E, K, N]; int4 in
+tiles of 64 x 64 in the tensor cores' register order [E, N'/64, K'/64, 2048]
+(shared/int4_tiles.py); a per-channel scale [E, N] is applied once, after the
 K loop; group-wise int4 scales [E, K/GROUP, N] inside it, one product per
 BLOCK_K chunk (BLOCK_K divides GROUP, so a chunk lies in one group), or, in
-gemv_kernel (one row a program), after it too: each of its accumulator rows
-sums K rows of one group. Small batches are bandwidth-bound, so how int weights
-become floats is a choice (`GemmConfig.dequant`, measured by bench/gemm_tune.py). Tiles of 16 rows and
+gemv_kernel (one row a program, int8), after it too. Small batches are
+bandwidth-bound, so how int weights become floats is a choice
+(`GemmConfig.dequant`, measured by bench/gemm_tune.py). Tiles of 16 rows and
 up (gemm_kernel) compute the output transposed, out^T = W^T x^T: the weights are the tensor-core MMA's
 first operand, so on Hopper wgmma takes 64 of their columns at a time straight from the registers where
-they were dequantized, and the tokens (16 to 128 a tile) are its second. `linear_config` and
+they were dequantized, and the tokens (16 to 128 a tile) are its second. int4 takes these tiles at every
+batch (one token: K split). `linear_config` and
 `moe_config` launch the engine's tuned configuration for the shape and batch
 where it stores one (tuning.py), else the default tiles below.
 
@@ -25,7 +26,8 @@ block b. The grid covers the most blocks any routing can need and blocks past
 `num_sorted` return at once, so the launch never depends on the routing (no host
 sync, CUDA-graph safe). `gated` fuses DBRX's SwiGLU: the weight holds [up; gate]
 along N and the kernel writes up * silu(gate). `split_k` > 1 writes float32
-partial sums [split_k, M, N] that the caller adds up.
+partial sums [split_k, M, N] that the caller adds up (gated: up's and gate's
+apart, [split_k, M, 2N]: SwiGLU comes after their sum).
 """
 
 from dataclasses import dataclass, replace
@@ -87,17 +89,36 @@ def _nibbles(packed, DEQ: tl.constexpr, DTYPE: tl.constexpr):
 
 @triton.jit
 def _load_weight_tile(w_ptrs, mask, FMT: tl.constexpr, DEQ: tl.constexpr, DTYPE: tl.constexpr):
-    """A [BLOCK_N, BLOCK_K] tile of W in DTYPE. int4 pointers address bytes [BLOCK_N/2, BLOCK_K]."""
+    """A [BLOCK_N, BLOCK_K] tile of float or int8 W in DTYPE."""
     raw = tl.load(w_ptrs, mask=mask, other=0)
-    if FMT == 2:
-        low, high = _nibbles(raw, DEQ, DTYPE)
-        pairs = tl.permute(tl.join(low, high), (0, 2, 1))  # [BLOCK_N/2, 2, BLOCK_K]: rows 2j, 2j+1
-        tile = tl.reshape(pairs, (2 * low.shape[0], low.shape[1]))
-    elif FMT == 1 and DEQ != 0:
+    if FMT == 1 and DEQ != 0:
         tile = _to_float((raw.to(tl.int32) & 0xFF) ^ 0x80, 128, DTYPE)
     else:
         tile = raw.to(DTYPE)
     return tile
+
+
+@triton.jit
+def _int4_tile(ptrs, mask, DEQ: tl.constexpr, DTYPE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A [BLOCK_N, 64] tile of int4 W in DTYPE from BLOCK_N / 64 of its tiles (shared/int4_tiles.py), read as
+    bytes [BLOCK_N / 16, 512]: a row per (tile, warp), 16 bytes a lane. Each byte's low and high nibbles
+    are its values of j = 0 and 1; reshaped and permuted back to (row, column) order. The bytes a thread
+    loads are the values wgmma wants in its registers, so on Hopper the permutation moves nothing."""
+    low, high = _nibbles(tl.load(ptrs, mask=mask, other=0), DEQ, DTYPE)
+    v = tl.reshape(tl.join(low, high), (BLOCK_N // 64, 4, 8, 4, 4, 2, 2, 2))  # tile w g t s h e j
+    v = tl.permute(v, (0, 1, 5, 2, 4, 7, 3, 6))  # rows (tile, w, h, g), columns (s, j, t, e)
+    return tl.reshape(v, (BLOCK_N, 64))
+
+
+@triton.jit
+def _waited(acc, PTX: tl.constexpr):
+    """acc read by an identity: Triton then waits for this step's wgmma before the next step rewrites the
+    registers they read their weights from. Triton 3.6 lets them run on across steps (a race where the
+    first operand comes from registers: triton-lang/triton#9433; wrong sums at 3 pipeline stages in
+    bench/results/gemm_int4_tiles_probe.json)."""
+    if PTX:
+        acc = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [acc], dtype=tl.float32, is_pure=True, pack=1)
+    return acc
 
 
 @triton.jit
@@ -163,74 +184,76 @@ def gemm_kernel(
     stride_os, stride_om, stride_on,
     gate_offset,
     MOE: tl.constexpr, X_ROW_DIV: tl.constexpr, WEIGHTED: tl.constexpr, GATED: tl.constexpr,
-    FMT: tl.constexpr, DEQ: tl.constexpr, PRECISION: tl.constexpr, GROUP: tl.constexpr,
+    FMT: tl.constexpr, DEQ: tl.constexpr, PRECISION: tl.constexpr, GROUP: tl.constexpr, PTX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """DEQ: how int weights become floats: 0 casts, 1 places bits in a float's mantissa, 2 (int4) also
-    keeps low and high nibbles apart (even and odd columns in two accumulators: no interleave), 3 (int4,
-    bfloat16, CUDA) is 2 with eight nibbles converted per register (NIBBLES_TO_BF16). GROUP: the K rows
-    of a group-wise scale (0: per channel)."""
+    """DEQ: how int weights become floats: 0 casts, 1 places bits in a float's mantissa, 3 (int4,
+    bfloat16, NVIDIA) converts eight nibbles a register (NIBBLES_TO_BF16). GROUP: the K rows of a
+    group-wise scale (0: per channel). int4 strides: stride_wn from one tile of 64 rows to the next,
+    stride_wk from one tile of 64 K rows to the next (BLOCK_K 64). PTX: on an NVIDIA GPU (inline PTX)."""
     tl.static_assert(DEQ != 3 or (FMT == 2 and x_ptr.dtype.element_ty == tl.bfloat16),
                      "DEQ 3 converts int4 weights to bfloat16 only")
+    tl.static_assert(FMT != 2 or (BLOCK_K == 64 and BLOCK_N % 64 == 0), "int4 tiles are 64 x 64")
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows, row_ok, expert, k_start, k_end = _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr,
                                                   M, K, num_pairs, k_per_split, MOE, BLOCK_M)
     x_rows = rows // X_ROW_DIV
     DTYPE = x_ptr.dtype.element_ty
-    PLANES: tl.constexpr = FMT == 2 and DEQ >= 2
-    W_COLS: tl.constexpr = BLOCK_N // 2 if FMT == 2 else BLOCK_N  # int4: bytes of column pairs
-    ACC_N: tl.constexpr = BLOCK_N // 2 if PLANES else BLOCK_N
-    w_cols = pid_n * W_COLS + tl.arange(0, W_COLS)
-    w_col_ok = w_cols < (N // 2 if FMT == 2 else N)
     offs_k = k_start + tl.arange(0, BLOCK_K)
-
     x_ptrs = x_ptr + x_rows[None, :] * stride_xm + offs_k[:, None] * stride_xk  # [BLOCK_K, BLOCK_M]: x transposed
-    w_ptrs = w_ptr + expert * stride_we + w_cols[:, None] * stride_wn + offs_k[None, :] * stride_wk
-    g_ptrs = w_ptrs + (gate_offset // 2 if FMT == 2 else gate_offset) * stride_wn
-    acc = tl.zeros((ACC_N, BLOCK_M), dtype=tl.float32)
-    acc_odd = tl.zeros((ACC_N, BLOCK_M), dtype=tl.float32)  # PLANES: the odd columns
-    gate = tl.zeros((ACC_N, BLOCK_M), dtype=tl.float32)
-    gate_odd = tl.zeros((ACC_N, BLOCK_M), dtype=tl.float32)
-    s_cols = pid_n * BLOCK_N + tl.arange(0, ACC_N) * (2 if PLANES else 1)  # acc's columns
-    s_ptrs = scale_ptr + expert * stride_se + s_cols * stride_sn  # GROUP: their scales, each chunk
-    s_ok = s_cols < N
+    if FMT == 2:  # bytes [BLOCK_N / 16, 512] of BLOCK_N / 64 tiles (_int4_tile); the gate starts on a tile
+        r = tl.arange(0, BLOCK_N // 16)
+        tile_rows = pid_n * (BLOCK_N // 64) + r // 4
+        w_ptrs = (w_ptr + expert * stride_we + tile_rows[:, None] * stride_wn + (k_start // 64) * stride_wk
+                  + (r % 4)[:, None] * 512 + tl.arange(0, 512)[None, :])
+        w_ok = (tile_rows < tl.cdiv(N, 64))[:, None]
+        g_ptrs = w_ptrs + tl.cdiv(gate_offset, 64) * stride_wn
+        w_step = stride_wk
+    else:
+        w_cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        w_ptrs = w_ptr + expert * stride_we + w_cols[:, None] * stride_wn + offs_k[None, :] * stride_wk
+        w_ok = (w_cols < N)[:, None]
+        g_ptrs = w_ptrs + gate_offset * stride_wn
+        w_step = BLOCK_K * stride_wk
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    gate = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    s_ptrs = scale_ptr + expert * stride_se + cols * stride_sn  # GROUP: their scales, each chunk
+    s_ok = cols < N
     sg_ptrs = s_ptrs + gate_offset * stride_sn
     for k in range(k_start, k_end, BLOCK_K):
         k_ok = offs_k < K - (k - k_start)
         x = tl.load(x_ptrs, mask=k_ok[:, None] & row_ok[None, :], other=0.0)
-        w_mask = w_col_ok[:, None] & k_ok[None, :]
-        if PLANES:
-            low, high = _nibbles(tl.load(w_ptrs, mask=w_mask, other=0), DEQ, DTYPE)
-            acc = _dot(low, x, acc, k, s_ptrs, s_ok, stride_sg, GROUP, PRECISION)
-            acc_odd = _dot(high, x, acc_odd, k, s_ptrs + stride_sn, s_ok, stride_sg, GROUP, PRECISION)
+        if FMT == 2:
+            acc = _dot(_int4_tile(w_ptrs, w_ok, DEQ, DTYPE, BLOCK_N), x, acc, k, s_ptrs, s_ok, stride_sg, GROUP,
+                       PRECISION)
             if GATED:
-                low, high = _nibbles(tl.load(g_ptrs, mask=w_mask, other=0), DEQ, DTYPE)
-                gate = _dot(low, x, gate, k, sg_ptrs, s_ok, stride_sg, GROUP, PRECISION)
-                gate_odd = _dot(high, x, gate_odd, k, sg_ptrs + stride_sn, s_ok, stride_sg, GROUP, PRECISION)
+                gate = _dot(_int4_tile(g_ptrs, w_ok, DEQ, DTYPE, BLOCK_N), x, gate, k, sg_ptrs, s_ok, stride_sg,
+                            GROUP, PRECISION)
         else:
+            w_mask = w_ok & k_ok[None, :]
             acc = _dot(_load_weight_tile(w_ptrs, w_mask, FMT, DEQ, DTYPE), x, acc, k, s_ptrs, s_ok, stride_sg,
                        GROUP, PRECISION)
             if GATED:
                 gate = _dot(_load_weight_tile(g_ptrs, w_mask, FMT, DEQ, DTYPE), x, gate, k, sg_ptrs, s_ok,
                             stride_sg, GROUP, PRECISION)
-        g_ptrs += BLOCK_K * stride_wk
+        if FMT != 0:  # weights from registers
+            acc = _waited(acc, PTX)
+            gate = _waited(gate, PTX and GATED)
+        g_ptrs += w_step
+        w_ptrs += w_step
         x_ptrs += BLOCK_K * stride_xk
-        w_ptrs += BLOCK_K * stride_wk
 
     out_ptrs = out_ptr + pid_k * stride_os + rows[None, :] * stride_om
     SCALED: tl.constexpr = FMT != 0 and GROUP == 0  # per-channel scales, applied once
-    _finish(acc, gate, s_cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset, topk_weights_ptr,
-            out_ptrs, stride_on, N, SCALED, GATED, WEIGHTED)
-    if PLANES:
-        _finish(acc_odd, gate_odd, s_cols + 1, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset,
+    if GATED and tl.num_programs(2) > 1:  # partial sums of up [.., :N] and gate [.., N:], scaled
+        _finish(acc, acc, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, 0, topk_weights_ptr,
+                out_ptrs, stride_on, N, SCALED, False, WEIGHTED)
+        _finish(gate, gate, cols + N, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, 0, topk_weights_ptr,
+                out_ptrs, stride_on, 2 * N, SCALED, False, WEIGHTED)
+    else:
+        _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset,
                 topk_weights_ptr, out_ptrs, stride_on, N, SCALED, GATED, WEIGHTED)
-
-
-# gemv_kernel's constants per bit width: a 32-bit word holds 32 / BITS values (value i at bit BITS * i,
-# column VALUES * word + i); values whose bits would reach a float's exponent (bit 23) are read from
-# the word shifted right by SHIFT; XOR turns two's complement into offset binary (u = q + 2^(BITS-1)).
-GEMV_SHIFT = {8: 16, 4: 12}
-GEMV_XOR = {8: -0x7F7F7F80, 4: -0x77777778}  # 0x80808080, 0x88888888 as int32
 
 
 @triton.jit
@@ -244,36 +267,27 @@ def gemv_kernel(
     stride_os, stride_om, stride_on,
     gate_offset,
     MOE: tl.constexpr, X_ROW_DIV: tl.constexpr, WEIGHTED: tl.constexpr, GATED: tl.constexpr,
-    BITS: tl.constexpr, SHIFT: tl.constexpr, XOR: tl.constexpr, EVEN_N: tl.constexpr, PTX: tl.constexpr,
-    GROUP: tl.constexpr, GROUP_ROWS: tl.constexpr, HALF2: tl.constexpr, STAGES: tl.constexpr,
+    EVEN_N: tl.constexpr, PTX: tl.constexpr, HALF2: tl.constexpr, STAGES: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
-    """gemm_kernel for one row a program (BLOCK_M 1) and int8/int4 weights, without tensor cores; gated
+    """gemm_kernel for one row a program (BLOCK_M 1) and int8 weights, without tensor cores; gated
     with SPLIT_K > 1 it writes the scaled partial sums of up [.., :N] and gate [.., N:] (SwiGLU needs
-    whole sums: FusedMoE applies it). W is
-    read as 32-bit words [E, K, N * BITS / 32] (w_ptr and strides in words, gate_offset in words), and
-    value i of a word becomes a float32 in place: (word & mask_i) | 0x4B000000 is 2^23 + u * 2^pos_i
-    exactly, so one LOP3 and one FADD (which also removes the offset) give (u - 2^(BITS-1)) * 2^pos_i,
-    and an FFMA adds it times x into float32 [BLOCK_K, words] accumulators, one per value position;
-    2^-pos_i and the sum over K come once, after the loop. No dot-operand layout, no int-to-float
-    conversion. STAGES (2 to 4, GemmConfig.num_stages) tiles are in flight a program: loaded STAGES - 1
-    steps ahead, in registers.
-
-    Row t of the tile at step j is K row k_start + t * T + j (T = k_per_split / BLOCK_K steps): each
-    accumulator row sums T consecutive K rows, so with group-wise scales (GROUP > 0; GemmConfig.k_per_split
-    makes T divide GROUP and splits start on a group) all of its rows lie in one group, and its group's
-    scale multiplies it once, after the loop, as a per-channel scale does: nothing per value. GROUP_ROWS
-    consecutive accumulator rows lie in one group (GROUP / T): they are summed first, so each group's
-    scales are loaded and multiplied once (bench/results/gemm_tune_int4g128_epilogue.json).
+    whole sums: FusedMoE applies it). W is read as 32-bit words [E, K, N / 4] (w_ptr and strides in
+    words, gate_offset in words), and value i of a word becomes a float32 in place: (word & mask_i) |
+    0x4B000000 is 2^23 + u * 2^pos_i exactly, so one LOP3 and one FADD (which also removes the offset)
+    give (u - 128) * 2^pos_i, and an FFMA adds it times x into float32 [BLOCK_K, words] accumulators, one
+    per value position; 2^-pos_i and the sum over K come once, after the loop. No dot-operand layout, no
+    int-to-float conversion. STAGES (2 to 4, GemmConfig.num_stages) tiles are in flight a program:
+    loaded STAGES - 1 steps ahead, in registers. Row t of the tile at step j is K row k_start + t * T + j
+    (T = k_per_split / BLOCK_K steps).
 
     HALF2 (NVIDIA GPUs: GemmConfig.dequant 3 at block_m 1) multiplies two values an instruction: a
-    word's nibbles (bytes) become four (two) float16 pairs (NIBBLES_TO_HALF2_FMA, BYTES_TO_HALF2_FMA:
-    LOP3 and one HFMA2 a pair) that one HFMA2 each adds times x into float16x2 accumulators (columns i
-    and i + VALUES / 2 of each word). x is scaled first by a power of two (`_x_scale`: exact) so that T
-    steps cannot overflow float16; float32 from the accumulators on. Each accumulator's sum rounds to
-    float16's 11 bits at every step (the bound: HALF2_BOUND in tests/services/inference/kernels/conftest.py)."""
-    VALUES: tl.constexpr = 32 // BITS
-    WORDS: tl.constexpr = BLOCK_N // VALUES
+    word's bytes become two float16 pairs (BYTES_TO_HALF2_FMA: LOP3 and one HADD2 a pair) that one HFMA2
+    each adds times x into float16x2 accumulators (columns i and i + 2 of each word). x is scaled first
+    by a power of two (`_x_scale`: exact) so that T steps cannot overflow float16; float32 from the
+    accumulators on. Each accumulator's sum rounds to float16's 11 bits at every step (the bound:
+    HALF2_BOUND in tests/services/inference/kernels/conftest.py)."""
+    WORDS: tl.constexpr = BLOCK_N // 4
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows, row_ok, expert, k_start, k_end = _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr,
                                                   M, K, num_pairs, k_per_split, MOE, 1)
@@ -282,14 +296,13 @@ def gemv_kernel(
     offs_k = k_start + tl.arange(0, BLOCK_K)[:, None] * (k_per_split // BLOCK_K)  # [BLOCK_K, 1]: each row's first
     x_ptrs = x_ptr + (rows // X_ROW_DIV) * stride_xm + offs_k * stride_xk  # [BLOCK_K, 1]
     w_ptrs = w_ptr + expert * stride_we + offs_k * stride_wk + words[None, :] * stride_wn
-    word_ok = words[None, :] < N // VALUES if not EVEN_N else words[None, :] >= 0  # EVEN_N: loads of 16 bytes
+    word_ok = words[None, :] < N // 4 if not EVEN_N else words[None, :] >= 0  # EVEN_N: loads of 16 bytes
     zero = tl.zeros((BLOCK_K, WORDS), dtype=tl.float32)
-    a0, a1, a2, a3, a4, a5, a6, a7 = zero, zero, zero, zero, zero, zero, zero, zero
-    g0, g1, g2, g3, g4, g5, g6, g7 = zero, zero, zero, zero, zero, zero, zero, zero
+    a0, a1, a2, a3, g0, g1, g2, g3 = zero, zero, zero, zero, zero, zero, zero, zero
     pairs = tl.zeros((BLOCK_K, WORDS), dtype=tl.int32)  # HALF2: float16x2 accumulators (bits), up's and gate's
-    h0, h1, h2, h3, k0, k1, k2, k3 = pairs, pairs, pairs, pairs, pairs, pairs, pairs, pairs
-    x_scale = _x_scale(x_ptr + (rows // X_ROW_DIV) * stride_xm, stride_xk, row_ok, k_start, k_end, steps,
-                       BITS) if HALF2 else 1.0
+    h0, h1, k0, k1 = pairs, pairs, pairs, pairs
+    x_scale = _x_scale(x_ptr + (rows // X_ROW_DIV) * stride_xm, stride_xk, row_ok, k_start, k_end,
+                       steps) if HALF2 else 1.0
     # Each step's words are loaded STAGES - 1 steps before its arithmetic, in a ring of registers
     # (w, v: this step's up and gate words; w1, v1 and w2, v2 the next ones).
     AHEAD: tl.constexpr = STAGES - 1
@@ -302,15 +315,13 @@ def gemv_kernel(
         w_ptrs += stride_wk
         if HALF2:
             x2 = _half2(x * x_scale)
-            h0, h1, h2, h3 = _accumulate_half2(w, x2, h0, h1, h2, h3, BITS)
+            h0, h1 = _accumulate_half2(w, x2, h0, h1)
             if GATED:
-                k0, k1, k2, k3 = _accumulate_half2(v, x2, k0, k1, k2, k3, BITS)
+                k0, k1 = _accumulate_half2(v, x2, k0, k1)
         else:
-            a0, a1, a2, a3, a4, a5, a6, a7 = _accumulate(x, w ^ XOR, a0, a1, a2, a3, a4, a5, a6, a7, BITS, SHIFT,
-                                                         PTX)
+            a0, a1, a2, a3 = _accumulate(x, w ^ -0x7F7F7F80, a0, a1, a2, a3, PTX)  # offset binary: XOR 0x80808080
             if GATED:
-                g0, g1, g2, g3, g4, g5, g6, g7 = _accumulate(x, v ^ XOR, g0, g1, g2, g3, g4, g5, g6, g7, BITS,
-                                                              SHIFT, PTX)
+                g0, g1, g2, g3 = _accumulate(x, v ^ -0x7F7F7F80, g0, g1, g2, g3, PTX)
         if AHEAD == 1:
             w, v = w_new, v_new
         elif AHEAD == 2:
@@ -318,36 +329,21 @@ def gemv_kernel(
         else:
             w, v, w1, v1, w2, v2 = w1, v1, w2, v2, w_new, v_new
         x_ptrs += stride_xk
-    # GROUP: the accumulator rows of each group summed, times the group's scale of their column (up's,
-    # then gate's: fewer registers)
-    GROUPS: tl.constexpr = BLOCK_K // GROUP_ROWS if GROUP > 0 else 1  # the groups of a split
-    group_k = k_start + tl.arange(0, GROUPS)[:, None] * GROUP  # [GROUPS, 1]: each group's first K row
-    s_ptrs = (scale_ptr + expert * stride_se + (group_k // GROUP) * stride_sg
-              + (words * VALUES)[None, :] * stride_sn) if GROUP > 0 else scale_ptr  # [GROUPS, WORDS]: value 0's
-    s_ok = (group_k < k_end) & word_ok
-    if HALF2 and BITS == 4:  # float32 from here on
-        a0, a4, a1, a5, a2, a6, a3, a7 = _halves(h0) + _halves(h1) + _halves(h2) + _halves(h3)
-        g0, g4, g1, g5, g2, g6, g3, g7 = _halves(k0) + _halves(k1) + _halves(k2) + _halves(k3)
-    elif HALF2:
+    if HALF2:  # float32 from here on
         a0, a2, a1, a3 = _halves(h0) + _halves(h1)
         g0, g2, g1, g3 = _halves(k0) + _halves(k1)
-    acc = _columns(a0, a1, a2, a3, a4, a5, a6, a7, s_ptrs, s_ok, stride_sn, BITS, SHIFT, GROUP_ROWS, not HALF2)
-    acc = acc / x_scale if HALF2 else acc
+    acc = _columns(a0, a1, a2, a3, not HALF2) / x_scale
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     out_ptrs = out_ptr + pid_k * stride_os + rows[None, :] * stride_om
-    gate = acc
-    if GATED:
-        gate = _columns(g0, g1, g2, g3, g4, g5, g6, g7, s_ptrs + gate_offset * VALUES * stride_sn, s_ok, stride_sn,
-                        BITS, SHIFT, GROUP_ROWS, not HALF2)
-        gate = gate / x_scale if HALF2 else gate
+    gate = _columns(g0, g1, g2, g3, not HALF2) / x_scale if GATED else acc
     if GATED and SPLIT_K > 1:  # partial sums of up and gate, scaled, apart: SwiGLU comes after their sum
         _finish(acc, acc, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, 0, topk_weights_ptr,
-                out_ptrs, stride_on, N, GROUP == 0, False, WEIGHTED)
+                out_ptrs, stride_on, N, True, False, WEIGHTED)
         _finish(gate, gate, cols + N, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, 0, topk_weights_ptr,
-                out_ptrs, stride_on, 2 * N, GROUP == 0, False, WEIGHTED)
+                out_ptrs, stride_on, 2 * N, True, False, WEIGHTED)
     else:
-        _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset * VALUES,
-                topk_weights_ptr, out_ptrs, stride_on, N, GROUP == 0, GATED, WEIGHTED)
+        _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset * 4,
+                topk_weights_ptr, out_ptrs, stride_on, N, True, GATED, WEIGHTED)
 
 
 @triton.jit
@@ -372,59 +368,37 @@ def _words(w_ptrs, gate_step, rows, k_end, word_ok, live, GATED: tl.constexpr):
 
 
 @triton.jit
-def _value(w, i: tl.constexpr, BITS: tl.constexpr, SHIFT: tl.constexpr, PTX: tl.constexpr):
-    """Value i of offset-binary words w as float32 (q * 2^pos, exact): one LOP3 ((w & mask) | exponent,
-    by inline PTX on CUDA: the compiler otherwise spends an AND and an OR) and one FADD. Its bit pos is in the
-    word itself, or (when its bits would reach the float's exponent at bit 23) in the word shifted
-    right by SHIFT."""
-    high: tl.constexpr = i * BITS + BITS > 23
-    pos: tl.constexpr = i * BITS - SHIFT * high
-    if high:
-        w = w >> SHIFT
-    mask: tl.constexpr = ((1 << BITS) - 1) << pos
+def _value(w, i: tl.constexpr, PTX: tl.constexpr):
+    """Value i of offset-binary words w (byte i: column 4 * word + i) as float32 (q * 2^pos, exact): one
+    LOP3 ((w & mask) | exponent, by inline PTX on CUDA: the compiler otherwise spends an AND and an OR) and
+    one FADD. Its bit pos is in the word itself, or, for values 2 and 3 (whose bits would reach the
+    float's exponent at bit 23), in the word shifted right by 16."""
+    pos: tl.constexpr = 8 * i - 16 * (i >= 2)
+    if i >= 2:
+        w = w >> 16
+    mask: tl.constexpr = 0xFF << pos
     if PTX:
         bits = tl.inline_asm_elementwise(f"lop3.b32 $0, $1, {mask}, 1258291200, 0xEA;", "=r,r", [w],
                                          dtype=tl.int32, is_pure=True, pack=1)
     else:  # Triton's interpreter (CPU tests)
         bits = (w & mask) | 0x4B000000
-    return bits.to(tl.float32, bitcast=True) - (8388608.0 + (1 << (BITS - 1 + pos)))
+    return bits.to(tl.float32, bitcast=True) - (8388608.0 + (1 << (7 + pos)))
 
 
 @triton.jit
-def _accumulate(x, w, a0, a1, a2, a3, a4, a5, a6, a7, BITS: tl.constexpr, SHIFT: tl.constexpr, PTX: tl.constexpr):
-    """a_i += x * value i of w (int8 words hold four: a4..a7 stay zero)."""
-    a0 += x * _value(w, 0, BITS, SHIFT, PTX)
-    a1 += x * _value(w, 1, BITS, SHIFT, PTX)
-    a2 += x * _value(w, 2, BITS, SHIFT, PTX)
-    a3 += x * _value(w, 3, BITS, SHIFT, PTX)
-    if BITS == 4:
-        a4 += x * _value(w, 4, BITS, SHIFT, PTX)
-        a5 += x * _value(w, 5, BITS, SHIFT, PTX)
-        a6 += x * _value(w, 6, BITS, SHIFT, PTX)
-        a7 += x * _value(w, 7, BITS, SHIFT, PTX)
-    return a0, a1, a2, a3, a4, a5, a6, a7
+def _accumulate(x, w, a0, a1, a2, a3, PTX: tl.constexpr):
+    """a_i += x * value i of w."""
+    a0 += x * _value(w, 0, PTX)
+    a1 += x * _value(w, 1, PTX)
+    a2 += x * _value(w, 2, PTX)
+    a3 += x * _value(w, 3, PTX)
+    return a0, a1, a2, a3
 
 
-# HALF2's step on one int4 word (offset-binary nibbles after the XOR; value i at bits 4i): float16
-# 1024 + u or 1024 + 16u by one LOP3 ((a & b) | c = 0xEA) under the exponent 0x6400, minus 1032 (or
-# times 1/16 minus 72) gives u - 8 exactly, two values a register; then acc += value * x by
-# fma.rn.f16x2. Inputs: $4 the word, $5 x in both halves, $6..$9 the accumulators of value pairs
-# (0, 4), (1, 5), (2, 6), (3, 7).
-NIBBLES_TO_HALF2_FMA = tl.constexpr("""{
-.reg .b32 u, s, t0, t1, t2, t3, m0, m1, e, b0, b1, sixteenth;
-mov.b32 m0, 0x000F000F; mov.b32 m1, 0x00F000F0; mov.b32 e, 0x64006400;
-mov.b32 b0, 0xE408E408; mov.b32 b1, 0xD480D480; mov.b32 sixteenth, 0x2C002C00;
-xor.b32 u, $4, 0x88888888;
-shr.u32 s, u, 8;
-lop3.b32 t0, u, m0, e, 0xEA; lop3.b32 t1, u, m1, e, 0xEA;
-lop3.b32 t2, s, m0, e, 0xEA; lop3.b32 t3, s, m1, e, 0xEA;
-add.rn.f16x2 t0, t0, b0; fma.rn.f16x2 t1, t1, sixteenth, b1;
-add.rn.f16x2 t2, t2, b0; fma.rn.f16x2 t3, t3, sixteenth, b1;
-fma.rn.f16x2 $0, t0, $5, $6; fma.rn.f16x2 $1, t1, $5, $7;
-fma.rn.f16x2 $2, t2, $5, $8; fma.rn.f16x2 $3, t3, $5, $9;
-}""")
-# The same for an int8 word (bytes u = q + 128 after the XOR): 1024 + u, minus 1152. Accumulators of
-# value pairs (0, 2), (1, 3): $2, $3 in, $0, $1 out.
+# HALF2's step on one int8 word (bytes u = q + 128 after the XOR): float16 1024 + u by one LOP3 ((a & b) |
+# c = 0xEA) under the exponent 0x6400, minus 1152 gives q exactly, two values a register; then acc +=
+# value * x by fma.rn.f16x2. Inputs: $4 the word, $5 x in both halves, $2, $3 the accumulators of value
+# pairs (0, 2), (1, 3); outputs $0, $1.
 BYTES_TO_HALF2_FMA = tl.constexpr("""{
 .reg .b32 u, s, t0, t1, m, e, b;
 mov.b32 m, 0x00FF00FF; mov.b32 e, 0x64006400; mov.b32 b, 0xE480E480;
@@ -437,18 +411,11 @@ fma.rn.f16x2 $0, t0, $5, $2; fma.rn.f16x2 $1, t1, $5, $3;
 
 
 @triton.jit
-def _accumulate_half2(w, x2, h0, h1, h2, h3, BITS: tl.constexpr):
-    """HALF2: the float16x2 accumulators plus each value pair of words w (two's complement) times x2
-    (int8: h0, h1 only)."""
+def _accumulate_half2(w, x2, h0, h1):
+    """HALF2: the float16x2 accumulators plus each value pair of words w (two's complement) times x2."""
     x2 = tl.broadcast_to(x2, w.shape)
-    if BITS == 4:
-        h0, h1, h2, h3 = tl.inline_asm_elementwise(NIBBLES_TO_HALF2_FMA, "=r,=r,=r,=r,r,r,r,r,r,r",
-                                                   [w, x2, h0, h1, h2, h3], dtype=(tl.int32,) * 4, is_pure=True,
-                                                   pack=1)
-    else:
-        h0, h1 = tl.inline_asm_elementwise(BYTES_TO_HALF2_FMA, "=r,=r,r,r,r,r", [h0, h1, w, x2],
-                                           dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
-    return h0, h1, h2, h3
+    return tl.inline_asm_elementwise(BYTES_TO_HALF2_FMA, "=r,=r,r,r,r,r", [h0, h1, w, x2],
+                                     dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
 
 
 @triton.jit
@@ -467,67 +434,39 @@ def _halves(h):
 
 
 @triton.jit
-def _x_scale(x_row, stride_xk, row_ok, k_start, k_end, steps, BITS: tl.constexpr, CHUNK: tl.constexpr = 512):
-    """HALF2: a power of two that puts the program's x (K rows k_start to k_end) within +-2^14 / (2^(BITS-1)
-    * steps), so that `steps` products of int values (|q| <= 2^(BITS-1)) and x add up within float16's
+def _x_scale(x_row, stride_xk, row_ok, k_start, k_end, steps, CHUNK: tl.constexpr = 512):
+    """HALF2: a power of two that puts the program's x (K rows k_start to k_end) within +-2^14 / (128
+    * steps), so that `steps` products of int8 values (|q| <= 128) and x add up within float16's
     range (65,504), with room for log2's rounding."""
     amax = tl.zeros((CHUNK,), dtype=tl.float32)
     for k0 in range(k_start, k_end, CHUNK):
         offs = k0 + tl.arange(0, CHUNK)
         x = tl.load(x_row + offs * stride_xk, mask=(offs < k_end) & row_ok, other=0.0)
         amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
-    limit = 16384.0 / ((1 << (BITS - 1)) * tl.maximum(steps, 1))
+    limit = 16384.0 / (128 * tl.maximum(steps, 1))
     exponent = tl.floor(tl.log2(limit) - tl.log2(tl.maximum(tl.max(amax, axis=0), 1e-30)))
     return tl.exp2(tl.minimum(tl.maximum(exponent, -100.0), 100.0))
 
 
 @triton.jit
-def _grouped(a, i: tl.constexpr, s_ptrs, ok, stride_sn, GROUP_ROWS: tl.constexpr):
-    """Accumulator a [BLOCK_K, WORDS] as [groups, WORDS]: the sums of its GROUP_ROWS rows a group, times
-    the scales at s_ptrs + i columns (value i's)."""
-    BLOCK_K: tl.constexpr = a.shape[0]
-    sums = tl.sum(tl.reshape(a, [BLOCK_K // GROUP_ROWS, GROUP_ROWS, a.shape[1]]), axis=1)
-    return sums * tl.load(s_ptrs + i * stride_sn, mask=ok, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _sum_k(a, i: tl.constexpr, BITS: tl.constexpr, SHIFT: tl.constexpr, PLACED: tl.constexpr):
+def _sum_k(a, i: tl.constexpr, PLACED: tl.constexpr):
     """Accumulator i summed over K, times 2^-pos (_value's pos) where its values were PLACED there."""
-    pos: tl.constexpr = (i * BITS - SHIFT * (i * BITS + BITS > 23)) if PLACED else 0
+    pos: tl.constexpr = (8 * i - 16 * (i >= 2)) if PLACED else 0
     return tl.sum(a, axis=0) * (1.0 / (1 << pos))
 
 
 @triton.jit
-def _columns(a0, a1, a2, a3, a4, a5, a6, a7, s_ptrs, s_ok, stride_sn, BITS: tl.constexpr, SHIFT: tl.constexpr,
-             GROUP_ROWS: tl.constexpr, PLACED: tl.constexpr):
-    """The accumulators summed over K in column order (VALUES * word + i): [BLOCK_N, 1]; group-wise
-    (GROUP_ROWS > 0): summed a group first, times the group's scales at s_ptrs (value 0's column of
-    each group), else unscaled. int8 words hold four values: a4..a7 are zero, and left alone."""
-    if GROUP_ROWS > 0:
-        a0 = _grouped(a0, 0, s_ptrs, s_ok, stride_sn, GROUP_ROWS)
-        a1 = _grouped(a1, 1, s_ptrs, s_ok, stride_sn, GROUP_ROWS)
-        a2 = _grouped(a2, 2, s_ptrs, s_ok, stride_sn, GROUP_ROWS)
-        a3 = _grouped(a3, 3, s_ptrs, s_ok, stride_sn, GROUP_ROWS)
-        if BITS == 4:
-            a4 = _grouped(a4, 4, s_ptrs, s_ok, stride_sn, GROUP_ROWS)
-            a5 = _grouped(a5, 5, s_ptrs, s_ok, stride_sn, GROUP_ROWS)
-            a6 = _grouped(a6, 6, s_ptrs, s_ok, stride_sn, GROUP_ROWS)
-            a7 = _grouped(a7, 7, s_ptrs, s_ok, stride_sn, GROUP_ROWS)
-    s0, s1 = _sum_k(a0, 0, BITS, SHIFT, PLACED), _sum_k(a1, 1, BITS, SHIFT, PLACED)
-    s2, s3 = _sum_k(a2, 2, BITS, SHIFT, PLACED), _sum_k(a3, 3, BITS, SHIFT, PLACED)
-    if BITS == 4:
-        s4, s5 = _sum_k(a4, 4, BITS, SHIFT, PLACED), _sum_k(a5, 5, BITS, SHIFT, PLACED)
-        s6, s7 = _sum_k(a6, 6, BITS, SHIFT, PLACED), _sum_k(a7, 7, BITS, SHIFT, PLACED)
-        even = tl.interleave(tl.interleave(s0, s4), tl.interleave(s2, s6))  # values 0, 2, 4, 6 of each word
-        odd = tl.interleave(tl.interleave(s1, s5), tl.interleave(s3, s7))
-    else:
-        even, odd = tl.interleave(s0, s2), tl.interleave(s1, s3)
+def _columns(a0, a1, a2, a3, PLACED: tl.constexpr):
+    """The accumulators summed over K in column order (4 * word + i): [BLOCK_N, 1]."""
+    even = tl.interleave(_sum_k(a0, 0, PLACED), _sum_k(a2, 2, PLACED))
+    odd = tl.interleave(_sum_k(a1, 1, PLACED), _sum_k(a3, 3, PLACED))
     return tl.interleave(even, odd)[:, None]
+
 
 @dataclass(frozen=True)
 class Weights:
     """A layer's weight as the kernel reads it: the tensor, its format and, when quantized, its scales.
-    Strides are given as (expert, k, n) for the element (or int4 byte) at W[e, k, n]."""
+    Strides are given as (expert, k, n) for the element at W[e, k, n] (int4: for its tile)."""
 
     tensor: torch.Tensor
     fmt: int
@@ -537,15 +476,21 @@ class Weights:
     group_size: int = 0  # K rows per group-wise scale; 0: per channel
 
     @classmethod
-    def of(cls, weight: torch.Tensor, scale: torch.Tensor | None = None, precision: str | None = None) -> "Weights":
-        """float [E?, N, K] (nn.Linear); int8 [E?, K, N] or int4 [E?, K, N/2] with scale [E?, N], or
-        group-wise int4 [E?, K/group_size, N] (a scale of the weight's rank)."""
-        w = weight if weight.dim() == 3 else weight[None]
+    def of(cls, weight: torch.Tensor, scale: torch.Tensor | None = None, precision: str | None = None,
+           in_features: int | None = None) -> "Weights":
+        """float [E?, N, K] (nn.Linear); int8 [E?, K, N] or int4 tiles [E?, N'/64, K'/64, 2048] (in_features
+        K given) with scale [E?, N], or group-wise int4 [E?, K/group_size, N]."""
         if precision is None:
+            w = weight if weight.dim() == 3 else weight[None]
             return cls(w, FLOAT, w.shape[1], w.shape[2])
-        grouped = scale.dim() == weight.dim()
-        s = scale if scale.dim() == 2 + grouped else scale[None]
-        return cls(w, FORMATS[precision], s.shape[-1], w.shape[1], s, w.shape[1] // s.shape[1] if grouped else 0)
+        fmt = FORMATS[precision]
+        experts = weight.dim() == (4 if fmt == INT4 else 3)
+        w, s = (weight, scale) if experts else (weight[None], scale[None])
+        grouped = s.dim() == 3
+        if fmt == INT4 and in_features is None:
+            raise ValueError("int4 tiles hold K rounded up to 64: give in_features")
+        k = in_features if fmt == INT4 else w.shape[1]
+        return cls(w, fmt, s.shape[-1], k, s, k // s.shape[1] if grouped else 0)
 
     def key(self, op: str) -> str:
         """The shape key of this weight's GEMM in a tuning table (tuning.py)."""
@@ -554,6 +499,9 @@ class Weights:
         return shape_key(op, fmt, self.n, self.k, self.tensor.shape[0])
 
     def strides(self) -> tuple[int, int, int]:
+        if self.fmt == INT4:  # [E, N tiles, K tiles, 2048]
+            e, n_tile, k_tile, _ = self.tensor.stride()
+            return e, k_tile, n_tile
         e, a, b = self.tensor.stride()
         return (e, b, a) if self.fmt == FLOAT else (e, a, b)  # float is [E, N, K]: k is the last dim
 
@@ -568,11 +516,13 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
     """Launch the kernel: x [rows, K] -> out [M, N] (or [split_k, M, N] float32 partials).
     `moe` = (sorted_ids, block_experts, num_sorted, num_pairs) for the experts."""
     n_out = w.n // 2 if gated else w.n
-    if gated and w.fmt == INT4 and n_out % 2:
-        raise ValueError(f"gated int4 weights hold whole bytes in each half: {n_out} columns a half is not")
-    if w.group_size % config.block_k:
-        raise ValueError(f"block_k {config.block_k} must divide the group size {w.group_size} of group-wise "
-                         "weights (fit_groups)")
+    columns = 2 * n_out if gated and config.split_k > 1 else n_out  # gated partial sums: up's, gate's apart
+    if out.shape[-1] != columns or (config.split_k > 1 and (out.dim() != 3 or out.shape[0] != config.split_k)):
+        raise ValueError(f"out {tuple(out.shape)} for {config.split_k} split(s) of {columns} columns "
+                         f"({'[split_k, M, N] float32 partial sums' if config.split_k > 1 else '[M, N]'})")
+    if w.fmt == INT4 and (config.block_m == 1 or config.block_k != 64 or config.block_n % 64):
+        raise ValueError(f"int4 weights are read a tile of 64 x 64 at a time: block_m 16 or more, block_k 64 and "
+                         f"block_n a multiple of 64, not {config}")
     if moe is None:
         m, sorted_ids, block_experts, num_sorted, num_pairs = x.shape[0], x, x, x, 0
         grid_m = triton.cdiv(m, config.block_m)
@@ -581,9 +531,9 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
         m, grid_m = out.shape[-2], sorted_ids.shape[0] // config.block_m
     scale = w.scale if w.scale is not None else x
     out3 = out if out.dim() == 3 else out[None]
-    gate_offset = n_out if gated else 0  # in columns; the kernel halves it for int4 bytes
+    gate_offset = n_out if gated else 0  # in columns (int4: the gate starts on the next tile)
     grid = (grid_m, triton.cdiv(n_out, config.block_n), config.split_k)
-    k_per_split = config.k_per_split(w.k, w.group_size)
+    k_per_split = config.k_per_split(w.k)
     args = [x, w.tensor, scale, out3, sorted_ids, block_experts, num_sorted,
             topk_weights if topk_weights is not None else x, m, n_out, w.k, num_pairs, k_per_split,
             x.stride(0), x.stride(1), *w.strides(),
@@ -591,33 +541,26 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
             scale.stride(-1) if w.scale is not None else 0, out3.stride(0), out3.stride(1), out3.stride(2), gate_offset]
     flags = dict(MOE=moe is not None, X_ROW_DIV=x_row_div, WEIGHTED=topk_weights is not None, GATED=gated,
                  BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps)
-    if config.block_m == 1:  # one row a program: the weights as 32-bit words
-        if w.fmt == FLOAT:
-            raise ValueError("block_m 1 (gemv_kernel) reads int8 or int4 weights; float weights take block_m >= 16")
-        bits = BITS[w.fmt]
-        if (n_out * bits) % 32:
-            raise ValueError(f"block_m 1 (gemv_kernel) reads whole 32-bit words: {n_out} columns of int{bits} "
+    if config.block_m == 1:  # one row a program: int8 weights as 32-bit words
+        if w.fmt != INT8:
+            raise ValueError("block_m 1 (gemv_kernel) reads int8 weights; float weights take block_m >= 16")
+        if n_out % 4:
+            raise ValueError(f"block_m 1 (gemv_kernel) reads whole 32-bit words: {n_out} columns of int8 "
                              f"{'in each half of a gated weight ' if gated else ''}are not")
         words = w.tensor.view(torch.int32)
-        args[1], args[15:18], args[-1] = words, words.stride(), gate_offset * bits // 32
+        args[1], args[15:18], args[-1] = words, words.stride(), gate_offset // 4
         ptx = on_nvidia(x)
         half2 = config.dequant == 3
         if half2 and not ptx:
             raise ValueError("dequant 3 at block_m 1 (float16x2 arithmetic, inline PTX) runs on an NVIDIA GPU")
-        cap = gemv_registers(config, gated) if ptx and w.group_size else None
-        registers = dict(maxnreg=cap) if cap else {}
-        k_steps = k_per_split // config.block_k  # the K rows an accumulator row sums
-        gemv_kernel[grid](*args, BITS=bits, SHIFT=GEMV_SHIFT[bits], XOR=GEMV_XOR[bits],
-                          EVEN_N=n_out % config.block_n == 0, PTX=ptx, GROUP=w.group_size,
-                          GROUP_ROWS=w.group_size // k_steps, HALF2=half2,
-                          STAGES=gemv_stages(config), SPLIT_K=config.split_k, **flags, **registers,
-                          num_stages=config.num_stages)
+        gemv_kernel[grid](*args, EVEN_N=n_out % config.block_n == 0, PTX=ptx, HALF2=half2,
+                          STAGES=gemv_stages(config), SPLIT_K=config.split_k, **flags, num_stages=config.num_stages)
         return out
     stage = (config.block_m + config.block_n * (2 if gated else 1)) * config.block_k * x.element_size()
     stages = max(1, min(config.num_stages, SHARED_MEMORY_BYTES // stage))  # float32 tiles need fewer
     gemm_kernel[grid](*args, FMT=w.fmt, DEQ=config.dequant if w.fmt != FLOAT else 0,
-                      PRECISION=precision_of(x.dtype), GROUP=w.group_size, BLOCK_M=config.block_m, **flags,
-                      num_stages=stages)
+                      PRECISION=precision_of(x.dtype), GROUP=w.group_size, PTX=on_nvidia(x), BLOCK_M=config.block_m,
+                      **flags, num_stages=stages)
     return out
 
 
@@ -643,18 +586,6 @@ def gemv_stages(config: GemmConfig) -> int:
     return min(max(config.num_stages, 2), 4)
 
 
-def gemv_registers(config: GemmConfig, gated: bool) -> int | None:
-    """A cap on gemv_kernel's registers a thread on group-wise weights: what the per-channel kernel
-    takes (its accumulators, up to 32 a thread per matrix, and ~32 more). Left free, the epilogue's
-    group scales raise the whole kernel's count (62 -> 80, and 96 -> 125 gated, at block_n 128 /
-    block_k 32 / 4 warps: bench/gemm_sass.py) and cost programs a multiprocessor; capped, they spill
-    after the K loop only (its machine code, checked for these tiles). Larger tiles: no cap (it
-    spills inside the loop). Checked at 4 warps and 3 or 4 stages; 8 warps hold half the accumulators
-    a thread, so the cap is looser there."""
-    accumulators = config.block_k * config.block_n // (32 * config.num_warps)
-    return max(64, accumulators * (1 + gated) + 32) if accumulators <= 32 else None
-
-
 def num_sms(device: torch.device) -> int:
     """Multiprocessors to fill; on the CPU (Triton's interpreter) a few, so tests stay quick."""
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
@@ -664,18 +595,14 @@ def block_m_for(rows: int) -> int:
     return 16 if rows <= 16 else 32 if rows <= 32 else 64 if rows <= 128 else 128
 
 
-def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, group_size: int = 0) -> GemmConfig:
+def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, one_row: bool = False) -> GemmConfig:
     """Split K while the grid has fewer than ~4 programs per multiprocessor (small batches); one-row
-    programs (gemv_kernel) keep few bytes in flight each, so ~16 there, and on group-wise weights at
-    least what GemmConfig.k_per_split asks."""
-    per_sm, most = (16, 16) if config.block_m == 1 else (4, 8)
-    grouped = config.block_m == 1 and group_size
-    split = triton.next_power_of_2(triton.cdiv(k, config.block_k * group_size)) if grouped else 1
-
-    def programs(split: int) -> int:  # splits that get rows: fewer than split_k where a split is whole groups
-        return tiles * triton.cdiv(k, replace(config, split_k=split).k_per_split(k, group_size))
-    while (programs(split * 2) <= per_sm * sms and programs(split * 2) > programs(split)
-           and k // (split * 2) >= 2 * config.block_k and split < most):
+    programs (gemv_kernel), and the experts' int4 tiles at a pair an expert (`one_row`), have few bytes
+    in flight each, so ~16 there (int4 at one token: gate+up 162 -> 110 us at split 4, down 124 -> 63
+    at 8; bench/results/gemm_int4_tiles_one_token.json)."""
+    per_sm, most = (16, 16) if config.block_m == 1 or one_row else (4, 8)
+    split = 1
+    while tiles * split * 2 <= per_sm * sms and k // (split * 2) >= 2 * config.block_k and split < most:
         split *= 2
     return replace(config, split_k=split)
 
@@ -684,47 +611,35 @@ def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, group_size: i
 # shapes). gemm_kernel multiplies the weights as the MMA's first operand, so Hopper's wgmma takes 64 of
 # their columns at a time from the registers where they were dequantized, and the tokens (16 and up) as
 # its second: int4 gate+up at 64 tokens 792 -> 505 us, at 128 tokens 2,393 -> 658 us, against x as the
-# first operand (bench/results/gemm_swap_ab_probe.json). int4 wants 128 columns (two planes of 64: wgmma's
-# least) and K chunks of 64, converted by inline PTX where it can (DEQ 3: bfloat16 on NVIDIA GPUs), else in
-# planes (DEQ 2); block_m 128 takes 8 warps (at 4 it spills far more: bench/gemm_sass.py).
+# first operand (bench/results/gemm_swap_ab_probe.json). int4 reads its tiles of 64 x 64 (shared/int4_tiles.py)
+# 128 columns and 4 stages a program, converted by inline PTX where it can (DEQ 3: bfloat16 on NVIDIA GPUs):
+# gate+up 438 -> 302 us at 8 tokens, 634 -> 381 at 64, down 269 -> 185 and 300 -> 203, against the
+# layout before (bench/results/gemm_int4_tiles_probe.json); block_m 128 takes 8 warps (at 4 it spills).
 SMALL_TILES = {FLOAT: dict(block_n=64, block_k=256, num_stages=3, dequant=0),
                INT8: dict(block_n=128, block_k=128, num_stages=4, dequant=0)}
-INT4_TILE = dict(block_n=128, block_k=64, num_stages=3)
-# gemv_kernel's tiles, the default at one row a program (bench/gemm_tune.py on an H200 at one token).
-# In float32 arithmetic (the CPU's interpreter, float32 models; bench/results/gemm_tune_int4_g128_gemv_first.json):
-# int4 moe_up 160 us at split 4 (the 16-row DEQ 3 tile 182), moe_down 77 (121), qkv 22.2 (27.4), dense
-# 19.4 (22.3); 3 stages (tiles in flight) within 8% of 2 or 4. In float16x2 (HALF2: 16-bit models on
-# NVIDIA GPUs), twice the columns: int4 moe_up 107 us, moe_down 54 (2.4-2.5 TB/s), qkv 21, dense 19
-# (bench/results/gemm_tune_int4_half2.json); int8 moe_up 178 us (2.97 TB/s) against the tensor-core
-# tile's 314 (bench/results/gemm_tune_int8_half2.json). int8 words hold half int4's values: half the columns.
-GEMV_TILES = {INT4: dict(block_n=128, block_k=32, num_stages=3), INT8: dict(block_n=64, block_k=32, num_stages=3)}
-HALF2_TILES = {INT4: dict(block_n=256, block_k=32, num_stages=3, dequant=3),
-               INT8: dict(block_n=128, block_k=32, num_stages=4, dequant=3)}
+INT4_TILE = dict(block_n=128, block_k=64, num_stages=4)
+# gemv_kernel's tiles (int8), the default at one row a program (bench/gemm_tune.py on an H200 at one token).
+# In float16x2 (HALF2: 16-bit models on NVIDIA GPUs): moe_up 178 us (2.97 TB/s) against the tensor-core
+# tile's 314 (bench/results/gemm_tune_int8_half2.json).
+GEMV_TILE = dict(block_n=64, block_k=32, num_stages=3)
+HALF2_TILE = dict(block_n=128, block_k=32, num_stages=4, dequant=3)
 
 
-def tile_config(rows: int, w: Weights, one_row: bool = True, gated: bool = False) -> GemmConfig:
-    """One row of int weights (per channel or group-wise): gemv_kernel (whole 32-bit words in each half
-    of a gated weight: N a multiple of 64 / BITS), in float16x2 for 16-bit models on NVIDIA GPUs. Else
-    the tensor-core tile of block_m_for(rows); int4 at 128 rows (prefill) 256 columns wide where it is
-    not gated: 2,048 tokens' down projection 3.2 -> 2.3 ms, qkv 554 -> 376 us, though it spills
-    (bench/results/gemm_tune_int4_swap_ab.json)."""
-    if one_row and rows == 1 and w.fmt in GEMV_TILES and w.n % (64 // BITS[w.fmt]) == 0:
-        return GemmConfig(block_m=1, **(HALF2_TILES if half2_fits(w) else GEMV_TILES)[w.fmt])
+def tile_config(rows: int, w: Weights, one_row: bool = True) -> GemmConfig:
+    """One row of int8 weights: gemv_kernel (whole 32-bit words in each half of a gated weight: N a
+    multiple of 8), in float16x2 for 16-bit models on NVIDIA GPUs. Else the tensor-core tile of
+    block_m_for(rows); int4 takes tiles at one row too (split K: with_split_k)."""
+    if one_row and rows == 1 and w.fmt == INT8 and w.n % 8 == 0:
+        return GemmConfig(block_m=1, **(HALF2_TILE if half2_fits(w) else GEMV_TILE))
     bm = block_m_for(rows)
-    warps = 8 if bm == 128 else 4
+    warps = 8 if bm == 128 or (w.group_size and bm == 64) else 4  # group-wise gate+up spills at 64 rows, 4 warps
     if w.fmt == INT4:
-        config = GemmConfig(block_m=bm, num_warps=warps, dequant=3 if packed_fits(w) else 2, **INT4_TILE)
-        return replace(config, block_n=256) if bm == 128 and not gated else config
-    if bm == 16:
-        return GemmConfig(block_m=bm, **SMALL_TILES[w.fmt])
+        return GemmConfig(block_m=bm, num_warps=warps, dequant=3 if packed_fits(w) else 1, **INT4_TILE)
+    if bm == 16 or (w.fmt == INT8 and bm <= 64):  # int8 at 64 tokens: 778 -> 1,112 tok/s, 40 layers
+        return GemmConfig(block_m=bm, **SMALL_TILES[w.fmt])  # (bench/results/decode_int8_40L_tiles_tuned.json)
     if bm <= 64:  # a taller x tile: BLOCK_K 256 spilled registers (measured with x as the first operand)
         return GemmConfig(block_m=bm, block_n=64, block_k=128, num_stages=4, dequant=0)
     return GemmConfig(block_m=bm, block_n=128, block_k=64, num_warps=warps, num_stages=3, dequant=0)
-
-
-def fit_groups(config: GemmConfig, w: Weights) -> GemmConfig:
-    """Group-wise weights: BLOCK_K no larger than a group (both powers of two), so a chunk lies in one."""
-    return replace(config, block_k=min(config.block_k, w.group_size)) if w.group_size else config
 
 
 def linear_config(m: int, w: Weights) -> GemmConfig:
@@ -732,17 +647,17 @@ def linear_config(m: int, w: Weights) -> GemmConfig:
     tuned = ACTIVE.config(w.key(LINEAR), m)
     if tuned is not None:
         return tuned
-    config = fit_groups(tile_config(m, w), w)
+    config = tile_config(m, w)
     tiles = triton.cdiv(m, config.block_m) * triton.cdiv(w.n, config.block_n)
-    return with_split_k(config, tiles, w.k, num_sms(w.tensor.device), w.group_size)
+    return with_split_k(config, tiles, w.k, num_sms(w.tensor.device))
 
 
 def moe_config(num_tokens: int, top_k: int, w: Weights, gated: bool = False, one_row: bool = True) -> GemmConfig:
     """The tuned configuration of this expert GEMM at num_tokens (tuning.py), else tiles by twice the
     pairs an expert gets on average. The two expert GEMMs share the sorted pairs, so they must agree on
     block_m: where they would not (one-row programs for one of them only), FusedMoE asks again with
-    one_row False (the default tiles of 16 rows and up, untuned). No K split for tiles of 16 rows
-    and up: all active experts fill the grid; one-row programs (a program a pair) split K."""
+    one_row False (the default tiles of 16 rows and up, untuned). K is split where an expert gets a pair
+    or so (a program a pair and tile of columns: few programs); else all active experts fill the grid."""
     tuned = ACTIVE.config(w.key(MOE_UP if gated else MOE_DOWN), num_tokens) if one_row else None
     if tuned is not None:
         return tuned
@@ -750,19 +665,19 @@ def moe_config(num_tokens: int, top_k: int, w: Weights, gated: bool = False, one
     mean = max(1, num_pairs // w.tensor.shape[0])  # pairs an expert gets on average
     # an expert's pairs spread around the mean: blocks of twice it hold most experts' pairs in one (a
     # block reads its expert's weights; bench/results/gemm_swap_ab_probe.json: 64 tokens, block_m 32)
-    config = fit_groups(tile_config(1 if mean == 1 else 2 * mean, w, one_row, gated), w)
-    if config.block_m > 1:
+    config = tile_config(1 if mean == 1 else 2 * mean, w, one_row)
+    if mean > 1 or (config.block_m > 1 and w.fmt != INT4):  # float and int8 tiles: no split
         return config
     columns = w.n // 2 if gated else w.n  # gate+up: a program computes a column of both halves
     return with_split_k(config, num_pairs * triton.cdiv(columns, config.block_n), w.k, num_sms(w.tensor.device),
-                        w.group_size)
+                        one_row=True)
 
 class TritonWeightOnlyLinear(WeightOnlyLinear):
     """WeightOnlyLinear, same buffers; `forward` runs the kernel on the int8/int4 weight as stored."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # [M,K]
-        w = Weights.of(self.weight, self.scale, self.precision)
+        w = Weights.of(self.weight, self.scale, self.precision, self.in_features)
         config = linear_config(rows.shape[0], w)
         split = config.split_k > 1
         out = torch.empty(config.split_k, rows.shape[0], w.n, dtype=torch.float32 if split else x.dtype,

@@ -110,7 +110,8 @@ def align(ids: torch.Tensor, num_experts: int, expert_offset: int, block_m: int)
 
 def expert_weights(module) -> Weights:
     """An ExpertLinear (float [El, out, in]) or WeightOnlyExpertLinear as the kernel reads it."""
-    return Weights.of(module.weight, getattr(module, "scale", None), getattr(module, "precision", None))
+    return Weights.of(module.weight, getattr(module, "scale", None), getattr(module, "precision", None),
+                      getattr(module, "in_features", None))
 
 
 class FusedMoE(MoE):

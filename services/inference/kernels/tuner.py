@@ -19,7 +19,7 @@ import triton
 
 from dbrx_serve.shared.errors import InvalidInput
 
-from .gemm import (FLOAT, GEMV_TILES, INT4, INT8, Weights, fit_groups, gemm, half2_fits, linear_config,
+from .gemm import (FLOAT, GEMV_TILE, INT4, INT8, Weights, gemm, half2_fits, linear_config,
                    moe_config, packed_fits, tile_config)
 from .moe import align, expert_weights
 from .tuning import LINEAR, MOE_DOWN, MOE_UP, GemmConfig, check_launchable
@@ -46,7 +46,7 @@ def model_gemms(model) -> list[EngineGemm]:
         moe = block.mlp
         found = [EngineGemm(MOE_UP, expert_weights(moe.fc), moe.top_k),
                  EngineGemm(MOE_DOWN, expert_weights(moe.proj), moe.top_k)]
-        found += [EngineGemm(LINEAR, Weights.of(m.weight, m.scale, m.precision))
+        found += [EngineGemm(LINEAR, Weights.of(m.weight, m.scale, m.precision, m.in_features))
                   for m in (block.attention.qkv, block.attention.dense) if isinstance(m, TritonWeightOnlyLinear)]
         gemms.update({g.weights.key(g.op): g for g in found})
     return list(gemms.values())
@@ -87,7 +87,7 @@ class GemmCase:
 
     def launch(self, config: GemmConfig) -> Callable[[], torch.Tensor]:
         split = config.split_k > 1
-        columns = self.w.n if self.gated and config.block_m == 1 and split else self.w.n // (1 + self.gated)
+        columns = self.w.n if self.gated and split else self.w.n // (1 + self.gated)  # gated partials: up, gate apart
         out = torch.empty(config.split_k, self.rows, columns, dtype=torch.float32 if split else self.x.dtype,
                           device=self.x.device)
         target = out if split else out[0]
@@ -101,16 +101,15 @@ def candidates(case: GemmCase, mode: str) -> list[GemmConfig]:
     if mode not in MODES:
         raise ValueError(f"unknown tuning mode {mode!r}: choose one of {', '.join(MODES)}")
     grid = nearby(case) if mode == "fast" else wide(case)
-    fitted = [fit_groups(config, case.w) for config in [case.default] + grid]
-    return [config for config in dict.fromkeys(fitted) if launchable(config, case)]
+    return [config for config in dict.fromkeys([case.default] + grid) if launchable(config, case)]
 
 
 def other_kernel(case: GemmCase) -> GemmConfig:
-    """At one row of int weights: gemv_kernel's tile where the default is the tensor-core one, and back."""
+    """At one row of int8 weights: gemv_kernel's tile where the default is the tensor-core one, and back."""
     split = case.default.split_k
     if case.default.block_m > 1:
-        return GemmConfig(block_m=1, **GEMV_TILES.get(case.w.fmt, dict(block_n=128, block_k=32)), split_k=split)
-    return replace(tile_config(16, case.w, gated=case.gated), split_k=1 if case.gated else split)
+        return GemmConfig(block_m=1, **GEMV_TILE, split_k=split)
+    return replace(tile_config(16, case.w), split_k=split)
 
 
 def nearby(case: GemmCase) -> list[GemmConfig]:
@@ -125,28 +124,30 @@ def nearby(case: GemmCase) -> list[GemmConfig]:
         other = 1 if d.dequant == 3 else 3  # float32 or float16x2 (NVIDIA GPUs: launchable says)
         configs += [replace(d, dequant=other), replace(d, dequant=other, block_n=128),
                     replace(d, block_n=d.block_n // 2, split_k=max(1, d.split_k // 2))]
-    if case.one_row and case.w.fmt != FLOAT:  # the other kernel (at one row, both arithmetics)
+    if case.one_row and case.w.fmt == INT8:  # the other kernel (at one row, both arithmetics)
         other = other_kernel(case)
         configs += [other, replace(other, dequant=3)] if other.block_m == 1 else [other]
     return configs
 
 
 def wide(case: GemmCase) -> list[GemmConfig]:
-    """Tiles, K splits and the ways to dequantize around the default; at one row of int weights
+    """Tiles, K splits and the ways to dequantize around the default; at one row of int8 weights
     gemv_kernel's tiles, warps, splits and arithmetic (float32; float16x2 on NVIDIA GPUs), and the 16-row
-    tensor-core tile."""
+    tensor-core tile; int4's tiles are 64 K rows deep."""
     d = case.default
-    if case.one_row and case.w.fmt != FLOAT:
-        gemv = GemmConfig(block_m=1, split_k=d.split_k, num_stages=GEMV_TILES[INT4]["num_stages"])
-        splits = sorted({max(1, d.split_k // 2), d.split_k, 2 * d.split_k, 4 * d.split_k})
+    splits = sorted({max(1, d.split_k // 2), d.split_k, 2 * d.split_k, 4 * d.split_k})
+    if case.one_row and case.w.fmt == INT8:
+        gemv = GemmConfig(block_m=1, split_k=d.split_k, num_stages=GEMV_TILE["num_stages"])
         return [other_kernel(case)] + [replace(gemv, block_n=n, block_k=k, num_warps=warps, split_k=s, dequant=deq)
                                        for n in (64, 128, 256) for k in (32, 64, 128) for warps in (4, 8)
                                        for s in splits for deq in (1, 3)]
-    splits = {d.split_k} if case.gated else {d.split_k, 2 * d.split_k}
-    dequant = {FLOAT: [0], INT8: [0, 1], INT4: [1, 2, 3]}[case.w.fmt]
+    if case.w.fmt == INT4:
+        return [replace(d, block_n=n, num_stages=stages, split_k=s, dequant=deq)
+                for n in (64, 128, 256) for stages in (3, 4) for s in splits for deq in (1, 3)]
+    dequant = {FLOAT: [0], INT8: [0, 1]}[case.w.fmt]
     return [replace(d, block_n=n, block_k=k, num_stages=stages, split_k=s, dequant=deq)
             for n, k, stages in [(64, 128, 4), (128, 128, 4), (64, 256, 3), (128, 64, 3), (128, 64, 4), (256, 64, 3)]
-            for s in sorted(splits) for deq in dequant]
+            for s in (d.split_k, 2 * d.split_k) for deq in dequant]
 
 
 def launchable(config: GemmConfig, case: GemmCase) -> bool:

@@ -41,26 +41,18 @@ class GemmConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 4
-    # gemm_kernel's DEQ: 0 cast, 1 float-mantissa bits, 2 (int4) two planes, 3 packed asm; at block_m 1
+    # gemm_kernel's DEQ: 0 cast, 1 float-mantissa bits, 3 (int4 to bfloat16) packed asm; at block_m 1
     # (gemv_kernel) 3 is float16x2 arithmetic (HALF2, NVIDIA GPUs), any other value float32 arithmetic
     dequant: int = 1
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
-    def k_per_split(self, k: int, group_size: int = 0) -> int:
-        """The K rows of each split: a multiple of block_k; for one-row programs on group-wise weights
-        (gemm.py's gemv_kernel) a power of two of groups, at most block_k of them, so that the rows an
-        accumulator row sums (k_per_split / block_k of them) lie in one group. ValueError where K split
-        split_k ways needs more."""
+    def k_per_split(self, k: int) -> int:
+        """The K rows of each split: a multiple of block_k (a split of group-wise int4 starts on a chunk of
+        64 rows, so each chunk lies in one group of 64 or 128)."""
         rows = -(-k // self.split_k)
-        if self.block_m > 1 or not group_size:
-            return -(-rows // self.block_k) * self.block_k
-        groups = 1 << (-(-rows // group_size) - 1).bit_length()
-        if groups > self.block_k:
-            raise ValueError(f"block_m 1 on group-wise weights sums at most block_k {self.block_k} groups a split: "
-                             f"K {k} in {self.split_k} splits is {groups} groups of {group_size}; split K more")
-        return groups * group_size
+        return -(-rows // self.block_k) * self.block_k
 
     @classmethod
     def from_dict(cls, values, where: str) -> "GemmConfig":
@@ -156,29 +148,23 @@ def check_launchable(key: str, config: GemmConfig, where: str) -> None:
     """InvalidInput where gemm() and FusedMoE cannot run `config` for the GEMM of this shape key on any
     device: a stored table's rule and the tuner's (tuner.launchable adds DEQ 3's device rule)."""
     match = SHAPE_KEY.match(key)
-    op, fmt, group = match.group(1), match.group(2), match.group(3)
-    if config.block_m == 1 and not fmt.startswith("int"):
-        raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads int8 or int4 weights, not {fmt}")
-    if config.block_m == 1 and int(match.group(4)) % (64 // int(fmt[3])):
+    fmt = match.group(2)
+    if config.block_m == 1 and fmt != "int8":
+        raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads int8 weights, not {fmt}")
+    if config.block_m == 1 and int(match.group(4)) % 8:
         raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads whole 32-bit words in each half of a gated "
-                           f"weight: N {match.group(4)} is not a multiple of {64 // int(fmt[3])}")
+                           f"weight: N {match.group(4)} is not a multiple of 8")
+    if fmt.startswith("int4") and (config.block_k != 64 or config.block_n % 64):
+        raise InvalidInput(f"{where}: int4 weights are read a tile of 64 x 64 at a time (shared/int4_tiles.py): "
+                           f"block_k 64 and block_n a multiple of 64")
     if config.block_m > 1 and min(config.block_m, config.block_n, config.block_k) < 16:
         raise InvalidInput(f"{where}: tiles of block_m > 1 multiply on tensor cores: block_m, block_n and "
                            "block_k of 16 or more")
-    if config.block_m == 1 and config.block_n < 32 // int(fmt[3]):
-        raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads whole 32-bit words: block_n of "
-                           f"{32 // int(fmt[3])} or more for {fmt}")
+    if config.block_m == 1 and config.block_n < 4:
+        raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads whole 32-bit words: block_n of 4 or more")
     if config.dequant == 3 and config.block_m > 1 and not fmt.startswith("int4"):
         raise InvalidInput(f"{where}: dequant 3 at block_m > 1 converts int4 weights only (gemm.py's DEQ), "
                            f"not {fmt}")
-    if group and int(group) % config.block_k:
-        raise InvalidInput(f"{where}: block_k {config.block_k} must divide the group size {group}")
-    try:
-        config.k_per_split(int(match.group(5)), int(group or 0))
-    except ValueError as error:
-        raise InvalidInput(f"{where}: {error}") from None
-    if op == MOE_UP and config.block_m > 1 and config.split_k > 1:
-        raise InvalidInput(f"{where}: gate+up tiles of block_m > 1 take split_k 1 (SwiGLU needs whole sums)")
 
 
 def check_expert_pair(table: Table, key: str, where: str) -> None:

@@ -1,5 +1,6 @@
-"""Weight-only engines hold the plain int8 / packed int4 tensors (per channel or
-group-wise); the --quantize_at_build form gives the same engine as a weight-only checkpoint;
+"""Weight-only engines hold the checkpoint's int8 tensors, and its int4 values in the
+GPU's tiles (per channel or group-wise); the --quantize_at_build form gives the same
+engine as a weight-only checkpoint;
 TensorRT-LLM's own checkpoints: float ones (no manifest) are built, its
 pre-shuffled quantized ones are refused with the spec's message."""
 
@@ -7,7 +8,9 @@ import pytest
 import torch
 
 from dbrx_serve.services.builder.layout import float_layout, weight_only_layout
-from dbrx_serve.shared.quantization import dequantize_weight
+from dbrx_serve.shared.int4_tiles import untile_int4
+from dbrx_serve.shared.quantization import QUANTIZED_SUFFIXES, dequantize_weight
+from dbrx_serve.shared.weight_only import engine_weight, halves, weight_layout
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.mapping import Mapping
@@ -24,16 +27,29 @@ GROUPED_SPEC = TinySpec(d_model=128, n_heads=4, kv_n_heads=2, n_layers=2, ffn_hi
                         moe_top_k=2, vocab_size=511, seed=5)
 
 
+def as_engine_holds(tensors: dict, precision: str) -> dict:
+    return {k: engine_weight(t, precision, halves(k)) if k.endswith(QUANTIZED_SUFFIXES) else t
+            for k, t in tensors.items()}
+
+
 @pytest.mark.parametrize("precision", ["int8", "int4"])
-def test_weight_only_engine_holds_the_plain_tensors(precision, checkpoints, tmp_path):
+def test_weight_only_engine_holds_the_checkpoints_values(precision, checkpoints, tmp_path):
+    """int8 as the checkpoint stores it; int4 in tiles (the experts' gate+up padded by halves: Il 16 at
+    tp2), which give the checkpoint's bytes back."""
     ckpt = checkpoints(tp_size=2, use_weight_only=True, weight_only_precision=precision)
     config, ranks = read_engine(run_build(ckpt, tmp_path / "engine"))
     assert config["pretrained_config"]["quantization"]["quant_algo"] == {"int8": "W8A16", "int4": "W4A16"}[precision]
+    assert config["build_config"]["weight_layout"] == weight_layout(precision) == {"int8": "plain",
+                                                                                  "int4": "int4_tiles"}[precision]
     cfg = DbrxConfig.from_checkpoint_dict(config["pretrained_config"])
     for rank, (got, want) in enumerate(zip(ranks, read_ranks(ckpt, 2))):
-        layout = weight_only_layout(float_layout(cfg, Mapping(2, 1, 2, 1), rank, torch.float32), precision)
+        layout = weight_only_layout(float_layout(cfg, Mapping(2, 1, 2, 1), rank, torch.float32), precision,
+                                    engine=True)
         assert {k: (t.dtype, tuple(t.shape)) for k, t in got.items()} == layout
-        assert all(torch.equal(got[k], want[k]) for k in want)
+        assert all(torch.equal(got[k], w) for k, w in as_engine_holds(want, precision).items())
+    if precision == "int4":
+        fc = read_ranks(ckpt, 2)[0][f"{GEMM}.weight"]  # [El, H, 2 Il / 2]
+        assert torch.equal(untile_int4(ranks[0][f"{GEMM}.weight"], 2 * fc.shape[-1], fc.shape[-2], 2), fc)
     assert ranks[0][f"{GEMM}.weight"].dtype == torch.int8
     assert ranks[0]["transformer.layers.0.mlp.router.weight"].dtype == torch.float32
 
@@ -47,8 +63,11 @@ def test_quantize_at_build_equals_a_weight_only_checkpoint(precision, checkpoint
     _, got = read_engine(run_build(at_build, tmp_path / "at-build", workers=2))
     for g, w in zip(got, want):
         assert g.keys() == w.keys() and all(torch.equal(g[k], w[k]) for k in w)
-    back = dequantize_weight(got[0][f"{GEMM}.weight"], got[0][f"{GEMM}.per_channel_scale"], precision)
-    assert back.shape == read_ranks(at_build, 2)[0][f"{GEMM}.weight"].shape
+    float_fc = read_ranks(at_build, 2)[0][f"{GEMM}.weight"]  # [El, 2 Il, H]
+    q = got[0][f"{GEMM}.weight"]
+    q = untile_int4(q, *float_fc.shape[-2:], halves=2) if precision == "int4" else q
+    back = dequantize_weight(q, got[0][f"{GEMM}.per_channel_scale"], precision)
+    assert back.shape == float_fc.shape
 
 
 def drop_our_section(config: dict) -> None:
@@ -98,7 +117,8 @@ def test_group_wise_int4_engine_and_its_quantize_at_build_form(tmp_path):
     assert config["build_config"]["weight_only"] == {"precision": "int4", "group_size": 64}
     cfg = DbrxConfig.from_checkpoint_dict(config["pretrained_config"])
     for rank, (g, w) in enumerate(zip(got, want)):
-        layout = weight_only_layout(float_layout(cfg, Mapping(2, 1, 2, 1), rank, torch.float32), "int4", 64)
+        layout = weight_only_layout(float_layout(cfg, Mapping(2, 1, 2, 1), rank, torch.float32), "int4", 64,
+                                    engine=True)
         assert {k: (t.dtype, tuple(t.shape)) for k, t in w.items()} == layout
         assert g.keys() == w.keys() and all(torch.equal(g[k], w[k]) for k in w)
     assert want[0]["transformer.layers.0.attention.dense.weights_scaling_factor"].shape == (1, 128)  # H/t = 64

@@ -25,6 +25,7 @@ from dbrx_serve.services.inference.kernels.tuning import ACTIVE, LINEAR, MOE_UP,
 # BUILD_SPEC's rank (tp1): d_model 64, 4 heads of 16 + 2x2 kv heads: qkv 128 columns; 4 experts of 32.
 INT4_GEMMS = {"linear:int4:n128:k64:e1", "linear:int4:n64:k64:e1", "moe_up:int4:n64:k64:e4",
               "moe_down:int4:n64:k32:e4"}
+INT8_GEMMS = {key.replace("int4", "int8") for key in INT4_GEMMS}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's build")
@@ -60,10 +61,10 @@ def test_the_engines_gemms_and_buckets(checkpoints):
 
 
 def test_the_tuner_keeps_the_fastest_and_the_experts_share_block_m(checkpoints):
-    """A timer that favours half the default block_n for the linears; for the experts, each GEMM's
-    own block_m (gate+up: its default, 1 at one token; down: 16), down's the costlier to miss: both
-    take 16, the pair's fastest sum, though gate+up alone is faster at 1."""
-    gemms = gemms_of(read_checkpoint(checkpoints(use_weight_only=True, weight_only_precision="int4")))
+    """int8 (one-row programs at one token): a timer that favours half the default block_n for the
+    linears; for the experts, each GEMM's own block_m (gate+up: its default, 1 at one token; down: 16),
+    down's the costlier to miss: both take 16, the pair's fastest sum, though gate+up alone is faster at 1."""
+    gemms = gemms_of(read_checkpoint(checkpoints(use_weight_only=True, weight_only_precision="int8")))
     defaults = {}
 
     def timer(config, case):
@@ -75,18 +76,18 @@ def test_the_tuner_keeps_the_fastest_and_the_experts_share_block_m(checkpoints):
 
     steps = []
     table = tune(gemms, [1, 4], "fast", torch.device("cpu"), timer, steps.append)
-    assert len(steps) == 8 and set(table) == INT4_GEMMS and all(set(b) == {"1", "4"} for b in table.values())
-    for key in ("linear:int4:n128:k64:e1", "linear:int4:n64:k64:e1"):
+    assert len(steps) == 8 and set(table) == INT8_GEMMS and all(set(b) == {"1", "4"} for b in table.values())
+    for key in ("linear:int8:n128:k64:e1", "linear:int8:n64:k64:e1"):
         for tokens in (1, 4):
             default = defaults[key, tokens]
             assert table[key][str(tokens)] == replace(default, block_n=default.block_n // 2).to_dict()
-    assert defaults["moe_up:int4:n64:k64:e4", 1].block_m == 1
+    assert defaults["moe_up:int8:n64:k64:e4", 1].block_m == 1
     for bucket in ("1", "4"):
-        assert table["moe_up:int4:n64:k64:e4"][bucket]["block_m"] == 16
-        assert table["moe_down:int4:n64:k32:e4"][bucket]["block_m"] == 16
+        assert table["moe_up:int8:n64:k64:e4"][bucket]["block_m"] == 16
+        assert table["moe_down:int8:n64:k32:e4"][bucket]["block_m"] == 16
     try:
         install({"cpu": table}, torch.device("cpu"))  # what the runtime accepts
-        assert set(ACTIVE.table) == INT4_GEMMS
+        assert set(ACTIVE.table) == INT8_GEMMS
     finally:
         ACTIVE.table = {}
 

@@ -4,14 +4,13 @@ logit bound measured here (the bounds and the numbers seen are in the names)."""
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from dbrx_serve.services.inference.engine import Engine
 from dbrx_serve.services.inference.params import SamplingParams
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.model import DbrxModel, causal_attention
 from dbrx_serve.shared.reference import greedy_generate
-from dbrx_serve.shared.weight_only import dequantized_state
+from dbrx_serve.shared.weight_only import dequantized_engine_state
 
 from .conftest import WIDE_ENGINES
 from .helpers import assert_same_greedy
@@ -30,12 +29,11 @@ INT8_KV_EXACT_BOUND = 2e-2  # against the reference rounding K/V the same way: m
 INT8_KV_BOUND = 1.0  # against float32 KV: measured 0.41 on logits up to 3.2 (the cost of per-layer int8 KV here)
 
 
-def dequantized_reference(engine: Engine, precision: str) -> DbrxModel:
-    """A float DbrxModel holding the engine's int weights times their scales."""
-    state = load_file(engine.engine_dir.rank_file(0))
-    state = {k: v for k, v in state.items() if not k.endswith("kv_cache_scaling_factor")}
+def dequantized_reference(engine: Engine) -> DbrxModel:
+    """A float DbrxModel holding the engine's int weights (as its modules hold them) times their scales."""
     model = DbrxModel(DbrxConfig.from_checkpoint_dict(engine.engine_dir.pretrained))
-    model.load_state_dict(dequantized_state(state, precision, torch.float32), strict=True)
+    state = dequantized_engine_state(engine.runner.model, torch.float32)
+    model.load_state_dict({name: state[name].cpu() for name in model.state_dict()}, strict=True)
     return model.eval()
 
 
@@ -75,7 +73,7 @@ def test_weight_only_engine_equals_its_dequantized_reference(name, engine_dir, b
     engine = Engine.from_dir(engine_dir(name))
     assert engine.engine_dir.quant_algo == QUANT_ALGO[name]
     assert engine.runner.model.transformer.layers[0].attention.qkv.weight.dtype == torch.int8
-    reference = dequantized_reference(engine, engine.engine_dir.weight_only.precision)
+    reference = dequantized_reference(engine)
     for prompt in PROMPTS:
         got = engine.generate([prompt], SamplingParams(max_new_tokens=32, temperature=0))[0].output_ids
         want = greedy_generate(reference, prompt, 32, banned=banned)

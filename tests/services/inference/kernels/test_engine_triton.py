@@ -29,7 +29,7 @@ GREEDY = SamplingParams(max_new_tokens=10, temperature=0)
 def test_triton_backend_gives_the_plain_paths_greedy_tokens(name, engine_dir, reference_model, banned):
     triton = Engine.from_dir(engine_dir(name), device=DEVICE, backend="triton", num_kv_blocks=64)
     if name in WIDE_ENGINES:  # group-wise int4 on the wide model: its dequantized reference's tokens and logits
-        reference = dequantized_reference(triton, triton.engine_dir.weight_only.precision)
+        reference = dequantized_reference(triton)
         for prompt, got in zip(PROMPTS, triton.generate(PROMPTS, GREEDY)):
             want = greedy_generate(reference, prompt, GREEDY.max_new_tokens, banned=banned)
             assert_same_greedy(got.output_ids, want, prompt, reference, banned)

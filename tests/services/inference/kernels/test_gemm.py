@@ -1,6 +1,6 @@
 """The GEMM kernel against the plain path: float, int8 and int4 weights (per
-channel and group-wise) as the engine stores them, ragged shapes, split K, the
-weight-only module swap."""
+channel and group-wise) as the engine stores them (int4 in tiles), ragged
+shapes, split K, the weight-only module swap."""
 
 from dataclasses import replace
 
@@ -9,12 +9,20 @@ import torch
 
 from dbrx_serve.services.inference.kernels.gemm import GemmConfig, TritonWeightOnlyLinear, Weights, gemm
 from dbrx_serve.shared.quantization import dequantize_weight, quantize_weight
-from dbrx_serve.shared.weight_only import WeightOnlyLinear
+from dbrx_serve.shared.weight_only import WeightOnlyLinear, engine_weight
 
 from .conftest import BOUND, DEVICE, DTYPES, HALF2_BOUND, ONE_ROW_DTYPES, relative_error
 
 CONFIGS = [GemmConfig(16, 32, 64, 1, 4, 2, dequant=0), GemmConfig(32, 64, 32, 2, 4, 2, dequant=1),
-           GemmConfig(16, 32, 32, 3, 4, 3, dequant=2)]
+           GemmConfig(16, 32, 32, 3, 4, 3, dequant=1)]
+# int4 tiles are 64 x 64: block_k 64, block_n a multiple of it
+INT4_CONFIGS = [GemmConfig(16, 64, 64, 1, 4, 2, dequant=0), GemmConfig(32, 64, 64, 2, 4, 2, dequant=1),
+                GemmConfig(16, 128, 64, 3, 4, 3, dequant=1)]
+CASES = [(p, c) for p in (None, "int8") for c in CONFIGS] + [("int4", c) for c in INT4_CONFIGS]
+
+
+def config_id(c: GemmConfig) -> str:
+    return f"bm{c.block_m}bn{c.block_n}bk{c.block_k}s{c.split_k}d{c.dequant}"
 
 
 def weights(n: int, k: int, precision: str | None, dtype, device, seed: int,
@@ -25,7 +33,8 @@ def weights(n: int, k: int, precision: str | None, dtype, device, seed: int,
     if precision is None:
         return Weights.of(w.to(device)), w.float()
     q, scale = quantize_weight(w, precision, group_size)
-    return Weights.of(q.to(device), scale.to(device), precision), dequantize_weight(q, scale, precision)
+    return (Weights.of(engine_weight(q, precision).to(device), scale.to(device), precision, k),
+            dequantize_weight(q, scale, precision))
 
 
 def product_error(m: int, w: Weights, ref_w: torch.Tensor, config: GemmConfig, dtype, device) -> float:
@@ -39,8 +48,7 @@ def product_error(m: int, w: Weights, ref_w: torch.Tensor, config: GemmConfig, d
     return relative_error(got.cpu(), x.float() @ ref_w.T)
 
 
-@pytest.mark.parametrize("precision", [None, "int8", "int4"])
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"bm{c.block_m}bn{c.block_n}bk{c.block_k}s{c.split_k}d{c.dequant}")
+@pytest.mark.parametrize("precision, config", CASES, ids=lambda v: config_id(v) if isinstance(v, GemmConfig) else str(v))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gemm_matches_the_float_product(precision, config, dtype, device):
     n, k, m = 80, 208, 37  # none a multiple of the tiles: every edge is masked
@@ -48,22 +56,21 @@ def test_gemm_matches_the_float_product(precision, config, dtype, device):
     assert product_error(m, w, ref_w, config, dtype, device) <= BOUND[dtype]
 
 
-@pytest.mark.parametrize("precision", ["int8", "int4"])
 @pytest.mark.parametrize("config", [GemmConfig(1, 32, 32, 1, 4, 2), GemmConfig(1, 64, 16, 3, 4, 3),
                                     GemmConfig(1, 32, 16, 2, 4, 4)],
                          ids=["bn32bk32", "bn64bk16s3-stages3", "bn32bk16s2-stages4"])
 @pytest.mark.parametrize("dtype", ONE_ROW_DTYPES, ids=str)
-def test_one_row_gemv_matches_the_float_product(precision, config, dtype, device):
-    """gemv_kernel (block_m 1): each value placed in a float's mantissa at its bit position; every
+def test_one_row_gemv_matches_the_float_product(config, dtype, device):
+    """gemv_kernel (block_m 1, int8): each value placed in a float's mantissa at its bit position; every
     value position of a word, split K, masked edges (n a multiple of a word's values, k and m ragged),
     one to three tiles loaded ahead (num_stages 2 to 4)."""
     n, k, m = 96, 208, 3
-    w, ref_w = weights(n, k, precision, dtype, device, seed=n + m)
+    w, ref_w = weights(n, k, "int8", dtype, device, seed=n + m)
     assert product_error(m, w, ref_w, config, dtype, device) <= BOUND[dtype]
 
 
 @pytest.mark.parametrize("group_size", [64, 128])
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"bm{c.block_m}bn{c.block_n}bk{c.block_k}s{c.split_k}d{c.dequant}")
+@pytest.mark.parametrize("config", INT4_CONFIGS, ids=config_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_group_wise_int4_matches_the_dequantized_product(group_size, config, dtype, device):
     """One scale per group of K rows, applied per BLOCK_K chunk inside the K loop; a split of K
@@ -74,46 +81,33 @@ def test_group_wise_int4_matches_the_dequantized_product(group_size, config, dty
     assert product_error(m, w, ref_w, config, dtype, device) <= BOUND[dtype]
 
 
-@pytest.mark.parametrize("group_size, config", [(64, GemmConfig(1, 32, 32, 1, 4, 2)),
-                                                (128, GemmConfig(1, 64, 16, 2, 4, 3)),
-                                                (64, GemmConfig(1, 32, 64, 4, 4, 4))],
-                         ids=["g64bk32", "g128bk16s2", "g64bk64s4"])
-@pytest.mark.parametrize("dtype", ONE_ROW_DTYPES, ids=str)
-def test_one_row_gemv_applies_group_scales(group_size, config, dtype, device):
-    """gemv_kernel on group-wise int4: one or more tiles a group, a K split on group boundaries
-    (g64bk64s4: a split is rounded up to two groups, so the fourth split gets no K), every value
-    position of a word."""
-    n, k, m = 96, 384, 3
-    w, ref_w = weights(n, k, "int4", dtype, device, seed=n + group_size, group_size=group_size)
-    assert w.group_size == group_size
-    assert product_error(m, w, ref_w, config, dtype, device) <= BOUND[dtype]
-
-
 def test_one_row_gemv_refuses_a_gated_half_of_part_words(device):
-    """int4 gate+up of 2 x 12 columns: each half is 48 bits a row, the gate's offset not a whole word."""
-    w, _ = weights(24, 64, "int4", torch.float32, device, seed=0)
-    x, out = torch.zeros(1, 64, device=device), torch.zeros(1, 12, device=device)
-    with pytest.raises(ValueError, match="whole 32-bit words: 12 columns of int4 in each half"):
+    """int8 gate+up of 2 x 6 columns: each half is 48 bits a row, the gate's offset not a whole word."""
+    w, _ = weights(12, 64, "int8", torch.float32, device, seed=0)
+    x, out = torch.zeros(1, 64, device=device), torch.zeros(1, 6, device=device)
+    with pytest.raises(ValueError, match="whole 32-bit words: 6 columns of int8 in each half"):
         gemm(x, w, out, GemmConfig(1, 32, 32), gated=True)
 
 
-def test_a_gated_int4_weight_of_odd_halves_is_refused(device):
-    """int4 gate+up of 2 x 9 columns: the gate's first column is the high nibble of a byte."""
-    w, _ = weights(18, 64, "int4", torch.float32, device, seed=0)
-    x, out = torch.zeros(4, 64, device=device), torch.zeros(4, 9, device=device)
-    with pytest.raises(ValueError, match="whole bytes in each half: 9 columns"):
-        gemm(x, w, out, GemmConfig(16, 32, 32), gated=True)
-
-
-def test_group_wise_weights_refuse_a_block_k_past_the_group(device):
+@pytest.mark.parametrize("config", [GemmConfig(1, 64, 64), GemmConfig(16, 64, 32), GemmConfig(16, 32, 64)],
+                         ids=["one-row", "bk32", "bn32"])
+def test_int4_is_read_in_whole_tiles(config, device):
     w, _ = weights(32, 128, "int4", torch.float32, device, seed=0, group_size=64)
     x, out = torch.zeros(4, 128, device=device), torch.zeros(4, 32, device=device)
-    with pytest.raises(ValueError, match="block_k 128 must divide the group size 64"):
-        gemm(x, w, out, GemmConfig(16, 32, 128))
+    with pytest.raises(ValueError, match="int4 weights are read a tile of 64 x 64 at a time"):
+        gemm(x, w, out, config)
+
+
+def test_gated_partial_sums_take_both_halves_columns(device):
+    """A K split of gate+up writes up's and gate's partial sums apart: [split_k, M, 2N], else refused."""
+    w, _ = weights(128, 64, "int4", torch.float32, device, seed=0)
+    x = torch.zeros(4, 64, device=device)
+    with pytest.raises(ValueError, match=r"out \(2, 4, 64\) for 2 split\(s\) of 128 columns"):
+        gemm(x, w, torch.zeros(2, 4, 64, device=device), GemmConfig(16, 64, 64, split_k=2), gated=True)
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="the GPU's tile shapes: Hopper's wgmma at 64 columns and up")
-@pytest.mark.parametrize("precision, dequant", [(None, 0), ("int8", 0), ("int4", 1), ("int4", 2), ("int4", 3)])
+@pytest.mark.parametrize("precision, dequant", [(None, 0), ("int8", 0), ("int4", 1), ("int4", 3)])
 @pytest.mark.parametrize("config", [GemmConfig(32, 128, 64, 1, 4, 3), GemmConfig(32, 128, 64, 1, 8, 3),
                                     GemmConfig(128, 128, 64, 1, 8, 3), GemmConfig(128, 256, 64, 1, 8, 3),
                                     GemmConfig(64, 256, 64, 2, 8, 4)],
@@ -128,7 +122,7 @@ def test_wide_tiles_match_the_float_product(precision, dequant, config, device):
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="inline PTX runs on a CUDA GPU only")
-@pytest.mark.parametrize("config", [GemmConfig(16, 64, 128, 1, 4, 3, dequant=3),
+@pytest.mark.parametrize("config", [GemmConfig(16, 64, 64, 1, 4, 3, dequant=3),
                                     GemmConfig(64, 64, 64, 2, 4, 3, dequant=3)], ids=["bm16", "bm64-split2"])
 def test_packed_int4_conversion_matches_the_float_product(config, device):
     """DEQ 3: eight nibbles a register by inline PTX (bfloat16 activations)."""
@@ -138,21 +132,18 @@ def test_packed_int4_conversion_matches_the_float_product(config, device):
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="inline PTX runs on a CUDA GPU only")
-@pytest.mark.parametrize("precision, n, k, group_size, config", [
-    ("int4", 96, 208, None, GemmConfig(1, 32, 16, 2, 4, 3, dequant=3)),  # ragged K, split, masked rows
-    ("int4", 256, 6144, None, GemmConfig(1, 128, 32, 4, 4, 3, dequant=3)),  # DBRX's K, 48 steps a row
-    ("int4", 256, 10752, None, GemmConfig(1, 128, 32, 1, 4, 2, dequant=3)),  # 336 steps
-    ("int4", 256, 6144, 128, GemmConfig(1, 128, 32, 8, 4, 3, dequant=3)),
-    ("int8", 96, 208, None, GemmConfig(1, 32, 16, 2, 4, 3, dequant=3)),
-    ("int8", 256, 10752, None, GemmConfig(1, 128, 32, 4, 4, 3, dequant=3))],
-    ids=["ragged", "k6144", "k10752", "k6144g128", "int8-ragged", "int8-k10752"])
+@pytest.mark.parametrize("n, k, config", [
+    (96, 208, GemmConfig(1, 32, 16, 2, 4, 3, dequant=3)),  # ragged K, split, masked rows
+    (256, 6144, GemmConfig(1, 128, 32, 1, 4, 2, dequant=3)),  # DBRX's K, 192 steps a row
+    (256, 10752, GemmConfig(1, 128, 32, 4, 4, 3, dequant=3))],
+    ids=["ragged", "k6144", "k10752"])
 @pytest.mark.parametrize("outlier", [False, True], ids=["", "outlier"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_one_row_half2_stays_within_float16_rounding(precision, n, k, group_size, config, outlier, dtype, device):
-    """gemv_kernel's HALF2 (dequant 3 at block_m 1): two values an instruction in float16x2, against the
-    dequantized product in float32; an activation of 20,000 (outlier: its int4 products reach 160,000)
-    would overflow float16 sums without the power-of-two scaling of x."""
-    w, ref_w = weights(n, k, precision, dtype, device, seed=k + n, group_size=group_size)
+def test_one_row_half2_stays_within_float16_rounding(n, k, config, outlier, dtype, device):
+    """gemv_kernel's HALF2 (dequant 3 at block_m 1, int8): two values an instruction in float16x2, against
+    the dequantized product in float32; an activation of 20,000 (its products reach 2,540,000) would
+    overflow float16 sums without the power-of-two scaling of x."""
+    w, ref_w = weights(n, k, "int8", dtype, device, seed=k + n)
     x = torch.randn(3, k, generator=torch.Generator().manual_seed(1)).to(dtype)
     if outlier:
         x[1, k // 3] = 2e4
@@ -165,7 +156,7 @@ def test_one_row_half2_stays_within_float16_rounding(precision, n, k, group_size
 
 @pytest.mark.skipif(DEVICE.type == "cuda", reason="the CPU's interpreter refuses inline PTX")
 def test_half2_is_refused_off_nvidia_gpus(device):
-    w, _ = weights(32, 64, "int4", torch.float32, device, seed=0)
+    w, _ = weights(32, 64, "int8", torch.float32, device, seed=0)
     x, out = torch.zeros(1, 64, device=device), torch.zeros(1, 32, device=device)
     with pytest.raises(ValueError, match=r"dequant 3 at block_m 1 \(float16x2 arithmetic, inline PTX\) runs on an"):
         gemm(x, w, out, GemmConfig(1, 32, 32, dequant=3))
@@ -179,7 +170,7 @@ def test_weight_only_module_swap_computes_the_same_function(precision, group_siz
     plain = WeightOnlyLinear(192, 96, precision, dtype, group_size)
     q, scale = quantize_weight(torch.randn(96, 192, generator=torch.Generator().manual_seed(rows)).to(dtype),
                                precision, group_size)
-    plain.weight.copy_(q)
+    plain.weight.copy_(engine_weight(q, precision))
     plain.scale.copy_(scale)
     swapped = WeightOnlyLinear(192, 96, precision, dtype, group_size).to(device)
     swapped.load_state_dict(plain.state_dict())

@@ -22,7 +22,7 @@ from dbrx_serve.shared.errors import InvalidInput
 from .conftest import BOUND, DEVICE, relative_error
 from .test_moe import CFG, plain_moe
 
-UP, DOWN = "moe_up:int4:n160:k96:e6", "moe_down:int4:n96:k80:e6"  # CFG's experts in int4
+UP, DOWN = "moe_up:int8:n160:k96:e6", "moe_down:int8:n96:k80:e6"  # CFG's experts in int8
 STORED = GemmConfig(block_m=1, block_n=64, block_k=32, split_k=2, num_warps=2, num_stages=2, dequant=0)
 SMALL = GemmConfig(block_m=16, block_n=32, block_k=32, split_k=1, num_warps=4, num_stages=2, dequant=1)
 TABLE = {UP: {"2": SMALL.to_dict(), "4": STORED.to_dict()}, DOWN: {"2": SMALL.to_dict(), "4": STORED.to_dict()}}
@@ -38,7 +38,7 @@ def launched_configs(monkeypatch, tokens: int) -> tuple[list, torch.Tensor, torc
     """(the GemmConfigs FusedMoE launched, its output, the plain path's) for `tokens` tokens."""
     configs, launch = [], moe_module.gemm
     monkeypatch.setattr(moe_module, "gemm", lambda *args, **kw: configs.append(args[3]) or launch(*args, **kw))
-    plain, fused = plain_moe("int4", torch.float32, seed=1), plain_moe("int4", torch.float32, seed=1).to(DEVICE)
+    plain, fused = plain_moe("int8", torch.float32, seed=1), plain_moe("int8", torch.float32, seed=1).to(DEVICE)
     fused.__class__ = FusedMoE
     x = torch.randn(tokens, CFG.d_model, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -47,7 +47,7 @@ def launched_configs(monkeypatch, tokens: int) -> tuple[list, torch.Tensor, torc
 
 def test_the_stored_configuration_is_the_one_launched(monkeypatch):
     backend_for("triton", DEVICE).install_tuning({device_name(DEVICE): TABLE}, DEVICE)  # "cpu" on the CPU
-    assert expert_weights(plain_moe("int4", torch.float32, 0).fc).key("moe_up") == UP
+    assert expert_weights(plain_moe("int8", torch.float32, 0).fc).key("moe_up") == UP
     configs, got, want = launched_configs(monkeypatch, tokens=3)  # bucket 4 (the smallest >= 3)
     assert configs == [STORED, STORED]
     assert relative_error(got, want) <= 2 * BOUND[torch.float32]
@@ -61,7 +61,7 @@ def test_another_gpus_table_leaves_the_defaults_with_a_log_line(monkeypatch, cap
     here = device_name(DEVICE)
     assert caplog.messages == [f"kernel tuning: the engine was tuned on Another GPU, not on this {here}: the default tiles"]
     configs, got, want = launched_configs(monkeypatch, tokens=3)
-    fc = expert_weights(plain_moe("int4", torch.float32, 0).fc.to(DEVICE))
+    fc = expert_weights(plain_moe("int8", torch.float32, 0).fc.to(DEVICE))
     assert configs[0] == moe_module.moe_config(3, CFG.moe_top_k, fc, gated=True) != STORED
 
 
@@ -74,13 +74,13 @@ def test_another_gpus_table_leaves_the_defaults_with_a_log_line(monkeypatch, cap
     ({"linear:int8:n64:k64:e1": {"1": {"block_m": 16}}}, "needs exactly block_m, block_n"),
     ({"linear:int8:n64:k64:e1": {"1": {**SMALL.to_dict(), "block_n": 48}}}, "block_n must be a power of two"),
     ({"linear:bfloat16:n64:k64:e1": {"1": STORED.to_dict()}}, "block_m 1 \\(gemv_kernel\\) reads int8"),
-    ({"linear:int4g64:n64:k64:e1": {"1": replace(SMALL, block_k=128).to_dict()}}, "must divide the group size 64"),
-    ({"moe_up:int4:n24:k64:e4": {"1": STORED.to_dict()}}, "N 24 is not a multiple of 16"),
+    ({"linear:int4g64:n64:k64:e1": {"1": replace(SMALL, block_k=128).to_dict()}}, "a tile of 64 x 64 at a time"),
+    ({"moe_up:int8:n20:k64:e4": {"1": STORED.to_dict()}}, "N 20 is not a multiple of 8"),
     ({DOWN: TABLE[DOWN]}, "must be stored at the same batch buckets with the same block_m"),
     ({"linear:int8:n64:k64:e1": {"1": replace(SMALL, block_m=8).to_dict()}}, "block_k of 16 or more"),
     ({"linear:int8:n64:k64:e1": {"1": replace(SMALL, dequant=3).to_dict()}},
      "dequant 3 at block_m > 1 converts int4 weights only"),
-    ({"linear:int4g64:n64:k4096:e1": {"1": GemmConfig(1, 64, 16).to_dict()}}, "64 groups of 64; split K more"),
+    ({"linear:int4:n64:k4096:e1": {"1": GemmConfig(1, 64, 16).to_dict()}}, "reads int8 weights, not int4"),
 ], ids=range(13))
 def test_a_malformed_table_is_refused(table, match):
     with pytest.raises(InvalidInput, match=match):
