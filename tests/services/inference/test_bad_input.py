@@ -102,3 +102,17 @@ def test_a_multi_rank_engine_outside_an_mpi_world_is_refused_naming_both_sizes(e
     """In a process no MPI launcher started (`dbrx run` and `dbrx serve inference` start the world)."""
     with pytest.raises(InvalidInput, match="has 2 ranks but this process is a world of 1 .*mpirun -n 2"):
         Engine.from_dir(engine_dir("tp2"))
+
+
+def test_an_int4_engine_of_an_earlier_layout_is_refused_with_a_rebuild(engine_dir, tmp_path):
+    """int4 engines hold their weights in tiles (shared/int4_tiles.py); one that says it holds the checkpoint's
+    bytes (an earlier version's) is refused before any weight loads."""
+    copy = tmp_path / "engine"
+    shutil.copytree(engine_dir("int4"), copy)
+    config = json.loads((copy / "config.json").read_text())
+    assert config["build_config"]["weight_layout"] == "int4_tiles"
+    config["build_config"]["weight_layout"] = "plain"
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidInput, match="weight_layout 'plain', where this runtime reads 'int4_tiles' for this "
+                                           "model's weights: build the engine again"):
+        Engine.from_dir(copy, verify=False)
