@@ -52,17 +52,20 @@ def tile_int4(packed: torch.Tensor, halves: int = 1) -> torch.Tensor:
     return byte.to(torch.uint8).view(torch.int8).reshape(*lead, halves * tiles(half), tiles(k), TILE_BYTES)
 
 
-def untile_int4(tiled: torch.Tensor, out_features: int, in_features: int, halves: int = 1) -> torch.Tensor:
-    """The inverse of tile_int4: tiles -> the checkpoint's int4 [.., in, out/2]."""
+def tile_values(tiled: torch.Tensor, out_features: int, in_features: int, halves: int = 1) -> torch.Tensor:
+    """The values tiles hold: int8 [.., out, in] in [-8, 7]."""
     *lead, row_tiles, col_tiles, _ = tiled.shape
-    byte = tiled.view(torch.uint8).to(torch.int16).reshape(*lead, row_tiles, col_tiles, 4, 8, 4, 4, 4)
-    low, high = byte & 0xF, byte >> 4
-    nibbles = torch.stack([low, high], dim=-2)  # (.., w, g, t, s, j, byte i)
-    values = torch.where(nibbles > 7, nibbles - 16, nibbles).reshape(*lead, row_tiles, col_tiles, 4, 8, 4, 4, 2, 2, 2)
+    byte = tiled.reshape(*lead, row_tiles, col_tiles, 4, 8, 4, 4, 1, 4)  # int8 (.., w, g, t, s, 1, byte i)
+    values = torch.cat([(byte << 4) >> 4, byte >> 4], dim=-2)  # sign-extended low (j 0) and high (j 1) nibbles
+    values = values.reshape(*lead, row_tiles, col_tiles, 4, 8, 4, 4, 2, 2, 2)
     d = len(lead)
     # (row tile, column tile, w, g, t, s, j, h, e) -> rows (tile, w, h, g), columns (tile, s, j, t, e)
     v = values.permute(*range(d), *(d + i for i in (0, 2, 7, 3, 1, 5, 6, 4, 8)))
     v = v.reshape(*lead, halves, row_tiles // halves * TILE, col_tiles * TILE)
     half = out_features // halves
-    v = v[..., :half, :in_features].flatten(-3, -2)  # [.., out, in]
-    return pack_int4(v.transpose(-1, -2).to(torch.int8)).contiguous()
+    return v[..., :half, :in_features].flatten(-3, -2)  # [.., out, in]
+
+
+def untile_int4(tiled: torch.Tensor, out_features: int, in_features: int, halves: int = 1) -> torch.Tensor:
+    """The inverse of tile_int4: tiles -> the checkpoint's int4 [.., in, out/2]."""
+    return pack_int4(tile_values(tiled, out_features, in_features, halves).transpose(-1, -2)).contiguous()

@@ -124,7 +124,12 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, precision: str) -> torch.Tensor:
     """(int8 [.., in, out*bits/8], scale [.., out] or group-wise [.., G, out]) -> float32 [.., out, in]:
     q * scale of its group, transposed back. A scale with q's rank is group-wise."""
-    values = (unpack_int4(q) if scheme(precision).bits == 4 else q).float()  # [.., in, out]
+    return dequantize_values(unpack_int4(q) if scheme(precision).bits == 4 else q, scale)
+
+
+def dequantize_values(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Int values [.., in, out] (unpacked) and their scale -> float32 [.., out, in] (dequantize_weight)."""
+    values = q.float()
     groups = scale.float() if scale.dim() == q.dim() else scale.float().unsqueeze(-2)  # [.., G, out]
     per_group = values.unflatten(-2, (groups.shape[-2], -1)) * groups.unsqueeze(-2)  # [.., G, in/G, out]
     return per_group.flatten(-3, -2).transpose(-1, -2)

@@ -8,18 +8,17 @@ int4's `weights_scaling_factor`) and dequantize them per layer at each call.
 The checkpoint's layout and the quantize / pack / unpack code are the converter's
 (shared/quantization.py, docs/trtllm-checkpoint.md's weight-only table); an
 engine holds int4 weights in tiles for the GPU's tensor cores (shared/int4_tiles.py),
-which these modules hold as loaded and turn back into the checkpoint's form to
-dequantize.
+which these modules hold as loaded and dequantize from.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantization import SCALE_SUFFIXES, WeightOnly, dequantize_weight, scheme
+from .quantization import SCALE_SUFFIXES, WeightOnly, dequantize_values, dequantize_weight, scheme
 from dbrx_serve.shared.errors import InvalidInput
 
-from .int4_tiles import tile_int4, tiled_shape, untile_int4
+from .int4_tiles import tile_int4, tile_values, tiled_shape
 
 from .model import DbrxModel, ExpertLinear
 
@@ -79,15 +78,16 @@ class WeightOnlyLinear(nn.Module):
     def scale(self) -> torch.Tensor:
         return getattr(self, self.scale_name)
 
-    def checkpoint_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """weight (this module's, or one expert's) in the checkpoint's int8 [in, out*bits/8]."""
+    def values(self, weight: torch.Tensor) -> torch.Tensor:
+        """weight (this module's, or one expert's) as its int values [.., in, out] (int4 straight from the
+        tiles: no re-packing)."""
         if scheme(self.precision).bits == 4:
-            return untile_int4(weight, self.out_features, self.in_features, self.halves)
+            return tile_values(weight, self.out_features, self.in_features, self.halves).transpose(-1, -2)
         return weight
 
     def dequantized(self) -> torch.Tensor:
         """The float32 weight [.., out, in] (the reference's)."""
-        return dequantize_weight(self.checkpoint_weight(self.weight), self.scale, self.precision)
+        return dequantize_values(self.values(self.weight), self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantized().to(x.dtype))
@@ -108,7 +108,7 @@ class WeightOnlyExpertLinear(WeightOnlyLinear):
                                                                                   group_size), dtype=dtype))
 
     def forward(self, x: torch.Tensor, expert: int) -> torch.Tensor:
-        w = dequantize_weight(self.checkpoint_weight(self.weight[expert]), self.scale[expert], self.precision)
+        w = dequantize_values(self.values(self.weight[expert]), self.scale[expert])
         return x @ w.to(x.dtype).T
 
 
