@@ -2,7 +2,7 @@
 per launch configuration, registers, spilled bytes, the size of its machine code and its
 tensor-core instructions (Hopper's wgmma, HGMMA, or the older mma.sync, HMMA).
 
-    python bench/gemm_sass.py --precision int4 --gated --block_m 16 32 --block_k 64 128 --dequant 1 2 3
+    python bench/gemm_sass.py --precision int4 --gated --block_m 16 32 --block_n 64 128 --dequant 1 3
     python bench/gemm_sass.py --precision int8 --gated --block_m 1 --block_n 128 --block_k 32
 
 Uses the ptxas and cuobjdump that Triton's wheel carries. The kernel is specialized
@@ -82,8 +82,8 @@ def main() -> None:
     parser.add_argument("--gated", action="store_true", help="the experts' gate+up GEMM (else down)")
     parser.add_argument("--block_m", type=int, nargs="+", default=[16])
     parser.add_argument("--block_n", type=int, nargs="+", default=[64])
-    parser.add_argument("--block_k", type=int, nargs="+", default=[128])
-    parser.add_argument("--dequant", type=int, nargs="+", default=[2])
+    parser.add_argument("--block_k", type=int, nargs="+", default=[64], help="int4: 64 (its tiles)")
+    parser.add_argument("--dequant", type=int, nargs="+", default=[3])
     parser.add_argument("--num_warps", type=int, nargs="+", default=[4])
     parser.add_argument("--num_stages", type=int, nargs="+", default=[4])
     parser.add_argument("--group_size", type=int, default=0, help="group-wise int4 (0: per channel)")

@@ -4,8 +4,8 @@ The checkpoint stores an int4 GEMM weight as TensorRT-LLM does, int8 [.., in, ou
 output columns a byte (shared/quantization.py's pack_int4). An int4 engine stores the same values
 as the GEMM kernel (services/inference/kernels/gemm.py) reads them: the weight as [out, in] cut into
 tiles of 64 x 64, each tile 2,048 bytes in the order Hopper's wgmma wants its first operand in a
-warpgroup's registers, so that one 16-byte load a thread and a few bit operations put them there
-(no shared memory, no byte shuffles; bench/results/gemm_int4_tiles_probe.json).
+warpgroup's registers, so that one 16-byte read a thread (from the pipeline's copy in shared memory)
+and a few bit operations put them there, with no gathering of bytes (bench/results/gemm_int4_tiles_probe.json).
 
     tiles [.., out'/64, in'/64, 2048] int8    (out', in': out and in rounded up to 64, zeros beyond)
 

@@ -133,7 +133,8 @@ def checkpoint_form(root: Path, config: dict, weight_only: WeightOnly | None, he
 
 
 def stored_layout(ckpt: Checkpoint, rank: int) -> Layout:
-    """What the checkpoint's rank file must hold (the engine's layout but for quantize-at-build)."""
+    """What the checkpoint's rank file must hold: the float layout for quantize-at-build, else the
+    weight-only checkpoint's (the engine's but for int4, which the engine holds in tiles)."""
     if ckpt.form == QUANTIZE_AT_BUILD:
         return float_layout(ckpt.model, ckpt.mapping, rank, ckpt.dtype)
     return ckpt.engine_layout(rank, engine=False)

@@ -8,8 +8,7 @@ directory"): float [E, N, K] (nn.Linear's [out, in]); int8 [E, K, N]; int4 in
 tiles of 64 x 64 in the tensor cores' register order [E, N'/64, K'/64, 2048]
 (shared/int4_tiles.py); a per-channel scale [E, N] is applied once, after the
 K loop; group-wise int4 scales [E, K/GROUP, N] inside it, one product per
-BLOCK_K chunk (BLOCK_K divides GROUP, so a chunk lies in one group), or, in
-gemv_kernel (one row a program, int8), after it too. Small batches are
+BLOCK_K chunk (BLOCK_K divides GROUP, so a chunk lies in one group). Small batches are
 bandwidth-bound, so how int weights become floats is a choice
 (`GemmConfig.dequant`, measured by bench/gemm_tune.py). Tiles of 16 rows and
 up (gemm_kernel) compute the output transposed, out^T = W^T x^T: the weights are the tensor-core MMA's
@@ -165,7 +164,7 @@ def _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, M, K
 
 @triton.jit
 def _dot(w, x, acc, k, s_ptrs, s_ok, stride_sg, GROUP: tl.constexpr, PRECISION: tl.constexpr):
-    """acc + w @ x (a weight tile [N, K], or one plane's [N/2, K], times x transposed [K, M]); group-wise
+    """acc + w @ x (a weight tile [N, K] times x transposed [K, M]); group-wise
     (GROUP > 0): the chunk at K offset k alone, times its group's scales."""
     if GROUP == 0:
         return tl.dot(w, x, acc, input_precision=PRECISION)
@@ -487,8 +486,8 @@ class Weights:
         experts = weight.dim() == (4 if fmt == INT4 else 3)
         w, s = (weight, scale) if experts else (weight[None], scale[None])
         grouped = s.dim() == 3
-        if fmt == INT4 and in_features is None:
-            raise ValueError("int4 tiles hold K rounded up to 64: give in_features")
+        if fmt == INT4 and (in_features is None or -(-in_features // 64) != w.shape[-2]):
+            raise ValueError(f"int4 tiles {tuple(w.shape)} hold K rounded up to 64: give in_features (got {in_features})")
         k = in_features if fmt == INT4 else w.shape[1]
         return cls(w, fmt, s.shape[-1], k, s, k // s.shape[1] if grouped else 0)
 
@@ -591,6 +590,12 @@ def num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
+def warps_for(block_m: int, w: Weights) -> int:
+    """A tile's warps: 8 at 128 rows (4 spill), and at 64 rows of group-wise int4 (its gate+up spills at 4:
+    295 spill instructions, none at 8; bench/gemm_sass.py), else 4."""
+    return 8 if block_m == 128 or (w.group_size and block_m == 64) else 4
+
+
 def block_m_for(rows: int) -> int:
     return 16 if rows <= 16 else 32 if rows <= 32 else 64 if rows <= 128 else 128
 
@@ -632,7 +637,7 @@ def tile_config(rows: int, w: Weights, one_row: bool = True) -> GemmConfig:
     if one_row and rows == 1 and w.fmt == INT8 and w.n % 8 == 0:
         return GemmConfig(block_m=1, **(HALF2_TILE if half2_fits(w) else GEMV_TILE))
     bm = block_m_for(rows)
-    warps = 8 if bm == 128 or (w.group_size and bm == 64) else 4  # group-wise gate+up spills at 64 rows, 4 warps
+    warps = warps_for(bm, w)
     if w.fmt == INT4:
         return GemmConfig(block_m=bm, num_warps=warps, dequant=3 if packed_fits(w) else 1, **INT4_TILE)
     if bm == 16 or (w.fmt == INT8 and bm <= 64):  # int8 at 64 tokens: 778 -> 1,112 tok/s, 40 layers

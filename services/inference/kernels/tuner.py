@@ -20,7 +20,7 @@ import triton
 from dbrx_serve.shared.errors import InvalidInput
 
 from .gemm import (FLOAT, GEMV_TILE, INT4, INT8, Weights, gemm, half2_fits, linear_config,
-                   moe_config, packed_fits, tile_config)
+                   moe_config, packed_fits, tile_config, warps_for)
 from .moe import align, expert_weights
 from .tuning import LINEAR, MOE_DOWN, MOE_UP, GemmConfig, check_launchable
 
@@ -53,7 +53,7 @@ def model_gemms(model) -> list[EngineGemm]:
 
 
 def random_weights(w: Weights, device) -> Weights:
-    """Weights of w's shape, format and dtype on the device, random (int8 bytes hold int4 pairs too)."""
+    """Weights of w's shape, format and dtype on the device, random (int8 bytes hold int4 tiles too)."""
     if w.fmt == FLOAT:
         return replace(w, tensor=torch.randn(w.tensor.shape, dtype=w.tensor.dtype, device=device).mul_(0.02))
     q = torch.randint(-128, 128, w.tensor.shape, dtype=torch.int8, device=device)
@@ -117,7 +117,7 @@ def nearby(case: GemmCase) -> list[GemmConfig]:
     configs = [replace(d, block_n=d.block_n // 2), replace(d, block_n=d.block_n * 2),
                replace(d, split_k=d.split_k * 2), replace(d, split_k=max(1, d.split_k // 2))]
     if d.block_m > 1:  # taller and shorter tiles (an expert's pairs spread around their mean)
-        configs += [replace(d, block_m=m, num_warps=8 if m == 128 else d.num_warps)  # tile_config's warps
+        configs += [replace(d, block_m=m, num_warps=warps_for(m, case.w))  # tile_config's warps
                     for m in (d.block_m // 2, d.block_m * 2) if 16 <= m <= 128]
     if d.block_m == 1:  # gemv_kernel: tiles in flight (gemm.py's STAGES, 2 to 4); the other arithmetic
         configs += [replace(d, num_stages=stages) for stages in (2, 3, 4) if stages != d.num_stages]

@@ -65,8 +65,8 @@ class GemmConfig:
                 raise InvalidInput(f"{where}: {name} must be an integer >= {low}, got {value!r}")
             if name in POWERS_OF_TWO and value & (value - 1):
                 raise InvalidInput(f"{where}: {name} must be a power of two, got {value}")
-        if values["dequant"] > 3:
-            raise InvalidInput(f"{where}: dequant is 0, 1, 2 or 3 (gemm.py's DEQ), got {values['dequant']}")
+        if values["dequant"] not in (0, 1, 3):
+            raise InvalidInput(f"{where}: dequant is 0, 1 or 3 (gemm.py's DEQ), got {values['dequant']}")
         return cls(**values)
 
 

@@ -166,7 +166,7 @@ def test_half2_is_refused_off_nvidia_gpus(device):
 @pytest.mark.parametrize("rows", [1, 5, 40])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_weight_only_module_swap_computes_the_same_function(precision, group_size, rows, dtype, device):
-    """Group-wise int4 too: the tiles of linear_config, with BLOCK_K fitted to the group (fit_groups)."""
+    """Group-wise int4 too: the tiles of linear_config (a 64-row K chunk lies in one group)."""
     plain = WeightOnlyLinear(192, 96, precision, dtype, group_size)
     q, scale = quantize_weight(torch.randn(96, 192, generator=torch.Generator().manual_seed(rows)).to(dtype),
                                precision, group_size)

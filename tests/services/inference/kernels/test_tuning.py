@@ -81,7 +81,9 @@ def test_another_gpus_table_leaves_the_defaults_with_a_log_line(monkeypatch, cap
     ({"linear:int8:n64:k64:e1": {"1": replace(SMALL, dequant=3).to_dict()}},
      "dequant 3 at block_m > 1 converts int4 weights only"),
     ({"linear:int4:n64:k4096:e1": {"1": GemmConfig(1, 64, 16).to_dict()}}, "reads int8 weights, not int4"),
-], ids=range(13))
+    ({"linear:int4:n64:k64:e1": {"1": {**SMALL.to_dict(), "block_k": 64, "block_n": 64, "dequant": 2}}},
+     "dequant is 0, 1 or 3"),
+], ids=range(14))
 def test_a_malformed_table_is_refused(table, match):
     with pytest.raises(InvalidInput, match=match):
         install({"NVIDIA H200": table}, torch.device("cpu"))
