@@ -62,16 +62,17 @@ def scale_shape(in_features: int, out_features: int, group_size: int | None) -> 
 
 class WeightOnlyLinear(nn.Module):
     """nn.Linear(in, out) with `weight` as an engine holds it (engine_weight_shape) and its scale:
-    `per_channel_scale` [out], or `weights_scaling_factor` [in/group_size, out]."""
+    `per_channel_scale` [out], or `weights_scaling_factor` [in/group_size, out]; `lead` dims (the
+    experts') before both."""
 
     def __init__(self, in_features: int, out_features: int, precision: str, dtype: torch.dtype,
-                 group_size: int | None = None, halves: int = 1):
+                 group_size: int | None = None, halves: int = 1, lead: tuple[int, ...] = ()):
         super().__init__()
         self.in_features, self.out_features, self.halves = in_features, out_features, halves
         self.precision, self.scale_name = precision, scheme(precision, group_size).scale_name
-        self.register_buffer("weight", torch.empty(engine_weight_shape((), out_features, in_features, precision),
-                                                   dtype=torch.int8))
-        self.register_buffer(self.scale_name, torch.empty(scale_shape(in_features, out_features, group_size),
+        self.register_buffer("weight", torch.empty(
+            engine_weight_shape(lead, out_features, in_features, precision, halves), dtype=torch.int8))
+        self.register_buffer(self.scale_name, torch.empty(*lead, *scale_shape(in_features, out_features, group_size),
                                                           dtype=dtype))
 
     @property
@@ -99,13 +100,7 @@ class WeightOnlyExpertLinear(WeightOnlyLinear):
 
     def __init__(self, n_experts: int, out_features: int, in_features: int, precision: str, dtype: torch.dtype,
                  group_size: int | None = None, halves: int = 1):
-        nn.Module.__init__(self)
-        self.in_features, self.out_features, self.halves = in_features, out_features, halves
-        self.precision, self.scale_name = precision, scheme(precision, group_size).scale_name
-        self.register_buffer("weight", torch.empty(
-            engine_weight_shape((n_experts,), out_features, in_features, precision, halves), dtype=torch.int8))
-        self.register_buffer(self.scale_name, torch.empty(n_experts, *scale_shape(in_features, out_features,
-                                                                                  group_size), dtype=dtype))
+        super().__init__(in_features, out_features, precision, dtype, group_size, halves, lead=(n_experts,))
 
     def forward(self, x: torch.Tensor, expert: int) -> torch.Tensor:
         w = dequantize_values(self.values(self.weight[expert]), self.scale[expert])
