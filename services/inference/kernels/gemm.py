@@ -515,7 +515,7 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
     """Launch the kernel: x [rows, K] -> out [M, N] (or [split_k, M, N] float32 partials).
     `moe` = (sorted_ids, block_experts, num_sorted, num_pairs) for the experts."""
     n_out = w.n // 2 if gated else w.n
-    columns = 2 * n_out if gated and config.split_k > 1 else n_out  # gated partial sums: up's, gate's apart
+    columns = out_columns(w, config, gated)
     if out.shape[-1] != columns or (config.split_k > 1 and (out.dim() != 3 or out.shape[0] != config.split_k)):
         raise ValueError(f"out {tuple(out.shape)} for {config.split_k} split(s) of {columns} columns "
                          f"({'[split_k, M, N] float32 partial sums' if config.split_k > 1 else '[M, N]'})")
@@ -561,6 +561,13 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
                       PRECISION=precision_of(x.dtype), GROUP=w.group_size, PTX=on_nvidia(x), BLOCK_M=config.block_m,
                       **flags, num_stages=stages)
     return out
+
+
+def out_columns(w: Weights, config: GemmConfig, gated: bool) -> int:
+    """The columns gemm() writes: N (gated: a half of the weight's), twice that where a gated K split
+    writes up's and gate's partial sums apart (SwiGLU comes after their sum)."""
+    n_out = w.n // 2 if gated else w.n
+    return 2 * n_out if gated and config.split_k > 1 else n_out
 
 
 def on_nvidia(t: torch.Tensor) -> bool:

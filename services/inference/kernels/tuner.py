@@ -20,7 +20,7 @@ import triton
 from dbrx_serve.shared.errors import InvalidInput
 
 from .gemm import (FLOAT, GEMV_TILE, INT4, INT8, Weights, gemm, half2_fits, linear_config,
-                   moe_config, packed_fits, tile_config, warps_for)
+                   moe_config, out_columns, packed_fits, tile_config, warps_for)
 from .moe import align, expert_weights
 from .tuning import LINEAR, MOE_DOWN, MOE_UP, GemmConfig, check_launchable
 
@@ -87,9 +87,8 @@ class GemmCase:
 
     def launch(self, config: GemmConfig) -> Callable[[], torch.Tensor]:
         split = config.split_k > 1
-        columns = self.w.n if self.gated and split else self.w.n // (1 + self.gated)  # gated partials: up, gate apart
-        out = torch.empty(config.split_k, self.rows, columns, dtype=torch.float32 if split else self.x.dtype,
-                          device=self.x.device)
+        out = torch.empty(config.split_k, self.rows, out_columns(self.w, config, self.gated),
+                          dtype=torch.float32 if split else self.x.dtype, device=self.x.device)
         target = out if split else out[0]
         moe = None if self.ids is None else (*align(self.ids, self.num_experts, 0, config.block_m), self.rows)
         return lambda: gemm(self.x, self.w, target, config, moe=moe, x_row_div=self.top_k if self.gated else 1,
