@@ -98,6 +98,16 @@ def test_int4_is_read_in_whole_tiles(config, device):
         gemm(x, w, out, config)
 
 
+def test_int4_tiles_need_the_weights_in_features(device):
+    """The tiles hold K rounded up to 64: the true K comes from the module, and must fit the tiles."""
+    w, _ = weights(32, 100, "int4", torch.float32, device, seed=0)
+    with pytest.raises(ValueError, match="hold K rounded up to 64: give in_features"):
+        Weights.of(w.tensor[0], w.scale[0], "int4")
+    with pytest.raises(ValueError, match=r"hold K rounded up to 64: give in_features \(got 200\)"):
+        Weights.of(w.tensor[0], w.scale[0], "int4", 200)
+    assert Weights.of(w.tensor[0], w.scale[0], "int4", 100).k == 100
+
+
 def test_gated_partial_sums_take_both_halves_columns(device):
     """A K split of gate+up writes up's and gate's partial sums apart: [split_k, M, 2N], else refused."""
     w, _ = weights(128, 64, "int4", torch.float32, device, seed=0)

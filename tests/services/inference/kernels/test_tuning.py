@@ -100,3 +100,13 @@ def test_an_engine_with_a_malformed_table_is_refused_when_it_opens(engine_dir, t
     with pytest.raises(InvalidInput, match="must be stored at the same batch buckets with the same block_m"):
         Engine.from_dir(engine, backend="triton", verify=False)
     assert ACTIVE.table == {}
+
+
+def test_the_tuners_gated_k_split_case_launches():
+    """The tuner times a K split of int4 gate+up into partial sums of up and gate apart ([split_k, M, 2N]):
+    every one written."""
+    from dbrx_serve.services.inference.kernels.tuner import GemmCase
+    from dbrx_serve.services.inference.kernels.tuning import MOE_UP
+    fc = expert_weights(plain_moe("int4", torch.float32, 0).fc.to(DEVICE))
+    out = GemmCase(MOE_UP, fc, CFG.moe_top_k, 2).launch(GemmConfig(16, 64, 64, split_k=2, dequant=1))()
+    assert out.shape == (2, 2 * CFG.moe_top_k, 2 * CFG.ffn_hidden_size) and bool(torch.isfinite(out).all())
