@@ -1,6 +1,7 @@
 """Compile the GEMM kernel for Hopper (sm_90) on a machine without a GPU and report,
 per launch configuration, registers, spilled bytes, the size of its machine code and its
-tensor-core instructions (Hopper's wgmma, HGMMA, or the older mma.sync, HMMA).
+tensor-core instructions (Hopper's wgmma, HGMMA, or the older mma.sync, HMMA), the
+instructions of its K loop and its shared memory.
 
     python bench/gemm_sass.py --precision int4 --gated --block_m 16 32 --block_n 64 128 --dequant 1 3
     python bench/gemm_sass.py --precision int8 --gated --block_m 1 --block_n 128 --block_k 32
@@ -69,11 +70,26 @@ def report(src: ASTSource, num_warps: int, num_stages: int) -> dict:
         Path(cubin.name).write_bytes(kernel.asm["cubin"])
         usage = subprocess.run([TOOLS / "cuobjdump", "-res-usage", cubin.name], capture_output=True, text=True).stdout
         sass = subprocess.run([TOOLS / "cuobjdump", "-sass", cubin.name], capture_output=True, text=True).stdout
-    instructions = [line.split("*/")[1].split()[0] for line in sass.splitlines()
-                    if line.strip().startswith("/*") and "*/" in line and len(line.split("*/")[1].split()) > 0]
+    code = [(int(line.split("*/")[0].split("/*")[1], 16), line.split("*/")[1].split(";")[0].split())
+            for line in sass.splitlines() if line.strip().startswith("/*") and "*/" in line
+            and len(line.split("*/")[1].split()) > 0]
+    code = [(address, words[1:] if words[0].startswith("@") else words) for address, words in code]  # predicates
+    instructions = [words[0] for _, words in code]
     return {"registers": int(usage.split("REG:")[1].split()[0]), "stack_bytes": int(usage.split("STACK:")[1].split()[0]),
-            "instructions": len(instructions), "spill_instructions": sum(i.startswith(("LDL", "STL")) for i in instructions),
+            "shared_bytes": kernel.metadata.shared, "instructions": len(instructions),
+            "loop_instructions": loop_length(code),
+            "spill_instructions": sum(i.startswith(("LDL", "STL")) for i in instructions),
             "wgmma": sum(i.startswith("HGMMA") for i in instructions), "mma_sync": sum(i.startswith("HMMA") for i in instructions)}
+
+
+def loop_length(code: list[tuple[int, list[str]]]) -> int:
+    """Instructions a thread issues per trip of the longest loop (the K loop): from a backward branch's
+    target to the branch. code: (address, [opcode, operands..]) in order."""
+    longest = 0
+    for address, words in code:
+        if words[0] == "BRA" and words[-1].startswith("0x") and int(words[-1], 16) < address:
+            longest = max(longest, sum(int(words[-1], 16) <= a <= address for a, _ in code))
+    return longest
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""int4 weights as the GPU's tensor cores take them: the engine's `int4_tiles` layout.
+"""int4 weights as the GPU's tensor cores take them: the engine's `int4_tiles_v2` layout.
 
 The checkpoint stores an int4 GEMM weight as TensorRT-LLM does, int8 [.., in, out/2] with two
 output columns a byte (shared/quantization.py's pack_int4). An int4 engine stores the same values
@@ -9,11 +9,13 @@ and a few bit operations put them there, with no gathering of bytes (bench/resul
 
     tiles [.., out'/64, in'/64, 2048] int8    (out', in': out and in rounded up to 64, zeros beyond)
 
-Inside a tile (rows r = output features, columns c = input features), bytes go in the order
-(warp w 0..3, lane 0..31, step s 0..3, byte i 0..3): lane = 4g + t holds, for each K step s of 16
-columns, the 8 values of rows 16w + g + 8h and columns 16s + 8j + 2t + e (h, j, e in {0, 1}), as
-wgmma's register fragment orders them: byte i = 2h + e holds j = 0 in its low nibble and j = 1 in
-its high one (two's complement, as the checkpoint).
+Inside a tile (rows r = output features, columns c = input features), 32-bit words go in the order
+(warp w 0..3, lane 0..31, step s 0..3): lane = 4g + t holds, for each K step s of 16 columns, the 8
+values of rows 16w + g + 8h and columns 16s + 8j + 2t + e (h, j, e in {0, 1}), wgmma's register fragment.
+Each value is a nibble in offset binary (value + 8) at bit 4(2j + h) + 16e of its word, so that one
+shift and one mask put the two values of a bfloat16x2 register (e = 0 and 1) in its two 16-bit halves
+(gemm.py's NIBBLES_TO_BF16). Words are little-endian: byte 2e + j holds h = 0 in its low nibble and
+h = 1 in its high one.
 
 A gated weight (the experts' `mlp.fc`, [up; gate] along out) pads each half to whole tiles on its
 own, so that the gate starts on a tile (`halves` 2).
@@ -43,24 +45,22 @@ def tile_int4(packed: torch.Tensor, halves: int = 1) -> torch.Tensor:
     half = n // halves
     padded = values.new_zeros(*lead, halves, tiles(half) * TILE, tiles(k) * TILE)
     padded[..., :half, :k] = values.unflatten(-2, (halves, half))
-    # rows (tile, w, h, g), columns (tile, s, j, t, e) -> (row tile, column tile, w, g, t, s, j, h, e)
+    # rows (tile, w, h, g), columns (tile, s, j, t, e) -> (row tile, column tile, w, g, t, s, e, j, h)
     v = padded.reshape(*lead, halves * tiles(half), 4, 2, 8, tiles(k), 4, 2, 4, 2)
     d = len(lead)
-    v = v.permute(*range(d), *(d + i for i in (0, 4, 1, 3, 7, 5, 6, 2, 8)))
-    nibbles = v.reshape(*v.shape[:-4], 4, 2, 4).to(torch.int16) & 0xF  # (.., s, j, byte i)
-    byte = nibbles[..., 0, :] | (nibbles[..., 1, :] << 4)
+    u = v.permute(*range(d), *(d + i for i in (0, 4, 1, 3, 7, 5, 8, 6, 2))).to(torch.int16) + 8
+    byte = u[..., 0] | (u[..., 1] << 4)  # byte 2e + j of a word: h = 0 low, h = 1 high
     return byte.to(torch.uint8).view(torch.int8).reshape(*lead, halves * tiles(half), tiles(k), TILE_BYTES)
 
 
 def tile_values(tiled: torch.Tensor, out_features: int, in_features: int, halves: int = 1) -> torch.Tensor:
     """The values tiles hold: int8 [.., out, in] in [-8, 7]."""
     *lead, row_tiles, col_tiles, _ = tiled.shape
-    byte = tiled.reshape(*lead, row_tiles, col_tiles, 4, 8, 4, 4, 1, 4)  # int8 (.., w, g, t, s, 1, byte i)
-    values = torch.cat([(byte << 4) >> 4, byte >> 4], dim=-2)  # sign-extended low (j 0) and high (j 1) nibbles
-    values = values.reshape(*lead, row_tiles, col_tiles, 4, 8, 4, 4, 2, 2, 2)
+    byte = tiled.reshape(*lead, row_tiles, col_tiles, 4, 8, 4, 4, 2, 2, 1)  # (.., w, g, t, s, e, j, 1)
+    values = torch.cat([byte & 0xF, (byte >> 4) & 0xF], dim=-1) - 8  # (.., e, j, h)
     d = len(lead)
-    # (row tile, column tile, w, g, t, s, j, h, e) -> rows (tile, w, h, g), columns (tile, s, j, t, e)
-    v = values.permute(*range(d), *(d + i for i in (0, 2, 7, 3, 1, 5, 6, 4, 8)))
+    # (row tile, column tile, w, g, t, s, e, j, h) -> rows (tile, w, h, g), columns (tile, s, j, t, e)
+    v = values.permute(*range(d), *(d + i for i in (0, 2, 8, 3, 1, 5, 7, 4, 6)))
     v = v.reshape(*lead, halves, row_tiles // halves * TILE, col_tiles * TILE)
     half = out_features // halves
     return v[..., :half, :in_features].flatten(-3, -2)  # [.., out, in]

@@ -27,9 +27,10 @@ GATED_SUFFIX = "mlp.fc.weight"  # the experts' [up; gate] along out: int4 tiles 
 
 
 def weight_layout(precision: str | None) -> str:
-    """An engine's build_config.weight_layout: "int4_tiles" for int4 engines, else "plain" (the
+    """An engine's build_config.weight_layout: "int4_tiles_v2" for int4 engines (shared/int4_tiles.py;
+    "int4_tiles", two's complement nibbles in bytes, was an earlier version's), else "plain" (the
     checkpoint's: float, int8 [in, out])."""
-    return "int4_tiles" if precision is not None and scheme(precision).bits == 4 else "plain"
+    return "int4_tiles_v2" if precision is not None and scheme(precision).bits == 4 else "plain"
 
 
 def halves(name: str) -> int:

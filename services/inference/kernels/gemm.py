@@ -53,37 +53,40 @@ def _to_float(u, BIAS: tl.constexpr, DTYPE: tl.constexpr):
     return ((u | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + BIAS)).to(DTYPE)
 
 
-# DEQ 3 (bfloat16 only, CUDA only): four bytes (eight nibbles) in one register become eight bfloat16
-# values with 14 instructions, two values per instruction: the nibbles to offset binary (xor 8), each
-# pair of bytes spread into the 16-bit lanes (prmt), a nibble or'ed under 0x4300 (bf16 128 + u, lop3
-# (a & b) | c = 0xEA), then 128 + u - 136 = u - 8 by one fma.bf16x2. Outputs: low nibbles $0,$1 and high
-# nibbles $2,$3 of the input's bytes $4, in byte order.
+# DEQ 3 (bfloat16 only, CUDA only): a word of an int4 tile (shared/int4_tiles.py: eight offset-binary
+# nibbles, the two values of output register p at bits 4p and 16 + 4p) becomes eight bfloat16 values with
+# 11 instructions: the word shifted by 4p, its two nibbles or'ed under 0x4300 (bf16 128 + u, lop3
+# (a & b) | c = 0xEA), then 128 + u - 136 = u - 8 by one fma.bf16x2. Outputs: values j = 0 ($0, $1) and
+# j = 1 ($2, $3) of the word $4, in the order 2h + e.
 NIBBLES_TO_BF16 = tl.constexpr("""{
-.reg .b32 x, s, t, z, m, o, one, bias;
-mov.b32 z, 0; mov.b32 m, 0x000F000F; mov.b32 o, 0x43004300;
+.reg .b32 t, m, o, one, bias;
+mov.b32 m, 0x000F000F; mov.b32 o, 0x43004300;
 mov.b32 one, 0x3F803F80; mov.b32 bias, 0xC308C308;
-xor.b32 x, $4, 0x88888888;
-shr.u32 s, x, 4;
-prmt.b32 t, x, z, 0x4140; lop3.b32 t, t, m, o, 0xEA; fma.rn.bf16x2 $0, t, one, bias;
-prmt.b32 t, x, z, 0x4342; lop3.b32 t, t, m, o, 0xEA; fma.rn.bf16x2 $1, t, one, bias;
-prmt.b32 t, s, z, 0x4140; lop3.b32 t, t, m, o, 0xEA; fma.rn.bf16x2 $2, t, one, bias;
-prmt.b32 t, s, z, 0x4342; lop3.b32 t, t, m, o, 0xEA; fma.rn.bf16x2 $3, t, one, bias;
+lop3.b32 t, $4, m, o, 0xEA; fma.rn.bf16x2 $0, t, one, bias;
+shr.u32 t, $4, 4; lop3.b32 t, t, m, o, 0xEA; fma.rn.bf16x2 $1, t, one, bias;
+shr.u32 t, $4, 8; lop3.b32 t, t, m, o, 0xEA; fma.rn.bf16x2 $2, t, one, bias;
+shr.u32 t, $4, 12; lop3.b32 t, t, m, o, 0xEA; fma.rn.bf16x2 $3, t, one, bias;
 }""")
 
 
 @triton.jit
 def _nibbles(packed, DEQ: tl.constexpr, DTYPE: tl.constexpr):
-    """int4 bytes -> (low nibbles, high nibbles) as DTYPE values in [-8, 7]."""
-    if DEQ == 0:
-        low = ((packed << 4).to(tl.int8) >> 4).to(DTYPE)  # sign-extended low nibble
-        high = (packed >> 4).to(DTYPE)  # arithmetic shift
-    elif DEQ == 3:
-        low, high = tl.inline_asm_elementwise(NIBBLES_TO_BF16, "=r,=r,=r,=r,r", [packed],
-                                              dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+    """Bytes [R, C] of int4 tiles' words -> (values j = 0, values j = 1) [R, C] in DTYPE, each word's four
+    in the order 2h + e (shared/int4_tiles.py)."""
+    if DEQ == 3:
+        j0, j1 = tl.inline_asm_elementwise(NIBBLES_TO_BF16, "=r,=r,=r,=r,r", [packed],
+                                           dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
     else:
-        u = (packed.to(tl.int32) & 0xFF) ^ 0x88  # two's complement nibbles -> offset binary
-        low, high = _to_float(u & 0xF, 8, DTYPE), _to_float(u >> 4, 8, DTYPE)
-    return low, high
+        R: tl.constexpr = packed.shape[0]
+        C: tl.constexpr = packed.shape[1]
+        b0, b1 = tl.split(tl.reshape(packed.to(tl.int32) & 0xFF, (R, C // 4, 2, 2)))  # byte 2e + j: j 0, 1
+        u0 = tl.reshape(tl.permute(tl.join(b0 & 0xF, b0 >> 4), (0, 1, 3, 2)), (R, C))  # (e, h) -> 2h + e
+        u1 = tl.reshape(tl.permute(tl.join(b1 & 0xF, b1 >> 4), (0, 1, 3, 2)), (R, C))
+        if DEQ == 0:
+            j0, j1 = (u0 - 8).to(DTYPE), (u1 - 8).to(DTYPE)
+        else:
+            j0, j1 = _to_float(u0, 8, DTYPE), _to_float(u1, 8, DTYPE)
+    return j0, j1
 
 
 @triton.jit
@@ -100,11 +103,11 @@ def _load_weight_tile(w_ptrs, mask, FMT: tl.constexpr, DEQ: tl.constexpr, DTYPE:
 @triton.jit
 def _int4_tile(ptrs, mask, DEQ: tl.constexpr, DTYPE: tl.constexpr, BLOCK_N: tl.constexpr):
     """A [BLOCK_N, 64] tile of int4 W in DTYPE from BLOCK_N / 64 of its tiles (shared/int4_tiles.py), read as
-    bytes [BLOCK_N / 16, 512]: a row per (tile, warp), 16 bytes a lane. Each byte's low and high nibbles
-    are its values of j = 0 and 1; reshaped and permuted back to (row, column) order. The bytes a thread
-    loads are the values wgmma wants in its registers, so on Hopper the permutation moves nothing."""
-    low, high = _nibbles(tl.load(ptrs, mask=mask, other=0), DEQ, DTYPE)
-    v = tl.reshape(tl.join(low, high), (BLOCK_N // 64, 4, 8, 4, 4, 2, 2, 2))  # tile w g t s h e j
+    bytes [BLOCK_N / 16, 512]: a row per (tile, warp), 16 bytes a lane, a word a K step. A word's values
+    (_nibbles) reshaped and permuted back to (row, column) order. The words a thread loads are the values
+    wgmma wants in its registers, so on Hopper the permutation moves nothing."""
+    j0, j1 = _nibbles(tl.load(ptrs, mask=mask, other=0), DEQ, DTYPE)
+    v = tl.reshape(tl.join(j0, j1), (BLOCK_N // 64, 4, 8, 4, 4, 2, 2, 2))  # tile w g t s h e j
     v = tl.permute(v, (0, 1, 5, 2, 4, 7, 3, 6))  # rows (tile, w, h, g), columns (s, j, t, e)
     return tl.reshape(v, (BLOCK_N, 64))
 
@@ -555,8 +558,9 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
         gemv_kernel[grid](*args, EVEN_N=n_out % config.block_n == 0, PTX=ptx, HALF2=half2,
                           STAGES=gemv_stages(config), SPLIT_K=config.split_k, **flags, num_stages=config.num_stages)
         return out
-    stage = (config.block_m + config.block_n * (2 if gated else 1)) * config.block_k * x.element_size()
-    stages = max(1, min(config.num_stages, SHARED_MEMORY_BYTES // stage))  # float32 tiles need fewer
+    weight_bytes = BITS[w.fmt] / 8 if w.fmt != FLOAT else w.tensor.element_size()  # a value, as loaded
+    stage = (config.block_m * x.element_size() + config.block_n * (2 if gated else 1) * weight_bytes) * config.block_k
+    stages = max(1, min(config.num_stages, int(SHARED_MEMORY_BYTES // stage)))  # float32 tiles need fewer
     gemm_kernel[grid](*args, FMT=w.fmt, DEQ=config.dequant if w.fmt != FLOAT else 0,
                       PRECISION=precision_of(x.dtype), GROUP=w.group_size, PTX=on_nvidia(x), BLOCK_M=config.block_m,
                       **flags, num_stages=stages)

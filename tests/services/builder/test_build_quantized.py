@@ -40,7 +40,7 @@ def test_weight_only_engine_holds_the_checkpoints_values(precision, checkpoints,
     config, ranks = read_engine(run_build(ckpt, tmp_path / "engine"))
     assert config["pretrained_config"]["quantization"]["quant_algo"] == {"int8": "W8A16", "int4": "W4A16"}[precision]
     assert config["build_config"]["weight_layout"] == weight_layout(precision) == {"int8": "plain",
-                                                                                  "int4": "int4_tiles"}[precision]
+                                                                                  "int4": "int4_tiles_v2"}[precision]
     cfg = DbrxConfig.from_checkpoint_dict(config["pretrained_config"])
     for rank, (got, want) in enumerate(zip(ranks, read_ranks(ckpt, 2))):
         layout = weight_only_layout(float_layout(cfg, Mapping(2, 1, 2, 1), rank, torch.float32), precision,

@@ -104,15 +104,16 @@ def test_a_multi_rank_engine_outside_an_mpi_world_is_refused_naming_both_sizes(e
         Engine.from_dir(engine_dir("tp2"))
 
 
-def test_an_int4_engine_of_an_earlier_layout_is_refused_with_a_rebuild(engine_dir, tmp_path):
+@pytest.mark.parametrize("earlier", ["plain", "int4_tiles"])
+def test_an_int4_engine_of_an_earlier_layout_is_refused_with_a_rebuild(engine_dir, tmp_path, earlier):
     """int4 engines hold their weights in tiles (shared/int4_tiles.py); one that says it holds the checkpoint's
-    bytes (an earlier version's) is refused before any weight loads."""
+    bytes, or tiles of two's complement nibbles (earlier versions'), is refused before any weight loads."""
     copy = tmp_path / "engine"
     shutil.copytree(engine_dir("int4"), copy)
     config = json.loads((copy / "config.json").read_text())
-    assert config["build_config"]["weight_layout"] == "int4_tiles"
-    config["build_config"]["weight_layout"] = "plain"
+    assert config["build_config"]["weight_layout"] == "int4_tiles_v2"
+    config["build_config"]["weight_layout"] = earlier
     (copy / "config.json").write_text(json.dumps(config))
-    with pytest.raises(InvalidInput, match="weight_layout 'plain', where this runtime reads 'int4_tiles' for this "
-                                           "model's weights: build the engine again"):
+    with pytest.raises(InvalidInput, match=f"weight_layout '{earlier}', where this runtime reads 'int4_tiles_v2' for "
+                                           "this model's weights: build the engine again"):
         Engine.from_dir(copy, verify=False)
