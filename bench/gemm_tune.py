@@ -8,9 +8,15 @@ tokens (int4g64 / int4g128: group-wise int4), every candidate configuration (ser
 the code `dbrx build --tune` runs: `full`'s grid by default) is timed
 (CUDA-graph replays, median) and reported with the bytes it must read and the
 GB/s reached; the best per case comes first. Prints one JSON object last.
+
+    ncu --clock-control none -k regex:gemm_kernel --launch-skip 2 --launch-count 1 --section WarpStateStats \
+        python bench/gemm_tune.py --precision int4 --shapes moe_up --tokens 1 --launches 3
+
+`--launches N` times nothing: it launches each case's default configuration N times, for a profiler.
 """
 
 import argparse
+import itertools
 import json
 import sys
 
@@ -38,10 +44,15 @@ def meta_weights(n: int, k: int, experts: int, precision: str, gated: bool) -> W
                       torch.empty(scale, dtype=torch.bfloat16, device="meta"), scheme, k)
 
 
-def case(name: str, precision: str, tokens: int, mode: str, device) -> dict:
+def gemm_case_of(name: str, precision: str, tokens: int, device) -> tuple:
+    """GemmCase's arguments for a layer shape: random weights on the device."""
     op, n, k, experts = SHAPES[name]
-    gemm_case = GemmCase(op, random_weights(meta_weights(n, k, experts, precision, op == MOE_UP), device), TOP_K,
-                         tokens)
+    return op, random_weights(meta_weights(n, k, experts, precision, op == MOE_UP), device), TOP_K, tokens
+
+
+def case(name: str, precision: str, tokens: int, mode: str, device) -> dict:
+    gemm_case = GemmCase(*gemm_case_of(name, precision, tokens, device))
+    experts = SHAPES[name][3]
     bytes_read = gemm_case.bytes_read
     results = [{"config": t.config.to_dict(), "error": t.error} if t.ms is None else
                {"config": t.config.to_dict(), "us": round(t.ms * 1e3, 1), "gbs": round(bytes_read / t.ms / 1e6, 1),
@@ -59,8 +70,19 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES))
     parser.add_argument("--mode", choices=MODES, default="full")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--launches", type=int, default=0, help="only launch each case's default this often")
     args = parser.parse_args()
     device = torch.device("cuda")
+    if args.launches:
+        for precision, name, tokens in itertools.product(args.precision, args.shapes, args.tokens):
+            gemm_case = GemmCase(*gemm_case_of(name, precision, tokens, device))
+            launch = gemm_case.launch(gemm_case.default)
+            for _ in range(args.launches):
+                launch()
+            torch.cuda.synchronize()
+            print(json.dumps({"shape": name, "precision": precision, "tokens": tokens,
+                              "config": gemm_case.default.to_dict(), "launches": args.launches}))
+        return
     cases = []
     for precision in args.precision:
         for name in args.shapes:

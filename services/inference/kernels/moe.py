@@ -94,9 +94,11 @@ def route(x: torch.Tensor, router: torch.Tensor, top_k: int, norm_p: float | Non
 
 def align(ids: torch.Tensor, num_experts: int, expert_offset: int, block_m: int):
     """ids [N,K] -> (sorted_ids [slots], block_experts [slots / block_m], num_sorted [1]); slots is the
-    most any routing of N*K pairs over num_experts experts can need."""
+    most any routing of N*K pairs over num_experts experts can need: each expert a pair or more takes
+    up to block_m - 1 slots of padding, and no more experts than pairs take any (one token: 4 blocks
+    where 16 experts would give 16, the GEMMs' programs of the other 12 exiting at once)."""
     num_pairs = ids.numel()
-    slots = triton.cdiv(num_pairs + num_experts * (block_m - 1), block_m) * block_m
+    slots = triton.cdiv(num_pairs + min(num_experts, num_pairs) * (block_m - 1), block_m) * block_m
     sorted_ids = torch.empty(slots, dtype=torch.int32, device=ids.device)
     block_experts = torch.empty(slots // block_m, dtype=torch.int32, device=ids.device)
     num_sorted = torch.empty(1, dtype=torch.int32, device=ids.device)

@@ -133,6 +133,16 @@ def test_align_of_no_pairs_sorts_none(device):
     assert sorted_ids.numel() == 0 and int(num_sorted) == 0
 
 
+@pytest.mark.parametrize("tokens, top_k, block_m", [(1, 4, 16), (2, 3, 4), (1, 1, 16)])
+def test_align_has_the_slots_of_the_worst_routing_and_no_more(tokens, top_k, block_m, device):
+    """Fewer pairs than experts: each pair on an expert of its own pads most, and fills the slots exactly
+    (one token, top-4 of 16 experts at 16 rows a block: 4 blocks, not 16)."""
+    ids = torch.arange(tokens * top_k, dtype=torch.int32).view(tokens, top_k)  # every pair its own expert
+    sorted_ids, block_experts, num_sorted = align(ids.to(device), 16, 0, block_m)
+    assert sorted_ids.numel() == int(num_sorted) == tokens * top_k * block_m
+    assert block_experts.cpu().tolist() == list(range(tokens * top_k))
+
+
 @pytest.mark.parametrize("offset, num_local, tokens", [(0, 6, 23), (2, 2, 23), (0, 6, 200)],
                          ids=["all-local", "two-local", "two-passes"])
 def test_align_sorts_pairs_by_expert_in_padded_blocks(offset, num_local, tokens, device):
