@@ -49,9 +49,9 @@ class Checkpoint:
     def rank_path(self, rank: int) -> Path:
         return rank_path(self.root, rank)
 
-    def engine_layout(self, rank: int, engine: bool = True) -> Layout:
-        """The tensors the engine's rank file holds: float, or weight-only for quantized models (int4 in
-        tiles); `engine` False: as a weight-only checkpoint holds them."""
+    def rank_layout(self, rank: int, engine: bool) -> Layout:
+        """The tensors of a rank: float, or weight-only for quantized models, as the engine's rank file holds
+        them (`engine`: int4 in tiles) or a weight-only checkpoint's."""
         layout = float_layout(self.model, self.mapping, rank, self.dtype)
         s = self.weight_only
         return layout if s is None else weight_only_layout(layout, s.precision, s.group_size, engine)
@@ -137,7 +137,7 @@ def stored_layout(ckpt: Checkpoint, rank: int) -> Layout:
     weight-only checkpoint's (the engine's but for int4, which the engine holds in tiles)."""
     if ckpt.form == QUANTIZE_AT_BUILD:
         return float_layout(ckpt.model, ckpt.mapping, rank, ckpt.dtype)
-    return ckpt.engine_layout(rank, engine=False)
+    return ckpt.rank_layout(rank, engine=False)
 
 
 def check_rank(ckpt: Checkpoint, rank: int) -> None:

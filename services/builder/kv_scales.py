@@ -33,7 +33,7 @@ def scales_from_factors(ckpt: Checkpoint) -> KVScales:
     layers = []
     for stage in range(ckpt.mapping.pp_size):
         rank = stage * ckpt.mapping.tp_size  # tp rank 0 of the stage: the factor is the same on every tp rank
-        names = sorted(kv_scaling_names(ckpt.engine_layout(rank)), key=_layer_index)
+        names = sorted(kv_scaling_names(ckpt.rank_layout(rank, engine=True)), key=_layer_index)
         missing = [n for n in names if n not in ckpt.headers[rank]]
         if missing:
             raise InvalidInput(f"{ckpt.root}: kv_cache_quant_algo is INT8 but there is no {SCALES_FILE} and "

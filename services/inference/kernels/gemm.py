@@ -38,7 +38,7 @@ import triton.language as tl
 from dbrx_serve.shared.weight_only import WeightOnlyLinear
 
 from .splits import sum_splits
-from .tuning import ACTIVE, LINEAR, MOE_DOWN, MOE_UP, GemmConfig, shape_key
+from .tuning import ACTIVE, INT4_TILES, LINEAR, MOE_DOWN, MOE_UP, GemmConfig, shape_key
 
 FLOAT, INT8, INT4 = 0, 1, 2
 SHARED_MEMORY_BYTES = 160 * 1024  # what the pipeline stages of one program may take (the H200 has 227 KB)
@@ -522,9 +522,8 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
     if out.shape[-1] != columns or (config.split_k > 1 and (out.dim() != 3 or out.shape[0] != config.split_k)):
         raise ValueError(f"out {tuple(out.shape)} for {config.split_k} split(s) of {columns} columns "
                          f"({'[split_k, M, N] float32 partial sums' if config.split_k > 1 else '[M, N]'})")
-    if w.fmt == INT4 and (config.block_m == 1 or config.block_k != 64 or config.block_n % 64):
-        raise ValueError(f"int4 weights are read a tile of 64 x 64 at a time: block_m 16 or more, block_k 64 and "
-                         f"block_n a multiple of 64, not {config}")
+    if w.fmt == INT4 and not config.reads_int4_tiles:
+        raise ValueError(f"{INT4_TILES}, not {config}")
     if moe is None:
         m, sorted_ids, block_experts, num_sorted, num_pairs = x.shape[0], x, x, x, 0
         grid_m = triton.cdiv(m, config.block_m)

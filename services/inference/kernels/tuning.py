@@ -29,6 +29,8 @@ LINEAR, MOE_UP, MOE_DOWN = "linear", "moe_up", "moe_down"
 SHAPE_KEY = re.compile(r"^(linear|moe_up|moe_down):(int8|int4(?:g(\d+))?|float32|float16|bfloat16)"
                        r":n(\d+):k(\d+):e(\d+)$")
 POWERS_OF_TWO = ("block_m", "block_n", "block_k", "split_k", "num_warps")
+INT4_TILES = ("int4 weights are read a tile of 64 x 64 at a time (shared/int4_tiles.py): block_m 16 or more, "
+              "block_k 64 and block_n a multiple of 64")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ class GemmConfig:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    @property
+    def reads_int4_tiles(self) -> bool:
+        """Whether gemm_kernel can read int4 weights with these tiles (INT4_TILES)."""
+        return self.block_m > 1 and self.block_k == 64 and self.block_n % 64 == 0
 
     def k_per_split(self, k: int) -> int:
         """The K rows of each split: a multiple of block_k (a split of group-wise int4 starts on a chunk of
@@ -154,9 +161,8 @@ def check_launchable(key: str, config: GemmConfig, where: str) -> None:
     if config.block_m == 1 and int(match.group(4)) % 8:
         raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads whole 32-bit words in each half of a gated "
                            f"weight: N {match.group(4)} is not a multiple of 8")
-    if fmt.startswith("int4") and (config.block_k != 64 or config.block_n % 64):
-        raise InvalidInput(f"{where}: int4 weights are read a tile of 64 x 64 at a time (shared/int4_tiles.py): "
-                           f"block_k 64 and block_n a multiple of 64")
+    if fmt.startswith("int4") and not config.reads_int4_tiles:
+        raise InvalidInput(f"{where}: {INT4_TILES}")
     if config.block_m > 1 and min(config.block_m, config.block_n, config.block_k) < 16:
         raise InvalidInput(f"{where}: tiles of block_m > 1 multiply on tensor cores: block_m, block_n and "
                            "block_k of 16 or more")
