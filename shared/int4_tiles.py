@@ -7,7 +7,7 @@ tiles of 64 x 64, each tile 2,048 bytes in the order Hopper's wgmma wants its fi
 warpgroup's registers, so that one 16-byte read a thread (from the pipeline's copy in shared memory)
 and a few bit operations put them there, with no gathering of bytes (bench/results/gemm_int4_tiles_probe.json).
 
-    tiles [.., out'/64, in'/64, 2048] int8    (out', in': out and in rounded up to 64, zeros beyond)
+    tiles [.., out'/64, in'/64, 2048] int8    (out', in': out and in rounded up to 64, values 0 beyond)
 
 Inside a tile (rows r = output features, columns c = input features), 32-bit words go in the order
 (warp w 0..3, lane 0..31, step s 0..3): lane = 4g + t holds, for each K step s of 16 columns, the 8

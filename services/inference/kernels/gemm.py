@@ -106,7 +106,7 @@ def _int4_tile(ptrs, mask, DEQ: tl.constexpr, DTYPE: tl.constexpr, BLOCK_N: tl.c
     bytes [BLOCK_N / 16, 512]: a row per (tile, warp), 16 bytes a lane, a word a K step. A word's values
     (_nibbles) reshaped and permuted back to (row, column) order. The words a thread loads are the values
     wgmma wants in its registers, so on Hopper the permutation moves nothing."""
-    j0, j1 = _nibbles(tl.load(ptrs, mask=mask, other=0), DEQ, DTYPE)
+    j0, j1 = _nibbles(tl.load(ptrs, mask=mask, other=0), DEQ, DTYPE)  # masked: rows past N, never stored
     v = tl.reshape(tl.join(j0, j1), (BLOCK_N // 64, 4, 8, 4, 4, 2, 2, 2))  # tile w g t s h e j
     v = tl.permute(v, (0, 1, 5, 2, 4, 7, 3, 6))  # rows (tile, w, h, g), columns (s, j, t, e)
     return tl.reshape(v, (BLOCK_N, 64))
@@ -524,6 +524,9 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
                          f"({'[split_k, M, N] float32 partial sums' if config.split_k > 1 else '[M, N]'})")
     if w.fmt == INT4 and not config.reads_int4_tiles:
         raise ValueError(f"{INT4_TILES}, not {config}")
+    if config.dequant == 3 and config.block_m > 1 and w.fmt == INT4 and on_nvidia(x) and not packed_fits(w):
+        raise ValueError("dequant 3 (int4 words to bfloat16 by inline PTX) takes bfloat16 scales, a Hopper GPU "
+                         "or newer and tiles on 16 bytes: use dequant 1")
     if moe is None:
         m, sorted_ids, block_experts, num_sorted, num_pairs = x.shape[0], x, x, x, 0
         grid_m = triton.cdiv(m, config.block_m)
@@ -538,6 +541,8 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
     # int4, 40 layers at 64 tokens (a third of the blocks empty): GEMMs 20.9 ms a step against 21.3 rows first
     # (bench/results/decode_int4_40L_tiles_v2_columns_first.json, the profiles in decode_int4_40L_tiles_v2.json).
     grid = (triton.cdiv(n_out, config.block_n), grid_m, config.split_k)
+    if grid_m > 65535:  # CUDA's limit on a grid's second dimension
+        raise ValueError(f"{grid_m} blocks of {config.block_m} rows: at most 65,535 a launch (take fewer rows)")
     k_per_split = config.k_per_split(w.k)
     args = [x, w.tensor, scale, out3, sorted_ids, block_experts, num_sorted,
             topk_weights if topk_weights is not None else x, m, n_out, w.k, num_pairs, k_per_split,
@@ -590,8 +595,11 @@ def half2_fits(w: "Weights") -> bool:
 
 def packed_fits(w: "Weights") -> bool:
     """Whether gemm_kernel may convert these weights by inline PTX (DEQ 3 at block_m > 1): int4 to
-    bfloat16, on an NVIDIA GPU."""
-    return on_nvidia(w.tensor) and w.fmt == INT4 and w.scale.dtype == torch.bfloat16
+    bfloat16, on a Hopper GPU or newer, tiles on 16 bytes. NIBBLES_TO_BF16 takes a whole 32-bit word of a
+    tile; Triton hands an inline asm four bytes of one word where it loads 16 bytes a thread (seen on
+    sm_90, and on sm_80 only with the pointer known 16-byte aligned), so elsewhere DEQ 1 converts."""
+    return (on_nvidia(w.tensor) and w.fmt == INT4 and w.scale.dtype == torch.bfloat16
+            and torch.cuda.get_device_capability(w.tensor.device)[0] >= 9 and w.tensor.data_ptr() % 16 == 0)
 
 
 def gemv_stages(config: GemmConfig) -> int:

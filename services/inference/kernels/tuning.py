@@ -53,7 +53,7 @@ class GemmConfig:
     @property
     def reads_int4_tiles(self) -> bool:
         """Whether gemm_kernel can read int4 weights with these tiles (INT4_TILES)."""
-        return self.block_m > 1 and self.block_k == 64 and self.block_n % 64 == 0
+        return self.block_m >= 16 and self.block_k == 64 and self.block_n % 64 == 0
 
     def k_per_split(self, k: int) -> int:
         """The K rows of each split: a multiple of block_k (a split of group-wise int4 starts on a chunk of

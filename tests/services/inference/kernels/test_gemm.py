@@ -142,6 +142,22 @@ def test_packed_int4_conversion_matches_the_float_product(config, device):
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="inline PTX runs on a CUDA GPU only")
+def test_packed_int4_conversion_is_refused_for_tiles_off_16_bytes(device):
+    """NIBBLES_TO_BF16 takes whole 32-bit words, which Triton hands it where the tiles lie on 16 bytes: tiles
+    8 bytes off are refused for DEQ 3 (the default takes DEQ 1 there), and run right with DEQ 1."""
+    w, ref_w = weights(64, 64, "int4", torch.bfloat16, device, seed=2)
+    storage = torch.empty(w.tensor.numel() + 8, dtype=torch.int8, device=device)
+    moved = storage[8:].view(w.tensor.shape)
+    moved.copy_(w.tensor)
+    off = Weights.of(moved, w.scale, "int4", 64)
+    x = torch.zeros(16, 64, dtype=torch.bfloat16, device=device)
+    with pytest.raises(ValueError, match="dequant 3 .* tiles on 16 bytes: use dequant 1"):
+        gemm(x, off, torch.empty(16, 64, dtype=torch.bfloat16, device=device), GemmConfig(16, 64, 64, dequant=3))
+    assert product_error(16, off, ref_w, GemmConfig(16, 64, 64, dequant=1), torch.bfloat16, device) <= BOUND[
+        torch.bfloat16]
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="inline PTX runs on a CUDA GPU only")
 @pytest.mark.parametrize("n, k, config", [
     (96, 208, GemmConfig(1, 32, 16, 2, 4, 3, dequant=3)),  # ragged K, split, masked rows
     (256, 6144, GemmConfig(1, 128, 32, 1, 4, 2, dequant=3)),  # DBRX's K, 192 steps a row

@@ -127,9 +127,11 @@ def test_routing_matches_softmax_top_k_and_the_p_norm(device):
     assert torch.allclose(got_w.cpu(), want_w, atol=1e-6)
 
 
-def test_align_of_no_pairs_sorts_none(device):
-    """No tokens at one row a block: no slots at all, and nothing sorted."""
-    sorted_ids, block_experts, num_sorted = align(torch.zeros(0, 3, dtype=torch.int32, device=device), 6, 0, 1)
+@pytest.mark.parametrize("block_m", [1, 16])
+def test_align_of_no_pairs_sorts_none(block_m, device):
+    """No tokens: no slots at all (no padding either), and nothing sorted."""
+    sorted_ids, block_experts, num_sorted = align(torch.zeros(0, 3, dtype=torch.int32, device=device), 6, 0,
+                                                  block_m)
     assert sorted_ids.numel() == 0 and int(num_sorted) == 0
 
 
