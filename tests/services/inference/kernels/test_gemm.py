@@ -89,8 +89,8 @@ def test_one_row_gemv_refuses_a_gated_half_of_part_words(device):
         gemm(x, w, out, GemmConfig(1, 32, 32), gated=True)
 
 
-@pytest.mark.parametrize("config", [GemmConfig(1, 64, 64), GemmConfig(16, 64, 32), GemmConfig(16, 32, 64)],
-                         ids=["one-row", "bk32", "bn32"])
+@pytest.mark.parametrize("config", [GemmConfig(1, 64, 64), GemmConfig(8, 64, 64), GemmConfig(16, 64, 32),
+                                    GemmConfig(16, 32, 64)], ids=["one-row", "bm8", "bk32", "bn32"])
 def test_int4_is_read_in_whole_tiles(config, device):
     w, _ = weights(32, 128, "int4", torch.float32, device, seed=0, group_size=64)
     x, out = torch.zeros(4, 128, device=device), torch.zeros(4, 32, device=device)
@@ -106,6 +106,18 @@ def test_int4_tiles_need_the_weights_in_features(device):
     with pytest.raises(ValueError, match=r"hold K rounded up to 64: give in_features \(got 200\)"):
         Weights.of(w.tensor[0], w.scale[0], "int4", 200)
     assert Weights.of(w.tensor[0], w.scale[0], "int4", 100).k == 100
+
+
+def test_more_blocks_than_a_grid_takes_are_refused(device):
+    """The blocks of rows go on the grid's second dimension, at most 65,535 of them a launch."""
+    w, _ = weights(64, 64, None, torch.float32, device, seed=0)
+    blocks = 65536
+    sorted_ids = torch.zeros(blocks * 16, dtype=torch.int32, device=device)
+    moe = (sorted_ids, torch.zeros(blocks, dtype=torch.int32, device=device),
+           torch.zeros(1, dtype=torch.int32, device=device), 4)
+    x, out = torch.zeros(4, 64, device=device), torch.zeros(4, 64, device=device)
+    with pytest.raises(ValueError, match="65536 blocks of 16 rows: at most 65,535 a launch"):
+        gemm(x, w, out, GemmConfig(16, 64, 64), moe=moe)
 
 
 def test_gated_partial_sums_take_both_halves_columns(device):
