@@ -254,7 +254,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--lookahead", choices=list(LOOKAHEAD), default="on",
                         help="decode steps launched one ahead (one-rank engines; both: off, then on)")
     parser.add_argument("--profile", type=int, nargs="*", default=[],
-                        help="batch sizes to profile per kernel (the step as timed, CUDA graph and all, and eager)")
+                        help="batch sizes to profile per kernel (the step as timed, CUDA graph and all, and eager; "
+                             "under programmatic dependent launch a kernel's time counts its wait for the one "
+                             "before: DBRX_PDL=0 for a breakdown)")
     parser.add_argument("--baselines", action="store_true", help="transformers and the plain-torch path (bf16)")
     parser.add_argument("--plot", default=None, help="draw tokens/s and fraction of the floor to this PNG")
     parser.add_argument("--out", default=None, help="also write the JSON here")

@@ -46,7 +46,7 @@ def source(fmt: int, gated: bool, dequant: int, block_m: int, block_n: int, bloc
                  **{name: "i32" for name in INTS}}
     signature["stride_we"] = "i64"
     constants = {"MOE": True, "X_ROW_DIV": 4 if gated else 1, "WEIGHTED": not gated, "GATED": gated,
-                 "BLOCK_N": block_n, "BLOCK_K": block_k}
+                 "BLOCK_N": block_n, "BLOCK_K": block_k, "PDL": True}
     if one_row:
         constants.update({"EVEN_N": True, "PTX": True, "HALF2": dequant == 3,
                           "STAGES": gemv_stages(GemmConfig(num_stages=stages)), "SPLIT_K": split_k})

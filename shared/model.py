@@ -144,17 +144,26 @@ class MoE(nn.Module):
         return out.view(shape)  # a partial sum under expert or tensor parallelism
 
 
+class ResidualLayerNorm(nn.LayerNorm):
+    """LayerNorm of a residual sum: `forward(x, delta)` -> (h = x + delta, LayerNorm(h)); a GPU backend
+    does both in one kernel."""
+
+    def forward(self, x: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = x + delta
+        return h, super().forward(h)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: DbrxConfig, shape: LocalShape, layer: int):
         super().__init__()
         self.input_layernorm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=False)  # norm_1
         self.attention = Attention(cfg, shape, layer)
-        self.post_layernorm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=False)  # norm_2
+        self.post_layernorm = ResidualLayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=False)  # norm_2
         self.mlp = MoE(cfg, shape)
 
     def forward(self, x, cos, sin, positions, attend: Attend) -> torch.Tensor:
-        h = x + self.attention(self.input_layernorm(x), cos, sin, positions, attend)
-        return h + self.mlp(self.post_layernorm(h))
+        h, normed = self.post_layernorm(x, self.attention(self.input_layernorm(x), cos, sin, positions, attend))
+        return h + self.mlp(normed)
 
 
 class DbrxModel(nn.Module):

@@ -23,7 +23,7 @@ from dbrx_serve.shared.model import Attention, LocalShape
 
 from dbrx_serve.shared.kv_scales import KVScales
 from ..step_tensors import StepTensors
-from .gemm import num_sms
+from .device import num_sms, pdl, wait_for_inputs
 
 MAX_SPLITS = 32  # key runs of a decode step's attention (flash-decoding)
 
@@ -32,7 +32,9 @@ MAX_SPLITS = 32  # key runs of a decode step's attention (flash-decoding)
 def qkv_rope_kernel(qkv_ptr, q_ptr, k_cache_ptr, v_cache_ptr, positions_ptr, slots_ptr,
                     inv_freq_ptr, stride_qkv, stride_q, stride_slot, clip, k_scale, v_scale,
                     NH: tl.constexpr, NKV: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    NH_P2: tl.constexpr, NKV_P2: tl.constexpr, CLIP: tl.constexpr, INT8_KV: tl.constexpr):
+                    NH_P2: tl.constexpr, NKV_P2: tl.constexpr, CLIP: tl.constexpr, INT8_KV: tl.constexpr,
+                    PDL: tl.constexpr):
+    wait_for_inputs(PDL)
     t = tl.program_id(0).to(tl.int64)
     HALF: tl.constexpr = HEAD_DIM // 2
     d = tl.arange(0, HALF)
@@ -91,9 +93,10 @@ def attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_ptr, stat
                      stride_q, stride_out, stride_slot, stride_table, num_tokens, sm_scale, k_scale, v_scale,
                      NH: tl.constexpr, GROUP: tl.constexpr, GROUP_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
                      BLOCK_Q: tl.constexpr, TILE: tl.constexpr, PAGE: tl.constexpr, SPLITS: tl.constexpr,
-                     PRECISION: tl.constexpr):
+                     PRECISION: tl.constexpr, PDL: tl.constexpr):
     """With SPLITS > 1 each program takes one of SPLITS runs of the keys and leaves its unnormalized
     output and softmax statistics for combine_kernel (flash-decoding: enough programs at small batch)."""
+    wait_for_inputs(PDL)
     pid, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     seq = tl.load(program_seq_ptr + pid).to(tl.int64)
     first = tl.load(program_start_ptr + pid)  # this program's first token (row of the step)
@@ -148,8 +151,9 @@ def attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_ptr, stat
 
 @triton.jit
 def combine_kernel(partial_ptr, stats_ptr, out_ptr, num_tokens, stride_out, v_scale,
-                   NH: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+                   NH: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, PDL: tl.constexpr):
     """One program per (token, head): the splits' outputs weighted by their share of the softmax."""
+    wait_for_inputs(PDL)
     t, h = tl.program_id(0).to(tl.int64), tl.program_id(1)
     s = tl.arange(0, SPLITS)
     at = (s * num_tokens + t) * NH + h
@@ -217,7 +221,7 @@ class TritonPagedCache:
             qkv, q, k, v, t.positions, t.slots, self.inv_freq, qkv.stride(0), q.stride(0), k.stride(0),
             self.cfg.clip_qkv or 0.0, k_scale, v_scale, NH=nh, NKV=nkv, HEAD_DIM=hd,
             NH_P2=triton.next_power_of_2(nh), NKV_P2=triton.next_power_of_2(nkv),
-            CLIP=self.cfg.clip_qkv is not None, INT8_KV=self.scales is not None, num_warps=4)
+            CLIP=self.cfg.clip_qkv is not None, INT8_KV=self.scales is not None, num_warps=4, **pdl(qkv))
         out = torch.empty(n, nh * hd, dtype=qkv.dtype, device=qkv.device)
         partial = torch.empty(self.splits, n, nh, hd, dtype=torch.float32, device=qkv.device) if self.splits > 1 else out
         stats = torch.empty(self.splits, n, nh, 2, dtype=torch.float32, device=qkv.device) if self.splits > 1 else out
@@ -226,8 +230,8 @@ class TritonPagedCache:
             q.stride(0), out.stride(0), k.stride(0), t.block_tables.stride(0), n, hd ** -0.5, k_scale, v_scale,
             NH=nh, GROUP=self.group, GROUP_P2=triton.next_power_of_2(self.group), HEAD_DIM=hd, BLOCK_Q=self.block_q,
             TILE=64, PAGE=self.tokens_per_block, SPLITS=self.splits,
-            PRECISION="ieee" if qkv.dtype == torch.float32 else None, num_warps=4)
+            PRECISION="ieee" if qkv.dtype == torch.float32 else None, num_warps=4, **pdl(qkv))
         if self.splits > 1:
             combine_kernel[(n, nh)](partial, stats, out, n, out.stride(0), v_scale, NH=nh, HEAD_DIM=hd,
-                                    SPLITS=self.splits, num_warps=1)
+                                    SPLITS=self.splits, num_warps=1, **pdl(qkv))
         return out

@@ -37,6 +37,7 @@ import triton.language as tl
 
 from dbrx_serve.shared.weight_only import WeightOnlyLinear
 
+from .device import capability, num_sms, on_nvidia, pdl, wait_for_inputs
 from .splits import sum_splits
 from .tuning import ACTIVE, INT4_TILES, LINEAR, MOE_DOWN, MOE_UP, GemmConfig, shape_key
 
@@ -187,7 +188,7 @@ def gemm_kernel(
     gate_offset,
     MOE: tl.constexpr, X_ROW_DIV: tl.constexpr, WEIGHTED: tl.constexpr, GATED: tl.constexpr,
     FMT: tl.constexpr, DEQ: tl.constexpr, PRECISION: tl.constexpr, GROUP: tl.constexpr, PTX: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """DEQ: how int weights become floats: 0 casts, 1 places bits in a float's mantissa, 3 (int4,
     bfloat16, NVIDIA) converts eight nibbles a register (NIBBLES_TO_BF16). GROUP: the K rows of a
@@ -197,6 +198,7 @@ def gemm_kernel(
                      "DEQ 3 converts int4 weights to bfloat16 only")
     tl.static_assert(FMT != 2 or (BLOCK_K == 64 and BLOCK_N % 64 == 0), "int4 tiles are 64 x 64")
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # gemm()'s grid
+    wait_for_inputs(PDL)
     rows, row_ok, expert, k_start, k_end = _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr,
                                                   M, K, num_pairs, k_per_split, MOE, BLOCK_M)
     x_rows = rows // X_ROW_DIV
@@ -270,7 +272,7 @@ def gemv_kernel(
     gate_offset,
     MOE: tl.constexpr, X_ROW_DIV: tl.constexpr, WEIGHTED: tl.constexpr, GATED: tl.constexpr,
     EVEN_N: tl.constexpr, PTX: tl.constexpr, HALF2: tl.constexpr, STAGES: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """gemm_kernel for one row a program (BLOCK_M 1) and int8 weights, without tensor cores; gated
     with SPLIT_K > 1 it writes the scaled partial sums of up [.., :N] and gate [.., N:] (SwiGLU needs
@@ -291,6 +293,7 @@ def gemv_kernel(
     HALF2_BOUND in tests/services/inference/kernels/conftest.py)."""
     WORDS: tl.constexpr = BLOCK_N // 4
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # gemm()'s grid
+    wait_for_inputs(PDL)
     rows, row_ok, expert, k_start, k_end = _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr,
                                                   M, K, num_pairs, k_per_split, MOE, 1)
     steps = tl.where(k_end > k_start, k_per_split // BLOCK_K, 0)
@@ -550,7 +553,7 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
             scale.stride(0) if w.scale is not None else 0, scale.stride(1) if w.group_size else 0,
             scale.stride(-1) if w.scale is not None else 0, out3.stride(0), out3.stride(1), out3.stride(2), gate_offset]
     flags = dict(MOE=moe is not None, X_ROW_DIV=x_row_div, WEIGHTED=topk_weights is not None, GATED=gated,
-                 BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps)
+                 BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps, **pdl(x))
     if config.block_m == 1:  # one row a program: int8 weights as 32-bit words
         if w.fmt != INT8:
             raise ValueError("block_m 1 (gemv_kernel) reads int8 weights; float weights take block_m >= 16")
@@ -582,11 +585,6 @@ def out_columns(w: Weights, config: GemmConfig, gated: bool) -> int:
     return 2 * n_out if gated and config.split_k > 1 else n_out
 
 
-def on_nvidia(t: torch.Tensor) -> bool:
-    """Whether t is on an NVIDIA GPU, where inline PTX runs (ROCm's tensors say is_cuda too)."""
-    return t.is_cuda and torch.version.hip is None
-
-
 def half2_fits(w: "Weights") -> bool:
     """Whether gemv_kernel may take float16x2 arithmetic (HALF2) for these int weights: on an NVIDIA GPU,
     for a 16-bit model (a float32 model keeps float32's accuracy)."""
@@ -599,17 +597,12 @@ def packed_fits(w: "Weights") -> bool:
     tile; Triton hands an inline asm four bytes of one word where it loads 16 bytes a thread (seen on
     sm_90, and on sm_80 only with the pointer known 16-byte aligned), so elsewhere DEQ 1 converts."""
     return (on_nvidia(w.tensor) and w.fmt == INT4 and w.scale.dtype == torch.bfloat16
-            and torch.cuda.get_device_capability(w.tensor.device)[0] >= 9 and w.tensor.data_ptr() % 16 == 0)
+            and capability(w.tensor)[0] >= 9 and w.tensor.data_ptr() % 16 == 0)
 
 
 def gemv_stages(config: GemmConfig) -> int:
     """gemv_kernel's tiles in flight a program (its STAGES): num_stages, within 2 to 4."""
     return min(max(config.num_stages, 2), 4)
-
-
-def num_sms(device: torch.device) -> int:
-    """Multiprocessors to fill; on the CPU (Triton's interpreter) a few, so tests stay quick."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
 def warps_for(block_m: int, w: Weights) -> int:
@@ -624,10 +617,11 @@ def block_m_for(rows: int) -> int:
 
 def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, one_row: bool = False) -> GemmConfig:
     """Split K while the grid has fewer than ~4 programs per multiprocessor (small batches); one-row
-    programs (gemv_kernel), and the experts' int4 tiles at a pair an expert (`one_row`), have few bytes
-    in flight each, so ~16 there (int4 at one token: gate+up 162 -> 110 us at split 4, down 124 -> 63
-    at 8; bench/results/gemm_int4_tiles_one_token.json)."""
-    per_sm, most = (16, 16) if config.block_m == 1 or one_row else (4, 8)
+    programs (gemv_kernel) have few bytes in flight each, so ~16 there; the experts' int4 tiles at a pair
+    an expert (`one_row`) ~32, up to 8 splits (int4 at one token: gate+up 162 -> 110 us at split 4, down
+    124 -> 63 at 8, bench/results/gemm_int4_tiles_one_token.json; gate+up 86.7 -> 83.6 us at 8,
+    bench/results/gemm_split_pdl_probe.json)."""
+    per_sm, most = (16, 16) if config.block_m == 1 else (32, 8) if one_row else (4, 8)
     split = 1
     while tiles * split * 2 <= per_sm * sms and k // (split * 2) >= 2 * config.block_k and split < most:
         split *= 2

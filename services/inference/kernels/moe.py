@@ -19,14 +19,16 @@ import triton.language as tl
 
 from dbrx_serve.shared.model import MoE
 
+from .device import pdl, wait_for_inputs
 from .gemm import GemmConfig, Weights, gemm, moe_config
 from .splits import sum_splits
 
 
 @triton.jit
 def route_kernel(logits_ptr, weights_ptr, ids_ptr, E: tl.constexpr, E_P2: tl.constexpr, TOP_K: tl.constexpr,
-                 TOP_K_P2: tl.constexpr, NORM_P: tl.constexpr):
+                 TOP_K_P2: tl.constexpr, NORM_P: tl.constexpr, PDL: tl.constexpr):
     """One program per token: softmax of its router logits, top-k (lowest index on ties), p-norm."""
+    wait_for_inputs(PDL)
     t = tl.program_id(0).to(tl.int64)
     e = tl.arange(0, E_P2)
     logits = tl.load(logits_ptr + t * E + e, mask=e < E, other=float("-inf"))
@@ -52,9 +54,10 @@ def route_kernel(logits_ptr, weights_ptr, ids_ptr, E: tl.constexpr, E_P2: tl.con
 @triton.jit
 def align_kernel(ids_ptr, num_pairs, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, num_slots,
                  E: tl.constexpr, E_P2: tl.constexpr, EXPERT_OFFSET: tl.constexpr, BLOCK_M: tl.constexpr,
-                 CHUNK: tl.constexpr):
+                 CHUNK: tl.constexpr, PDL: tl.constexpr):
     """One program. Pairs routed to expert EXPERT_OFFSET + e go, in pair order, to a run that starts
     at a multiple of BLOCK_M; padding slots hold num_pairs; experts of other ranks are left out."""
+    wait_for_inputs(PDL)
     c, e = tl.arange(0, CHUNK), tl.arange(0, E_P2)
     counts = tl.zeros((E_P2,), tl.int32)
     for p0 in range(0, num_pairs, CHUNK):  # pairs per local expert
@@ -88,7 +91,7 @@ def route(x: torch.Tensor, router: torch.Tensor, top_k: int, norm_p: float | Non
     weights = torch.empty(n, top_k, dtype=torch.float32, device=x.device)
     ids = torch.empty(n, top_k, dtype=torch.int32, device=x.device)
     route_kernel[(n,)](logits, weights, ids, E=e, E_P2=triton.next_power_of_2(e), TOP_K=top_k,
-                       TOP_K_P2=triton.next_power_of_2(top_k), NORM_P=float(norm_p or 0.0), num_warps=1)
+                       TOP_K_P2=triton.next_power_of_2(top_k), NORM_P=float(norm_p or 0.0), num_warps=1, **pdl(x))
     return weights, ids
 
 
@@ -106,7 +109,7 @@ def align(ids: torch.Tensor, num_experts: int, expert_offset: int, block_m: int)
     e_p2 = triton.next_power_of_2(num_experts)
     align_kernel[(1,)](ids, num_pairs, sorted_ids, block_experts, num_sorted, slots, E=num_experts, E_P2=e_p2,
                        EXPERT_OFFSET=expert_offset, BLOCK_M=block_m, CHUNK=chunk,
-                       num_warps=1 if chunk * e_p2 <= 1024 else 8)
+                       num_warps=1 if chunk * e_p2 <= 1024 else 8, **pdl(ids))
     return sorted_ids, block_experts, num_sorted
 
 

@@ -12,14 +12,17 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import pdl, wait_for_inputs
+
 BLOCK = 512  # columns a program
 
 
 @triton.jit
 def sum_splits_kernel(parts_ptr, out_ptr, S, N, stride_s, stride_m, stride_out, half,
-                      ROWS: tl.constexpr, GATED: tl.constexpr, BLOCK: tl.constexpr):
+                      ROWS: tl.constexpr, GATED: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """Output row m, columns of program 1: the sum over S splits and ROWS rows (m * ROWS ...) of parts,
     in float32; GATED: SwiGLU of the sums of columns c (up) and half + c (gate)."""
+    wait_for_inputs(PDL)
     m = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < N
@@ -46,5 +49,5 @@ def sum_splits(parts: torch.Tensor, dtype: torch.dtype, gated: bool = False, row
     out = torch.empty(rows // rows_per_out, n, dtype=dtype, device=parts.device)
     grid = (out.shape[0], triton.cdiv(n, BLOCK))
     sum_splits_kernel[grid](parts, out, splits, n, parts.stride(0), parts.stride(1), out.stride(0), n,
-                            ROWS=rows_per_out, GATED=gated, BLOCK=BLOCK, num_warps=4)
+                            ROWS=rows_per_out, GATED=gated, BLOCK=BLOCK, num_warps=4, **pdl(parts))
     return out

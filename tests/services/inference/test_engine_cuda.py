@@ -51,6 +51,29 @@ def test_looking_ahead_on_cuda_gives_what_one_step_at_a_time_gives(engine_dir):
         assert ahead.stats().kv_blocks_used == 0
 
 
+def test_programmatic_dependent_launch_changes_no_bit(engine_dir, monkeypatch):
+    """Kernels launched early under PDL (kernels/device.py) wait for the ones before them: an engine with
+    it (the default on Hopper) and one without give the same tokens, logprobs and text, eager and in
+    CUDA graphs, float and int4 (a kernel reading or writing before its wait would change bits)."""
+    from dbrx_serve.services.inference.kernels import device as kernels_device
+
+    from .test_lookahead import PARAMS, PROMPTS as LOOKAHEAD_PROMPTS
+
+    if torch.cuda.get_device_capability()[0] < 9 or not kernels_device.PDL_ON:
+        pytest.skip("PDL needs compute capability 9.0 or newer (and DBRX_PDL unset)")
+    assert kernels_device.pdl(torch.empty(1, device="cuda"))["PDL"]
+    for name in ("fp32", "int4"):
+        with_pdl = Engine.from_dir(engine_dir(name), device="cuda", num_kv_blocks=256)
+        want = with_pdl.generate(LOOKAHEAD_PROMPTS, PARAMS)
+        monkeypatch.setattr(kernels_device, "PDL_ON", False)
+        without = Engine.from_dir(engine_dir(name), device="cuda", num_kv_blocks=256)
+        assert not kernels_device.pdl(torch.empty(1, device="cuda"))["PDL"]
+        for got, expected in zip(without.generate(LOOKAHEAD_PROMPTS, PARAMS), want):
+            assert (got.output_ids, got.logprobs, got.text) == (expected.output_ids, expected.logprobs,
+                                                                 expected.text), name
+        monkeypatch.setattr(kernels_device, "PDL_ON", True)
+
+
 def test_int8_kv_and_weight_only_engines_run_on_cuda(engine_dir):
     for name in ("int8kv", "int4"):
         engine = Engine.from_dir(engine_dir(name), device="cuda")

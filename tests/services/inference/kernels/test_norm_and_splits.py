@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dbrx_serve.services.inference.kernels.norm import TritonLayerNorm
+from dbrx_serve.services.inference.kernels.norm import TritonLayerNorm, TritonResidualLayerNorm
+from dbrx_serve.shared.model import ResidualLayerNorm
 from dbrx_serve.services.inference.kernels.splits import sum_splits
 
 from .conftest import BOUND, DTYPES, relative_error
@@ -27,6 +28,27 @@ def test_layer_norm_matches_torch(rows, width, bias, dtype, device):
     with torch.no_grad():
         got, want = ours(x.to(device)), plain(x.float())
     assert got.shape == x.shape and got.dtype == dtype
+    assert relative_error(got.cpu(), want) <= BOUND[dtype]
+
+
+@pytest.mark.parametrize("rows, width", [(1, 6144), (3, 100)], ids=["dbrx-row", "ragged"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_residual_layer_norm_matches_the_sum_then_torch(rows, width, dtype, device):
+    """x + delta as torch rounds it to the dtype (exactly), and the LayerNorm of that rounded sum."""
+    g = torch.Generator().manual_seed(width + rows + 1)
+    plain = ResidualLayerNorm(width, eps=1e-5, bias=False)
+    with torch.no_grad():
+        plain.weight.copy_(torch.randn(width, generator=g))
+    ours = ResidualLayerNorm(width, eps=1e-5, bias=False, dtype=dtype).to(device)
+    ours.load_state_dict(plain.state_dict())
+    ours.__class__ = TritonResidualLayerNorm
+    x, delta = ((3 + 2 * torch.randn(2, rows, width, generator=g)).to(dtype) for _ in range(2))
+    with torch.no_grad():
+        got_sum, got = ours(x.to(device), delta.to(device))
+        want_sum = x + delta
+        _, want = plain(want_sum.float(), torch.zeros(want_sum.shape))
+    assert got_sum.dtype == got.dtype == dtype and got.shape == x.shape
+    assert torch.equal(got_sum.cpu(), want_sum)
     assert relative_error(got.cpu(), want) <= BOUND[dtype]
 
 
