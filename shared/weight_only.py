@@ -120,12 +120,12 @@ def weight_only_experts(module: ExpertLinear, s: WeightOnly, dtype: torch.dtype,
 
 def swap_weight_only(model: DbrxModel, s: WeightOnly, dtype: torch.dtype) -> DbrxModel:
     """Replace each block's four GEMMs by weight-only modules of scheme `s` (empty: load the rank file after)."""
-    for block in model.transformer.layers:
+    for i, block in enumerate(model.transformer.layers):
         attn, mlp = block.attention, block.mlp
         attn.qkv = weight_only_linear(attn.qkv, s, dtype)
         attn.dense = weight_only_linear(attn.dense, s, dtype)
-        mlp.fc = weight_only_experts(mlp.fc, s, dtype, halves=2)
-        mlp.proj = weight_only_experts(mlp.proj, s, dtype)
+        mlp.fc = weight_only_experts(mlp.fc, s, dtype, halves(f"transformer.layers.{i}.mlp.fc.weight"))
+        mlp.proj = weight_only_experts(mlp.proj, s, dtype, halves(f"transformer.layers.{i}.mlp.proj.weight"))
     return model
 
 
