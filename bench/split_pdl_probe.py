@@ -5,8 +5,9 @@ launch timed on a chain of 800 small kernels in a CUDA graph), or over tile heig
     python bench/split_pdl_probe.py OUT.json [--tokens 64 128]
 
 Writes OUT.json: per shape, [block_m, block_n, stages, warps, split, us, GB/s], fastest first
-(bench/results/gemm_tiles_probe_64_tokens.json; gemm_split_pdl_probe.json came from its first
-version, rows without block_m, which was 16).
+(bench/results/gemm_tiles_probe_64_tokens.json). bench/results/gemm_split_pdl_probe.json came from
+its first version: keys `sweep` and `cols`, rows without block_m (16), and a table of each compiled
+gemm_kernel's registers and shared memory (`kernels`) that this version leaves out.
 """
 import argparse
 import json
@@ -20,15 +21,14 @@ import triton.language as tl
 sys.path.insert(0, "bench")
 from gemm_tune import gemm_case_of  # noqa: E402
 
+from dbrx_serve.services.inference.kernels.device import wait_for_inputs  # noqa: E402
 from dbrx_serve.services.inference.kernels.tuner import GemmCase, graph_ms  # noqa: E402
 from dbrx_serve.services.inference.kernels.tuning import GemmConfig  # noqa: E402
 
 
 @triton.jit
 def step_kernel(x_ptr, y_ptr, N, PDL: tl.constexpr, BLOCK: tl.constexpr):
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    wait_for_inputs(PDL)
     o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     v = tl.load(x_ptr + o, mask=o < N)
     tl.store(y_ptr + o, v + 1.0, mask=o < N)

@@ -59,9 +59,10 @@ def pdl(t: torch.Tensor) -> dict:
 
 @triton.jit
 def wait_for_inputs(PDL: tl.constexpr):
-    """Wait until the kernels before this one have finished (PDL), then let the next kernel launch: its
-    programs start as this one's end, and wait here in turn. (Letting it launch first, before the wait,
-    scheduled whole chains of small kernels ahead and was slower: bench/notes-gpu.md.)"""
+    """Wait until the kernels before this one have finished (PDL), then let the next kernel launch: once
+    every program of this one has passed here (its last wave has started), the next one's programs are
+    scheduled as resources free and wait here in turn. (Letting it launch before the wait, together with
+    an L2 prefetch of the linear layers' weights, not measured apart, was slower: bench/notes-gpu.md.)"""
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()

@@ -3,7 +3,7 @@ residual sum and its LayerNorm in one (the model's ResidualLayerNorm).
 
 At decode sizes torch's LayerNorm took 10.4 us a call for one row of 6,144 (81 calls a step of
 the 40-layer model: 0.84 ms of its GPU time, bench/results/decode_int4_g128_40L_half2.json); this
-kernel reads the row once and writes it once.
+kernel reads the row once and writes it once (with the residual: two rows read, two written).
 """
 
 import torch
@@ -42,18 +42,20 @@ def layer_norm_kernel(x_ptr, delta_ptr, weight_ptr, bias_ptr, sum_ptr, out_ptr, 
 
 
 def layer_norm(norm: nn.LayerNorm, x: torch.Tensor, delta: torch.Tensor | None = None):
-    """The kernel over the last dimension: LayerNorm(x), or with delta (x's shape) (x + delta, LayerNorm
-    of it). Rows of up to 2^16 features; wider ones, and a LayerNorm without weights, take torch's."""
+    """The kernel over the last dimension: LayerNorm(x), or with delta (x's shape and dtype) (x + delta,
+    LayerNorm of it). Rows of up to 2^16 features; wider ones, a LayerNorm without weights and a delta
+    that broadcasts or promotes take torch's."""
     n = x.shape[-1]
     block = triton.next_power_of_2(n)
-    if not norm.elementwise_affine or block > 65536:
+    odd_delta = delta is not None and (delta.shape != x.shape or delta.dtype != x.dtype)
+    if not norm.elementwise_affine or block > 65536 or odd_delta:
         h = x if delta is None else x + delta
         out = F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         return out if delta is None else (h, out)
-    rows = x.reshape(-1, n)
-    deltas = rows if delta is None else delta.reshape(-1, n)
-    out = torch.empty_like(rows)
-    sums = out if delta is None else torch.empty_like(rows)
+    rows = x.reshape(-1, n).contiguous()  # the kernel reads and writes rows of stride 1
+    deltas = rows if delta is None else delta.reshape(-1, n).contiguous()
+    out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
+    sums = out if delta is None else torch.empty_like(out)
     layer_norm_kernel[(rows.shape[0],)](rows, deltas, norm.weight, norm.weight if norm.bias is None else norm.bias,
                                         sums, out, n, rows.stride(0), deltas.stride(0), sums.stride(0),
                                         out.stride(0), norm.eps, RESIDUAL=delta is not None,

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from dbrx_serve.services.inference.kernels.norm import TritonLayerNorm, TritonResidualLayerNorm
-from dbrx_serve.shared.model import ResidualLayerNorm
 from dbrx_serve.services.inference.kernels.splits import sum_splits
+from dbrx_serve.shared.model import ResidualLayerNorm
 
 from .conftest import BOUND, DTYPES, relative_error
 
@@ -50,6 +50,28 @@ def test_residual_layer_norm_matches_the_sum_then_torch(rows, width, dtype, devi
     assert got_sum.dtype == got.dtype == dtype and got.shape == x.shape
     assert torch.equal(got_sum.cpu(), want_sum)
     assert relative_error(got.cpu(), want) <= BOUND[dtype]
+
+
+def test_residual_layer_norm_takes_strided_rows_and_leaves_the_rest_to_torch(device):
+    """Rows of stride > 1 (a transposed view) as the same rows contiguous; a delta that broadcasts, and a
+    LayerNorm without weights, as torch's sum and F.layer_norm (the same pair back)."""
+    g = torch.Generator().manual_seed(5)
+    ours = ResidualLayerNorm(64, eps=1e-5, bias=False).to(device)
+    with torch.no_grad():
+        ours.weight.copy_(torch.randn(64, generator=g))
+    ours.__class__ = TritonResidualLayerNorm
+    x, delta = torch.randn(64, 3, generator=g).to(device), torch.randn(3, 64, generator=g).to(device)
+    with torch.no_grad():
+        got = ours(x.t(), delta)  # x.t(): rows of stride 3
+        want = ours(x.t().contiguous(), delta)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+        h, normed = ours(x.t().contiguous(), delta[:1])  # a delta that broadcasts
+        assert torch.equal(h, x.t() + delta[:1])
+        assert torch.allclose(normed, F.layer_norm(h, (64,), ours.weight, eps=1e-5))
+        plain = ResidualLayerNorm(64, elementwise_affine=False).to(device)
+        plain.__class__ = TritonResidualLayerNorm
+        h, normed = plain(x.t(), delta)
+        assert torch.equal(h, x.t() + delta) and torch.allclose(normed, F.layer_norm(x.t() + delta, (64,)))
 
 
 @pytest.mark.parametrize("splits, rows_per_out, gated", [(1, 1, False), (4, 1, False), (3, 1, True), (2, 4, False),
