@@ -145,25 +145,38 @@ class MoE(nn.Module):
 
 
 class ResidualLayerNorm(nn.LayerNorm):
-    """LayerNorm of a residual sum: `forward(x, delta)` -> (h = x + delta, LayerNorm(h)); a GPU backend
-    does both in one kernel."""
+    """LayerNorm of a residual sum: `forward(x, delta)` -> (h = x + delta, LayerNorm(h)) (delta None: h is
+    x); a GPU backend does both in one kernel."""
 
-    def forward(self, x: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = x + delta
+    def forward(self, x: torch.Tensor, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = x if delta is None else x + delta
         return h, super().forward(h)
 
 
 class Block(nn.Module):
+    """`forward(x, delta, ...)` on the hidden states x + delta (delta None: x) -> (h, MoE output), whose sum
+    is the block's output: the next block's first LayerNorm adds them up (one kernel on a GPU, as after
+    attention), and DbrxModel adds the last pair."""
+
     def __init__(self, cfg: DbrxConfig, shape: LocalShape, layer: int):
         super().__init__()
-        self.input_layernorm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=False)  # norm_1
+        self.input_layernorm = ResidualLayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=False)  # norm_1
         self.attention = Attention(cfg, shape, layer)
         self.post_layernorm = ResidualLayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=False)  # norm_2
         self.mlp = MoE(cfg, shape)
 
-    def forward(self, x, cos, sin, positions, attend: Attend) -> torch.Tensor:
-        h, normed = self.post_layernorm(x, self.attention(self.input_layernorm(x), cos, sin, positions, attend))
-        return h + self.mlp(normed)
+    def forward(self, x, delta, cos, sin, positions, attend: Attend) -> tuple[torch.Tensor, torch.Tensor]:
+        x, normed = self.input_layernorm(x, delta)
+        h, normed = self.post_layernorm(x, self.attention(normed, cos, sin, positions, attend))
+        return h, self.mlp(normed)
+
+
+def run_blocks(blocks, x: torch.Tensor, cos, sin, positions, attend: Attend) -> torch.Tensor:
+    """The blocks in turn on hidden states x [B,T,H] -> their output."""
+    delta = None
+    for block in blocks:
+        x, delta = block(x, delta, cos, sin, positions, attend)
+    return x if delta is None else x + delta
 
 
 class DbrxModel(nn.Module):
@@ -190,8 +203,7 @@ class DbrxModel(nn.Module):
                 attend: Attend = causal_attention) -> torch.Tensor:
         x = self.transformer.vocab_embedding(inputs) if self.shape.has_embedding else inputs  # [B,T,H]
         cos, sin = rotary(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
-        for block in self.transformer.layers:
-            x = block(x, cos, sin, positions, attend)
+        x = run_blocks(self.transformer.layers, x, cos, sin, positions, attend)
         if not self.shape.has_lm_head:
             return x
         return self.lm_head(self.transformer.ln_f(x)).float()  # [B,T,V]

@@ -18,7 +18,7 @@ from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.hf_checkpoint import HFCheckpoint
 from dbrx_serve.shared.kv_scales import KVScales
 from dbrx_serve.shared.mapping import Mapping
-from dbrx_serve.shared.model import Block, LocalShape, causal_attention, rotary
+from dbrx_serve.shared.model import Block, LocalShape, causal_attention, rotary, run_blocks
 from dbrx_serve.shared.sharding import rank_tensors
 
 from .calibration_text import MAX_TOKENS, CalibrationSet
@@ -81,4 +81,4 @@ def calibrate(model_dir: str | Path, calib: CalibrationSet,
 def run_block(block: Block, cfg: DbrxConfig, x: torch.Tensor, attend) -> torch.Tensor:
     positions = torch.arange(x.shape[1])[None]  # [1,T]
     cos, sin = rotary(positions, cfg.head_dim, cfg.rope_theta, x.dtype)
-    return block(x, cos, sin, positions, attend)
+    return run_blocks([block], x, cos, sin, positions, attend)

@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.errors import InvalidInput
 from dbrx_serve.shared.mapping import Mapping
-from dbrx_serve.shared.model import DbrxModel, LocalShape, rotary
+from dbrx_serve.shared.model import DbrxModel, LocalShape, rotary, run_blocks
 from dbrx_serve.shared.quantization import WeightOnly
 from dbrx_serve.shared.reference import torch_dtype
 from dbrx_serve.shared.weight_only import swap_weight_only
@@ -163,6 +163,5 @@ class ModelRunner:
         tokens, positions = t.token_ids[:num_tokens].long()[None], t.positions[:num_tokens].long()[None]  # [1,N]
         x = m.transformer.vocab_embedding(tokens)  # [1,N,H] (a later pipeline stage receives it: parallel.py)
         cos, sin = rotary(positions, m.cfg.head_dim, m.cfg.rope_theta, x.dtype)
-        for block in m.transformer.layers:
-            x = block(x, cos, sin, positions, self.cache.attend)
+        x = run_blocks(m.transformer.layers, x, cos, sin, positions, self.cache.attend)
         return self.parallel.head(m, x, t.sample_rows[:num_samples].long())  # [S,V] (earlier stages: sent on)

@@ -25,7 +25,7 @@ def swap_modules(model: DbrxModel) -> DbrxModel:
     for block in model.transformer.layers:
         block.attention.__class__ = TritonAttention
         block.mlp.__class__ = FusedMoE
-        block.input_layernorm.__class__ = TritonLayerNorm
+        block.input_layernorm.__class__ = TritonResidualLayerNorm
         block.post_layernorm.__class__ = TritonResidualLayerNorm
         for linear in (block.attention.qkv, block.attention.dense):
             if type(linear) is WeightOnlyLinear:

@@ -74,5 +74,5 @@ class TritonLayerNorm(nn.LayerNorm):
 class TritonResidualLayerNorm(ResidualLayerNorm):
     """The model's ResidualLayerNorm, same parameters; `forward` is one layer_norm_kernel launch."""
 
-    def forward(self, x: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return layer_norm(self, x, delta)
+    def forward(self, x: torch.Tensor, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return (x, layer_norm(self, x)) if delta is None else layer_norm(self, x, delta)

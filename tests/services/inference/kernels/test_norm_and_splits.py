@@ -74,6 +74,20 @@ def test_residual_layer_norm_takes_strided_rows_and_leaves_the_rest_to_torch(dev
         assert torch.equal(h, x.t() + delta) and torch.allclose(normed, F.layer_norm(x.t() + delta, (64,)))
 
 
+def test_residual_layer_norm_without_a_delta_is_the_layer_norm_of_x(device):
+    """A model's first block has no delta: x itself back, and the LayerNorm's kernel on it."""
+    g = torch.Generator().manual_seed(6)
+    ours = ResidualLayerNorm(96, eps=1e-5, bias=False).to(device)
+    with torch.no_grad():
+        ours.weight.copy_(torch.randn(96, generator=g))
+    ours.__class__ = TritonResidualLayerNorm
+    x = 3 + torch.randn(2, 4, 96, generator=g).to(device)
+    with torch.no_grad():
+        h, normed = ours(x, None)
+    assert h is x
+    assert relative_error(normed.cpu(), F.layer_norm(x.cpu(), (96,), ours.weight.cpu(), eps=1e-5)) <= BOUND[torch.float32]
+
+
 @pytest.mark.parametrize("splits, rows_per_out, gated", [(1, 1, False), (4, 1, False), (3, 1, True), (2, 4, False),
                                                         (1, 4, False)],
                          ids=["one", "splits", "swiglu", "topk-splits", "topk"])
