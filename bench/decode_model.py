@@ -149,18 +149,19 @@ def record_routing(engine: Engine) -> list[int]:
         return everything  # the plain path's loop is not hooked: count every expert
     from dbrx_serve.services.inference.kernels import moe
 
-    seen, route = [], moe.route
+    seen, route_and_align = [], moe.route_and_align
 
     def recording(*args, **kwargs):
-        weights, ids = route(*args, **kwargs)
+        routed = route_and_align(*args, **kwargs)
+        ids = routed[1]
         seen.append(int(ids[(ids >= first) & (ids < first + count)].unique().numel()))
-        return weights, ids
+        return routed
     graphs, engine.runner.graphs = engine.runner.graphs, None
-    moe.route = recording
+    moe.route_and_align = recording
     try:
         engine.step()
     finally:
-        moe.route, engine.runner.graphs = route, graphs
+        moe.route_and_align, engine.runner.graphs = route_and_align, graphs
     return seen or everything
 
 

@@ -9,7 +9,7 @@ import torch
 
 from dbrx_serve.services.inference.kernels import moe as moe_module
 from dbrx_serve.services.inference.kernels.gemm import GemmConfig
-from dbrx_serve.services.inference.kernels.moe import FusedMoE, align, expert_weights, route
+from dbrx_serve.services.inference.kernels.moe import FusedMoE, align, expert_weights, route_and_align
 from dbrx_serve.shared.config import DbrxConfig
 from dbrx_serve.shared.model import LocalShape, MoE
 from dbrx_serve.shared.quantization import quantize_weight
@@ -118,13 +118,27 @@ def test_both_expert_gemms_take_one_block_m(d_model, ffn, device):
     assert relative_error(got.cpu(), want) <= 2 * BOUND[torch.float32]
 
 
-def test_routing_matches_softmax_top_k_and_the_p_norm(device):
+@pytest.mark.parametrize("tokens, offset", [(1, 0), (5, 2), (50, 0), (200, 2)],
+                         ids=["one-program", "one-program-two-local", "parts", "cublas-two-local"])
+def test_routing_matches_softmax_top_k_and_the_p_norm_and_aligns_as_align(tokens, offset, device):
+    """Up to ROUTE_ALIGN_TOKENS tokens routing and align are one program, up to ROUTER_PARTS_TOKENS the logits
+    are our kernels' sums of chunks, past it cuBLAS's: the plain path's experts and weights each way, and
+    align's blocks of the ids (of this rank's 2 experts at an offset of 2, under expert parallelism)."""
+    assert (tokens <= moe_module.ROUTE_ALIGN_TOKENS) == (tokens <= 5)  # each path
+    assert (tokens <= moe_module.ROUTER_PARTS_TOKENS) == (tokens < 200)
     moe = plain_moe(None, torch.float32, seed=3)
-    x = torch.randn(50, CFG.d_model, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(tokens, CFG.d_model, generator=torch.Generator().manual_seed(4))
     want_w, want_ids = moe.route(x)
-    got_w, got_ids = route(x.to(device), moe.router.weight.to(device), CFG.moe_top_k, 1.0)
+    num_local = 2 if offset else CFG.moe_num_experts
+    got_w, got_ids, *aligned = route_and_align(x.to(device), moe.router.weight.to(device), CFG.moe_top_k, 1.0,
+                                               num_local, offset, 16)
     assert torch.equal(got_ids.cpu().long(), want_ids)
     assert torch.allclose(got_w.cpu(), want_w, atol=1e-6)
+    sorted_ids, block_experts, num_sorted = aligned
+    want_sorted, want_experts, want_num = align(got_ids, num_local, offset, 16)
+    blocks = int(want_num) // 16  # block_experts past the routing hold nothing meaningful
+    assert torch.equal(num_sorted, want_num) and torch.equal(sorted_ids, want_sorted)
+    assert torch.equal(block_experts[:blocks], want_experts[:blocks])
 
 
 @pytest.mark.parametrize("block_m", [1, 16])
