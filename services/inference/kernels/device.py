@@ -28,6 +28,11 @@ def on_nvidia(t: torch.Tensor) -> bool:
     return t.is_cuda and torch.version.hip is None
 
 
+def _index(device: torch.device) -> int:
+    """A CUDA device's index (the current device where it names none)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 @functools.cache
 def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
@@ -35,7 +40,7 @@ def _capability(index: int) -> tuple[int, int]:
 
 def capability(t: torch.Tensor) -> tuple[int, int]:
     """The compute capability of t's GPU (asked once a device)."""
-    return _capability(t.device.index if t.device.index is not None else torch.cuda.current_device())
+    return _capability(_index(t.device))
 
 
 @functools.cache
@@ -47,7 +52,7 @@ def num_sms(device: torch.device) -> int:
     """Multiprocessors to fill; on the CPU (Triton's interpreter) a few, so tests stay quick."""
     if device.type != "cuda":
         return 4
-    return _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+    return _multiprocessors(_index(device))
 
 
 def pdl(t: torch.Tensor) -> dict:

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from dbrx_serve.services.inference.kernels.gemm import GemmConfig, TritonWeightOnlyLinear, Weights, gemm
+from dbrx_serve.services.inference.kernels.gemm import GemmConfig, TritonWeightOnlyLinear, Weights, gemm, with_split_k
 from dbrx_serve.shared.quantization import dequantize_weight, quantize_weight
 from dbrx_serve.shared.weight_only import WeightOnlyLinear, engine_weight
 
@@ -79,6 +79,20 @@ def test_group_wise_int4_matches_the_dequantized_product(group_size, config, dty
     w, ref_w = weights(n, k, "int4", dtype, device, seed=n + m, group_size=group_size)
     assert w.group_size == group_size and w.scale.shape == (1, k // group_size, n)
     assert product_error(m, w, ref_w, config, dtype, device) <= BOUND[dtype]
+
+
+def test_k_splits_fill_the_grid_up_to_their_rule():
+    """with_split_k on DBRX's one-token GEMMs with 132 multiprocessors: the experts' int4 tiles at a pair an
+    expert split until ~32 programs a multiprocessor, at most 8 (gate+up: 4 pairs x 84 column tiles; down:
+    4 x 48); other tiles ~4 a multiprocessor (qkv: 64 tiles); one-row programs ~16, at most 16; a split
+    keeps two block_k steps of K at least."""
+    tile = GemmConfig(16, 128, 64)
+    assert with_split_k(tile, 4 * 84, 6144, 132, one_row=True).split_k == 8
+    assert with_split_k(tile, 4 * 48, 10752, 132, one_row=True).split_k == 8
+    assert with_split_k(tile, 4 * 84, 6144, 132).split_k == 1  # 672 programs > 4 x 132
+    assert with_split_k(tile, 64, 6144, 132).split_k == 8  # 512 <= 528
+    assert with_split_k(tile, 1, 256, 132, one_row=True).split_k == 2  # 128 rows a split, no fewer
+    assert with_split_k(GemmConfig(1, 64, 32), 100, 8192, 132).split_k == 16
 
 
 def test_one_row_gemv_refuses_a_gated_half_of_part_words(device):
