@@ -158,7 +158,10 @@ def route_align_kernel(logits_ptr, weights_ptr, ids_ptr, N, sorted_ids_ptr, bloc
 def router_logits(x: torch.Tensor, router: torch.Tensor) -> tuple[torch.Tensor, int]:
     """x [N,H], router [E,H] float32 -> the float32 logits as the route kernels read them, and their chunks:
     up to ROUTER_PARTS_TOKENS tokens (decode) router_parts_kernel's parts [N, chunks, E] (chunks > 0: the
-    route kernels add them up), more by cuBLAS [N, E] (chunks 0; a float32 copy of x first)."""
+    route kernels add them up), more by cuBLAS [N, E] (chunks 0; a float32 copy of x first). The two sum in
+    different orders (as cuBLAS does for different N, and the CPU's plain path again), so their logits may
+    differ in the last bits: where a token's 4th and 5th experts are that close, the expert it takes can
+    depend on the path (and so on the step's size), as it could with cuBLAS alone."""
     (n, h), e = x.shape, router.shape[0]
     if n > ROUTER_PARTS_TOKENS or x.stride(1) != 1 or not router.is_contiguous():
         return F.linear(x.float(), router), 0

@@ -120,12 +120,14 @@ def test_both_expert_gemms_take_one_block_m(d_model, ffn, device):
 
 @pytest.mark.parametrize("tokens, offset", [(1, 0), (5, 2), (50, 0), (200, 2)],
                          ids=["one-program", "one-program-two-local", "parts", "cublas-two-local"])
-def test_routing_matches_softmax_top_k_and_the_p_norm_and_aligns_as_align(tokens, offset, device):
+def test_routing_matches_softmax_top_k_and_the_p_norm_and_aligns_as_align(tokens, offset, device, monkeypatch):
     """Up to ROUTE_ALIGN_TOKENS tokens routing and align are one program, up to ROUTER_PARTS_TOKENS the logits
-    are our kernels' sums of chunks, past it cuBLAS's: the plain path's experts and weights each way, and
-    align's blocks of the ids (of this rank's 2 experts at an offset of 2, under expert parallelism)."""
+    are our kernels' sums of chunks (here 3 of 32 features, in 4 slots), past it cuBLAS's: the plain path's
+    experts and weights each way, and align's blocks of the ids (of this rank's 2 experts at an offset of 2,
+    under expert parallelism)."""
     assert (tokens <= moe_module.ROUTE_ALIGN_TOKENS) == (tokens <= 5)  # each path
     assert (tokens <= moe_module.ROUTER_PARTS_TOKENS) == (tokens < 200)
+    monkeypatch.setattr(moe_module, "ROUTER_BLOCK_H", 32)  # CFG.d_model 96: three chunks
     moe = plain_moe(None, torch.float32, seed=3)
     x = torch.randn(tokens, CFG.d_model, generator=torch.Generator().manual_seed(4))
     want_w, want_ids = moe.route(x)
