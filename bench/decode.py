@@ -32,7 +32,11 @@ bandwidth measured in the same run (bytes read + written). Prints one JSON
 object last; `--plot` draws tokens/s and the fraction of the floor by batch.
 `--tune fast|full` first times the kernels' configurations for the model's
 GEMMs at the --batch sizes and stores the table in the engine directory, as
-`dbrx build` does by default (off here: the default tiles).
+`dbrx build` does by default (off here: the default tiles). `--profile B` (GPU)
+times every kernel of one step at batch B and groups the eager step's kernels by
+the bytes they must read (`breakdown`: time, bytes and GB/s of our GEMMs, cuBLAS's,
+attention's and the rest), beside the bandwidth of a kernel that only reads; run it
+with DBRX_PDL=0, so that each kernel's time is its own.
 """
 
 import argparse
@@ -49,8 +53,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_model import (FULL, SMOKE, BASE_SEED, ModelSpec, bench_limits, bytes_per_step,  # noqa: E402
-                          copy_bandwidth, layout_name, make_engine, parse_layout, record_routing,
-                          tune_kernels)
+                          copy_bandwidth, layout_name, make_engine, parse_layout, read_bandwidth,
+                          record_routing, step_bytes, tune_kernels)
 
 from dbrx_serve.services.inference.executor import follow_main  # noqa: E402
 from dbrx_serve.shared.errors import DbrxServeError  # noqa: E402
@@ -153,9 +157,10 @@ def summarize_run(engine, spec: ModelSpec) -> dict:
             "tokens_per_s": round(output_tokens / seconds, 2)}
 
 
-def kernel_times(engine, batch: int, context: int, eager: bool = True) -> list[dict]:
+def kernel_times(engine, batch: int, context: int, eager: bool = True) -> tuple[list[dict], list[int]]:
     """Per-kernel GPU time of one decode step (rank 0's), the largest first: an eager one (no CUDA
-    graph), or the step as timed (`eager` False: its graph replayed; CUPTI sees the graph's kernels)."""
+    graph), or the step as timed (`eager` False: its graph replayed; CUPTI sees the graph's kernels);
+    and the experts each layer's routing took in that batch (record_routing)."""
     from torch.profiler import ProfilerActivity, profile
 
     ids = seed_context(engine, batch, context, 8)
@@ -169,18 +174,41 @@ def kernel_times(engine, batch: int, context: int, eager: bool = True) -> list[d
             torch.cuda.synchronize()
     finally:
         engine.runner.graphs, engine.lookahead = graphs, lookahead
+    active = record_routing(engine)
     for request_id in ids:
         engine.abort(request_id)
     rows = [{"kernel": e.key[:90], "calls": e.count, "us_total": round(e.device_time_total, 1)}
             for e in prof.key_averages() if e.device_time_total > 0]
-    return sorted(rows, key=lambda r: -r["us_total"])
+    return sorted(rows, key=lambda r: -r["us_total"]), active
+
+
+# step_bytes' parts and the kernels that read them, by name (the first group whose pattern a name holds)
+KERNEL_GROUPS = (("gemm", ("gemm_kernel", "gemv_kernel")), ("attention", ("attention_kernel", "combine_kernel")),
+                 ("cublas", ("nvjet", "gemm", "gemv", "xmma", "cutlass")))
+
+
+def breakdown(rows: list[dict], parts: dict[str, int]) -> list[dict]:
+    """One step's kernel times by group (KERNEL_GROUPS, the rest `other`), each with the bytes it must
+    read (step_bytes) and the GB/s that makes: where a step's time goes and how far each part is from
+    the bandwidth."""
+    groups = {name: {"group": name, "calls": 0, "us": 0.0, "bytes": parts[name], "kernels": []}
+              for name in parts}
+    for row in rows:
+        name = next((g for g, patterns in KERNEL_GROUPS if any(p in row["kernel"] for p in patterns)), "other")
+        group = groups[name]
+        group["calls"] += row["calls"]
+        group["us"] = round(group["us"] + row["us_total"], 1)
+        group["kernels"].append(row["kernel"][:40])
+    for group in groups.values():
+        group["gbs"] = round(group["bytes"] / group["us"] / 1e3, 1) if group["us"] else None
+    return sorted(groups.values(), key=lambda g: -g["us"])
 
 
 def communication(engine, batch: int, context: int) -> dict:
     """GPU time of the NCCL kernels (all-reduce, all-gather, sends) in one eager decode step on rank 0,
     and of all its kernels: rank 0 steps eagerly and so reaches each collective last, so its NCCL
     time is the transfer's, not a wait for a slower rank."""
-    rows = kernel_times(engine, batch, context)
+    rows, _ = kernel_times(engine, batch, context)
     comm = sum(r["us_total"] for r in rows if "nccl" in r["kernel"].lower())
     return {"comm_ms": round(comm / 1e3, 3), "eager_gpu_ms": round(sum(r["us_total"] for r in rows) / 1e3, 3),
             "comm_calls": sum(r["calls"] for r in rows if "nccl" in r["kernel"].lower())}
@@ -215,11 +243,13 @@ def run_precision(spec: ModelSpec, args, bandwidth: float, device, backend=None,
     if args.summarize:
         out["summarize"] = summarize_run(engine, spec)
         print(json.dumps(out["summarize"]), file=sys.stderr, flush=True)
-    for batch in args.profile:  # the step as timed, and an eager one (its kernels apart)
+    for batch in args.profile:  # the step as timed, and an eager one (its kernels apart, and by group)
         for eager in (False, True):
-            rows = kernel_times(engine, batch, args.context[0], eager)
-            out.setdefault("profile", {})[f"batch{batch}" + ("_eager" if eager else "")] = {
-                "gpu_ms": round(sum(r["us_total"] for r in rows) / 1e3, 3), "kernels": rows[:25]}
+            rows, active = kernel_times(engine, batch, args.context[0], eager)
+            entry = {"gpu_ms": round(sum(r["us_total"] for r in rows) / 1e3, 3), "kernels": rows[:25]}
+            if eager:
+                entry["breakdown"] = breakdown(rows, step_bytes(engine, batch, args.context[0], active))
+            out.setdefault("profile", {})[f"batch{batch}" + ("_eager" if eager else "")] = entry
     del engine
     gc.collect()  # the runner and its CUDA graphs refer to each other
     torch.cuda.empty_cache() if device.type == "cuda" else None
@@ -298,6 +328,8 @@ def main() -> None:
     bandwidth = copy_bandwidth(device)
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "copy_bandwidth_gbs": round(bandwidth / 1e9, 1), "runs": {}}
+    if args.profile and device.type == "cuda":  # what a kernel that only reads can reach, beside the copy
+        result["read_bandwidth_gbs"] = round(read_bandwidth(device) / 1e9, 1)
     with tempfile.TemporaryDirectory(prefix="dbrx-decode-") as workdir:
         args.workdir = Path(workdir)
         for precision, mapping in itertools.product(args.precision, layouts):

@@ -1,5 +1,5 @@
 """What bench/decode.py measures on: DBRX-width engines with random weights made
-on the device, the bytes a step must read, and the copy bandwidth."""
+on the device, the bytes a step must read, and the copy and read bandwidths."""
 
 import re
 import time
@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import triton
+import triton.language as tl
 
 from dbrx_serve.services.converter.checkpoint_config import checkpoint_config
 from dbrx_serve.services.inference.engine import Engine
@@ -121,22 +123,40 @@ def module_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
-def bytes_per_step(engine: Engine, batch: int, context: int, active: list[int]) -> int:
-    """Bytes a decode step must read on this rank (its share of the model): per layer the attention
-    weights, router and norms, the experts the routing took; the LM head and final norm; the
-    embedding rows; the KV cache (read, and one token written per sequence and layer)."""
+def step_bytes(engine: Engine, batch: int, context: int, active: list[int]) -> dict[str, int]:
+    """The bytes a decode step must read on this rank (its share of the model), by the kernels that read
+    them: `gemm` our GEMM kernels (per layer the experts the routing took, and the attention projections
+    where they are weight-only int8/int4), `cublas` torch's matmuls (the LM head; float attention
+    projections), `attention` the KV cache (read, and one token written per sequence and layer), `other`
+    the router, the norms and the embedding rows."""
+    from dbrx_serve.services.inference.kernels import TritonWeightOnlyLinear
+
     model = engine.runner.model
-    total = (module_bytes(model.lm_head) + module_bytes(model.transformer.ln_f)) if model.shape.has_lm_head else 0
+    if len(active) != len(model.transformer.layers):
+        raise ValueError(f"experts taken for {len(active)} layers: give one count a layer "
+                         f"({len(model.transformer.layers)}), as one step's record_routing does")
+    parts = dict.fromkeys(("gemm", "cublas", "attention", "other"), 0)
+    if model.shape.has_lm_head:
+        parts["cublas"] += module_bytes(model.lm_head)
+        parts["other"] += module_bytes(model.transformer.ln_f)
     if model.shape.has_embedding:
-        total += batch * model.cfg.d_model * model.transformer.vocab_embedding.weight.element_size()
+        parts["other"] += batch * model.cfg.d_model * model.transformer.vocab_embedding.weight.element_size()
     for block, experts in zip(model.transformer.layers, active):
-        mlp = block.mlp
-        per_expert = (module_bytes(mlp.fc) + module_bytes(mlp.proj)) // mlp.fc.weight.shape[0]
-        total += module_bytes(block.attention) + module_bytes(mlp.router) + experts * per_expert
-        total += module_bytes(block.input_layernorm) + module_bytes(block.post_layernorm)
+        mlp, attention = block.mlp, block.attention
+        parts["gemm"] += experts * (module_bytes(mlp.fc) + module_bytes(mlp.proj)) // mlp.fc.weight.shape[0]
+        ours = isinstance(attention.qkv, TritonWeightOnlyLinear)
+        parts["gemm" if ours else "cublas"] += module_bytes(attention)
+        parts["other"] += module_bytes(mlp.router) + module_bytes(block.input_layernorm) + module_bytes(
+            block.post_layernorm)
     cache = engine.runner.cache
     kv_token = 2 * cache.k.shape[-2] * cache.k.shape[-1] * cache.k.element_size()  # K and V, one layer
-    return total + len(active) * batch * (context + 1) * kv_token
+    parts["attention"] = len(active) * batch * (context + 1) * kv_token
+    return parts
+
+
+def bytes_per_step(engine: Engine, batch: int, context: int, active: list[int]) -> int:
+    """Bytes a decode step must read on this rank: step_bytes' parts together."""
+    return sum(step_bytes(engine, batch, context, active).values())
 
 
 def record_routing(engine: Engine) -> list[int]:
@@ -156,13 +176,41 @@ def record_routing(engine: Engine) -> list[int]:
         ids = routed[1]
         seen.append(int(ids[(ids >= first) & (ids < first + count)].unique().numel()))
         return routed
-    graphs, engine.runner.graphs = engine.runner.graphs, None
-    moe.route_and_align = recording
+    graphs, lookahead = engine.runner.graphs, engine.lookahead
+    engine.runner.graphs = None
+    if engine.ahead is None:  # nothing launched ahead: the step's own launch, and not the next one too
+        engine.lookahead = False
+    moe.route_and_align = recording  # (else the step launched ahead is read and the next one launched)
     try:
         engine.step()
     finally:
-        moe.route_and_align, engine.runner.graphs = route_and_align, graphs
+        moe.route_and_align, engine.runner.graphs, engine.lookahead = route_and_align, graphs, lookahead
     return seen or everything
+
+
+@triton.jit
+def _read_kernel(src_ptr, sink_ptr, n, BLOCK: tl.constexpr):
+    """Every BLOCK-th chunk of src from this program's on, xor'ed together (n a multiple of BLOCK)."""
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros((BLOCK,), dtype=tl.int32)
+    for start in range(tl.program_id(0) * BLOCK, n, tl.num_programs(0) * BLOCK):
+        acc ^= tl.load(src_ptr + start + offs)
+    tl.store(sink_ptr + tl.program_id(0) * BLOCK + offs, acc)
+
+
+def read_bandwidth(device: torch.device) -> float:
+    """Bytes read per second by a kernel that only reads (a 2 GiB buffer, 16 KB a program a step, eight
+    programs a multiprocessor; the median of ~60 ms of launches): the most a step's weight reads can
+    reach, where the floor divides by the copy's read + write."""
+    from dbrx_serve.services.inference.kernels.device import num_sms
+
+    src = torch.empty(2 << 30, dtype=torch.uint8, device=device).random_().view(torch.int32)
+    block = 4096
+    grid = (8 * num_sms(device),)
+    sink = torch.empty(grid[0] * block, dtype=torch.int32, device=device)
+    ms = triton.testing.do_bench(lambda: _read_kernel[grid](src, sink, src.numel(), BLOCK=block), warmup=3, rep=60,
+                                 return_mode="median")
+    return src.numel() * 4 / (ms * 1e-3)
 
 
 def copy_bandwidth(device: torch.device) -> float:
