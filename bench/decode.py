@@ -53,8 +53,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_model import (FULL, SMOKE, BASE_SEED, ModelSpec, bench_limits, bytes_per_step,  # noqa: E402
-                          copy_bandwidth, layout_name, make_engine, parse_layout, read_bandwidth,
-                          record_routing, step_bytes, tune_kernels)
+                          copy_bandwidth, experts_taken, layout_name, make_engine, parse_layout,
+                          record_routing, routing_recorded, step_bytes, tune_kernels)
 
 from dbrx_serve.services.inference.executor import follow_main  # noqa: E402
 from dbrx_serve.shared.errors import DbrxServeError  # noqa: E402
@@ -160,7 +160,7 @@ def summarize_run(engine, spec: ModelSpec) -> dict:
 def kernel_times(engine, batch: int, context: int, eager: bool = True) -> tuple[list[dict], list[int]]:
     """Per-kernel GPU time of one decode step (rank 0's), the largest first: an eager one (no CUDA
     graph), or the step as timed (`eager` False: its graph replayed; CUPTI sees the graph's kernels);
-    and the experts each layer's routing took in that batch (record_routing)."""
+    and, eager, the experts each layer's routing took in that very step (else none seen)."""
     from torch.profiler import ProfilerActivity, profile
 
     ids = seed_context(engine, batch, context, 8)
@@ -169,12 +169,12 @@ def kernel_times(engine, batch: int, context: int, eager: bool = True) -> tuple[
     engine.lookahead = False  # one step in the profile, not the next one's launch too
     try:
         engine.step()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof, routing_recorded(engine) as routings:
             engine.step()
             torch.cuda.synchronize()
     finally:
         engine.runner.graphs, engine.lookahead = graphs, lookahead
-    active = record_routing(engine)
+    active = experts_taken(engine, routings)  # counted after the profile: its kernels are not the step's
     for request_id in ids:
         engine.abort(request_id)
     rows = [{"kernel": e.key[:90], "calls": e.count, "us_total": round(e.device_time_total, 1)}
@@ -247,7 +247,7 @@ def run_precision(spec: ModelSpec, args, bandwidth: float, device, backend=None,
         for eager in (False, True):
             rows, active = kernel_times(engine, batch, args.context[0], eager)
             entry = {"gpu_ms": round(sum(r["us_total"] for r in rows) / 1e3, 3), "kernels": rows[:25]}
-            if eager:
+            if eager and active and spec.mapping.pp_size == 1:  # the triton backend; one stage: the whole step
                 entry["breakdown"] = breakdown(rows, step_bytes(engine, batch, args.context[0], active))
             out.setdefault("profile", {})[f"batch{batch}" + ("_eager" if eager else "")] = entry
     del engine
@@ -329,6 +329,7 @@ def main() -> None:
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "copy_bandwidth_gbs": round(bandwidth / 1e9, 1), "runs": {}}
     if args.profile and device.type == "cuda":  # what a kernel that only reads can reach, beside the copy
+        from read_bandwidth import read_bandwidth
         result["read_bandwidth_gbs"] = round(read_bandwidth(device) / 1e9, 1)
     with tempfile.TemporaryDirectory(prefix="dbrx-decode-") as workdir:
         args.workdir = Path(workdir)

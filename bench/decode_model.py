@@ -1,14 +1,14 @@
 """What bench/decode.py measures on: DBRX-width engines with random weights made
-on the device, the bytes a step must read, and the copy and read bandwidths."""
+on the device, the bytes a step must read, and the copy bandwidth."""
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import triton
-import triton.language as tl
 
 from dbrx_serve.services.converter.checkpoint_config import checkpoint_config
 from dbrx_serve.services.inference.engine import Engine
@@ -159,58 +159,49 @@ def bytes_per_step(engine: Engine, batch: int, context: int, active: list[int]) 
     return sum(step_bytes(engine, batch, context, active).values())
 
 
-def record_routing(engine: Engine) -> list[int]:
-    """How many of this rank's experts (under expert parallelism, its share) each of its layers'
-    routing took in one untimed eager step of the current batch."""
-    model = engine.runner.model
-    first, count = model.shape.expert_offset, model.shape.n_experts
-    everything = [count] * len(model.transformer.layers)
-    if engine.runner.backend.name != "triton":
-        return everything  # the plain path's loop is not hooked: count every expert
+@contextmanager
+def routing_recorded(engine: Engine) -> Iterator[list]:
+    """Within: the expert ids of each routing of the triton backend's MoE, in order (a layer's of each
+    step run eagerly; a CUDA graph's replay runs no Python, so it adds none). The ids are only kept
+    (no kernel, no sync inside: a profiled step stays as it runs); `experts_taken` counts them."""
     from dbrx_serve.services.inference.kernels import moe
 
     seen, route_and_align = [], moe.route_and_align
 
     def recording(*args, **kwargs):
         routed = route_and_align(*args, **kwargs)
-        ids = routed[1]
-        seen.append(int(ids[(ids >= first) & (ids < first + count)].unique().numel()))
+        seen.append(routed[1])
         return routed
+    moe.route_and_align = recording
+    try:
+        yield seen
+    finally:
+        moe.route_and_align = route_and_align
+
+
+def experts_taken(engine: Engine, routings: list) -> list[int]:
+    """How many of this rank's experts (under expert parallelism, its share) each routing took."""
+    first, count = engine.runner.model.shape.expert_offset, engine.runner.model.shape.n_experts
+    return [int(ids[(ids >= first) & (ids < first + count)].unique().numel()) for ids in routings]
+
+
+def record_routing(engine: Engine) -> list[int]:
+    """How many of this rank's experts each of its layers' routing took in one untimed eager step of
+    the current batch: the step launched ahead, if any, is read and the next one counted, else one
+    step without a launch ahead. The plain path's loop is not hooked: every expert."""
+    everything = [engine.runner.model.shape.n_experts] * len(engine.runner.model.transformer.layers)
+    if engine.runner.backend.name != "triton":
+        return everything
     graphs, lookahead = engine.runner.graphs, engine.lookahead
     engine.runner.graphs = None
-    if engine.ahead is None:  # nothing launched ahead: the step's own launch, and not the next one too
+    if engine.ahead is None:
         engine.lookahead = False
-    moe.route_and_align = recording  # (else the step launched ahead is read and the next one launched)
     try:
-        engine.step()
+        with routing_recorded(engine) as routings:
+            engine.step()
     finally:
-        moe.route_and_align, engine.runner.graphs, engine.lookahead = route_and_align, graphs, lookahead
-    return seen or everything
-
-
-@triton.jit
-def _read_kernel(src_ptr, sink_ptr, n, BLOCK: tl.constexpr):
-    """Every BLOCK-th chunk of src from this program's on, xor'ed together (n a multiple of BLOCK)."""
-    offs = tl.arange(0, BLOCK)
-    acc = tl.zeros((BLOCK,), dtype=tl.int32)
-    for start in range(tl.program_id(0) * BLOCK, n, tl.num_programs(0) * BLOCK):
-        acc ^= tl.load(src_ptr + start + offs)
-    tl.store(sink_ptr + tl.program_id(0) * BLOCK + offs, acc)
-
-
-def read_bandwidth(device: torch.device) -> float:
-    """Bytes read per second by a kernel that only reads (a 2 GiB buffer, 16 KB a program a step, eight
-    programs a multiprocessor; the median of ~60 ms of launches): the most a step's weight reads can
-    reach, where the floor divides by the copy's read + write."""
-    from dbrx_serve.services.inference.kernels.device import num_sms
-
-    src = torch.empty(2 << 30, dtype=torch.uint8, device=device).random_().view(torch.int32)
-    block = 4096
-    grid = (8 * num_sms(device),)
-    sink = torch.empty(grid[0] * block, dtype=torch.int32, device=device)
-    ms = triton.testing.do_bench(lambda: _read_kernel[grid](src, sink, src.numel(), BLOCK=block), warmup=3, rep=60,
-                                 return_mode="median")
-    return src.numel() * 4 / (ms * 1e-3)
+        engine.runner.graphs, engine.lookahead = graphs, lookahead
+    return experts_taken(engine, routings) or everything
 
 
 def copy_bandwidth(device: torch.device) -> float:

@@ -1,7 +1,7 @@
 """Compile the GEMM kernel for Hopper (sm_90) on a machine without a GPU and report,
 per launch configuration, registers, spilled bytes, the size of its machine code and its
-tensor-core instructions (Hopper's wgmma, HGMMA, or the older mma.sync, HMMA), the
-instructions of its K loop and its shared memory.
+tensor-core instructions (Hopper's wgmma, HGMMA, or the older mma.sync, HMMA), its waits for
+wgmma groups, the instructions of its K loop and its shared memory.
 
     python bench/gemm_sass.py --precision int4 --gated --block_m 16 32 --block_n 64 128 --dequant 1 3
     python bench/gemm_sass.py --precision int8 --gated --block_m 1 --block_n 128 --block_k 32
@@ -79,7 +79,15 @@ def report(src: ASTSource, num_warps: int, num_stages: int) -> dict:
             "shared_bytes": kernel.metadata.shared, "instructions": len(instructions),
             "loop_instructions": loop_length(code),
             "spill_instructions": sum(i.startswith(("LDL", "STL")) for i in instructions),
-            "wgmma": sum(i.startswith("HGMMA") for i in instructions), "mma_sync": sum(i.startswith("HMMA") for i in instructions)}
+            "wgmma": sum(i.startswith("HGMMA") for i in instructions), "mma_sync": sum(i.startswith("HMMA") for i in instructions),
+            "wgmma_waits": wgmma_waits(code)}
+
+
+def wgmma_waits(code: list[tuple[int, list[str]]]) -> dict[str, int]:
+    """The kernel's waits for its wgmma groups by the groups they leave in flight (`WARPGROUP.DEPBAR.LE
+    gsb0, 0xN`: N): 0x0 waits for all of them."""
+    waits = [words[-1] for _, words in code if words[0] == "WARPGROUP.DEPBAR.LE"]
+    return {n: waits.count(n) for n in sorted(set(waits))}
 
 
 def loop_length(code: list[tuple[int, list[str]]]) -> int:
