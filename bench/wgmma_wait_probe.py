@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--stages", type=int, nargs="+", default=[0], help="0: the default's")
     args = parser.parse_args()
     dev = torch.device("cuda")
-    reference = torch.load(args.reference) if args.reference else {}
+    reference = torch.load(args.reference, weights_only=True) if args.reference else {}
     saved, rows = {}, []
     for tokens in args.tokens:
         for name in ("moe_up", "moe_down", "qkv", "dense"):
