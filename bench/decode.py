@@ -54,7 +54,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_model import (FULL, SMOKE, BASE_SEED, ModelSpec, bench_limits, bytes_per_step,  # noqa: E402
                           copy_bandwidth, experts_taken, layout_name, make_engine, parse_layout,
-                          record_routing, routing_recorded, step_bytes, tune_kernels)
+                          record_routing, routing_recorded, step_bytes, stepping, tune_kernels)
 
 from dbrx_serve.services.inference.executor import follow_main  # noqa: E402
 from dbrx_serve.shared.errors import DbrxServeError  # noqa: E402
@@ -164,16 +164,11 @@ def kernel_times(engine, batch: int, context: int, eager: bool = True) -> tuple[
     from torch.profiler import ProfilerActivity, profile
 
     ids = seed_context(engine, batch, context, 8)
-    graphs, lookahead = engine.runner.graphs, engine.lookahead
-    engine.runner.graphs = None if eager else graphs
-    engine.lookahead = False  # one step in the profile, not the next one's launch too
-    try:
+    with stepping(engine, None if eager else engine.runner.graphs, False):  # no lookahead: one step profiled
         engine.step()
         with profile(activities=[ProfilerActivity.CUDA]) as prof, routing_recorded(engine) as routings:
             engine.step()
             torch.cuda.synchronize()
-    finally:
-        engine.runner.graphs, engine.lookahead = graphs, lookahead
     active = experts_taken(engine, routings)  # counted after the profile: its kernels are not the step's
     for request_id in ids:
         engine.abort(request_id)
@@ -323,6 +318,8 @@ def main() -> None:
     if args.smoke:
         args.batch, args.context, args.prefill, args.steps, args.warmup = [1, 4], [32], [48], 3, 1
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    if args.profile and device.type != "cuda":
+        raise SystemExit("--profile times CUDA kernels: run it on a GPU, without --smoke")
     if args.world > 1:
         start(device.type)  # the other ranks meet it now; whatever fails later ends the world at exit
     bandwidth = copy_bandwidth(device)

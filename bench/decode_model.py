@@ -185,6 +185,17 @@ def experts_taken(engine: Engine, routings: list) -> list[int]:
     return [int(ids[(ids >= first) & (ids < first + count)].unique().numel()) for ids in routings]
 
 
+@contextmanager
+def stepping(engine: Engine, graphs, lookahead: bool) -> Iterator[None]:
+    """Within: the engine steps with these CUDA graphs (None: eagerly) and lookahead; as before after."""
+    saved = engine.runner.graphs, engine.lookahead
+    engine.runner.graphs, engine.lookahead = graphs, lookahead
+    try:
+        yield
+    finally:
+        engine.runner.graphs, engine.lookahead = saved
+
+
 def record_routing(engine: Engine) -> list[int]:
     """How many of this rank's experts each of its layers' routing took in one untimed eager step of
     the current batch: the step launched ahead, if any, is read and the next one counted, else one
@@ -192,15 +203,8 @@ def record_routing(engine: Engine) -> list[int]:
     everything = [engine.runner.model.shape.n_experts] * len(engine.runner.model.transformer.layers)
     if engine.runner.backend.name != "triton":
         return everything
-    graphs, lookahead = engine.runner.graphs, engine.lookahead
-    engine.runner.graphs = None
-    if engine.ahead is None:
-        engine.lookahead = False
-    try:
-        with routing_recorded(engine) as routings:
-            engine.step()
-    finally:
-        engine.runner.graphs, engine.lookahead = graphs, lookahead
+    with stepping(engine, None, engine.lookahead and engine.ahead is not None), routing_recorded(engine) as routings:
+        engine.step()
     return experts_taken(engine, routings) or everything
 
 

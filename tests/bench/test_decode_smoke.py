@@ -65,3 +65,9 @@ def test_a_layout_that_does_not_fit_the_world_is_refused_and_every_rank_exits():
         out = subprocess.run([find_mpiexec(), "-n", "2", sys.executable, str(BENCH), "--smoke", "--world", "2",
                               "--layouts", layout], capture_output=True, text=True, timeout=120)
         assert out.returncode != 0 and said in out.stderr
+
+
+def test_profile_without_a_gpu_is_refused_with_what_to_do():
+    out = subprocess.run([sys.executable, str(BENCH), "--smoke", "--profile", "1"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0 and "--profile times CUDA kernels: run it on a GPU" in out.stderr
