@@ -63,8 +63,9 @@ def source(fmt: int, gated: bool, dequant: int, block_m: int, block_n: int, bloc
                      attrs={(index(n),): [["tt.divisibility", 16]] for n in divisible})
 
 
-def report(src: ASTSource, num_warps: int, num_stages: int) -> dict:
-    options = {"num_warps": num_warps, "num_stages": num_stages}
+def report(src: ASTSource, num_warps: int, num_stages: int, **options) -> dict:
+    """Compile src for sm_90 (options: Triton's, e.g. maxnreg) and report its code."""
+    options = {"num_warps": num_warps, "num_stages": num_stages, **options}
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         Path(cubin.name).write_bytes(kernel.asm["cubin"])

@@ -1,0 +1,39 @@
+"""The GEMM probes' parts that run without a GPU: the warp-specialized Gluon kernel of
+bench/ws_gemm_probe.py compiled for Hopper (sm_90) as the README's numbers were taken (the conversion's
+layout change free, no spills, the partitions' register budgets), and bench/gemm_fixed_cost_probe.py's
+line fit."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+
+def test_the_launch_cost_fit_recovers_a_line():
+    from gemm_fixed_cost_probe import fit
+    points = [(b, 4.8 + b / 3.63e6) for b in (66e6, 132e6, 264e6, 528e6)]  # us = 4.8 + bytes / (3.63 TB/s)
+    assert fit(points) == {"intercept_us": 4.8, "rate_gbs": 3630.0}
+
+
+@pytest.mark.parametrize("gated", [True, False], ids=["gate+up", "down"])
+def test_the_warp_specialized_probe_compiles_for_hopper_without_spills(gated):
+    """Its best variant (a program's 80 registers, 32 of them the producer warp's): the two partitions
+    (setmaxnreg), wgmma from registers after a layout change the compiler proves free (the kernel asserts
+    it: a change that moved data would not compile), no spills."""
+    pytest.importorskip("triton.experimental.gluon")
+    import triton
+    from gemm_sass import report
+    from triton.backends.compiler import GPUTarget
+    from ws_gemm_probe import VARIANTS, source
+    variant = VARIANTS[1]
+    src = source(gated, 16, 128, variant["stages"], variant["worker_regs"])
+    options = {"num_warps": 4, "maxnreg": variant["maxnreg"]}
+    code = report(src, num_stages=1, **options)  # the machine code, by the Triton wheel's cuobjdump
+    assert code["spill_instructions"] == 0 and code["registers"] <= variant["maxnreg"]
+    assert code["wgmma"] == (16 if gated else 8)
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+    assert re.search(rf"setmaxnreg\.inc\.sync\.aligned\.u32\s+{variant['worker_regs']};", ptx)  # the producer's
+    assert "cp.async.bulk.tensor.3d" in ptx  # TMA
