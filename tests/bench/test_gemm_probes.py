@@ -3,6 +3,7 @@ bench/ws_gemm_probe.py compiled for Hopper (sm_90) as the README's numbers were 
 layout change free, no spills, the partitions' register budgets), and bench/gemm_fixed_cost_probe.py's
 line fit."""
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -25,9 +26,14 @@ def test_the_warp_specialized_probe_compiles_for_hopper_without_spills(gated):
     it: a change that moved data would not compile), no spills."""
     pytest.importorskip("triton.experimental.gluon")
     import triton
-    from gemm_sass import report
     from triton.backends.compiler import GPUTarget
-    from ws_gemm_probe import VARIANTS, source
+    interpret = os.environ.get("TRITON_INTERPRET")  # tests/conftest.py's, on the CPU: gemm_sass drops it
+    try:  # (it compiles for the GPU), and the probe's Gluon kernel must be compiled, not interpreted
+        from gemm_sass import report
+        from ws_gemm_probe import VARIANTS, source
+    finally:
+        if interpret is not None:  # the rest of the session's kernels keep running in the interpreter
+            os.environ["TRITON_INTERPRET"] = interpret
     variant = VARIANTS[1]
     src = source(gated, 16, 128, variant["stages"], variant["worker_regs"])
     options = {"num_warps": 4, "maxnreg": variant["maxnreg"]}
