@@ -16,22 +16,11 @@ import sys
 from dataclasses import replace
 
 import torch
-import triton
 
 sys.path.insert(0, "bench")
 from gemm_tune import gemm_case_of  # noqa: E402
 
-from dbrx_serve.services.inference.kernels.tuner import GemmCase  # noqa: E402
-
-
-def repeated_us(launch, repeat: int) -> float:
-    """Median us a launch, from a CUDA graph of `repeat` launches."""
-    launch()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(repeat):
-            launch()
-    return triton.testing.do_bench(graph.replay, warmup=10, rep=200, return_mode="median") * 1e3 / repeat
+from dbrx_serve.services.inference.kernels.tuner import GemmCase, replay_ms  # noqa: E402
 
 
 def fit(points: list[tuple[float, float]]) -> dict:
@@ -63,7 +52,7 @@ def main() -> None:
                 for experts in args.experts:
                     routed = GemmCase(case.op, case.w, 1, experts)  # top_k 1: a token an expert
                     routed.ids = torch.arange(experts, dtype=torch.int32, device=dev)[:, None]
-                    us = repeated_us(routed.launch(config), args.repeat)
+                    us = replay_ms(routed.launch(config), args.repeat) * 1e3
                     rows.append({"experts": experts, "bytes": routed.bytes_read, "us": round(us, 2),
                                  "gbs": round(routed.bytes_read / us / 1e3, 1)})
                     print(json.dumps({"shape": name, "precision": precision, **rows[-1]}), flush=True)

@@ -285,20 +285,21 @@ def sass(args) -> list[dict]:
 
 # stages x 10 KB of shared memory a program (at 16 rows), per_sm programs a multiprocessor: within its 227 KB
 VARIANTS = [dict(stages=4, maxnreg=80, worker_regs=32, per_sm=0),  # a program an item, as gemm_kernel
-            dict(stages=4, maxnreg=80, worker_regs=32, per_sm=3), dict(stages=6, maxnreg=80, worker_regs=32, per_sm=3),
-            dict(stages=8, maxnreg=128, worker_regs=40, per_sm=2), dict(stages=10, maxnreg=128, worker_regs=40, per_sm=2)]
+            dict(stages=4, maxnreg=80, worker_regs=32, per_sm=3),
+            dict(stages=6, maxnreg=80, worker_regs=32, per_sm=3),
+            dict(stages=8, maxnreg=128, worker_regs=40, per_sm=2),
+            dict(stages=10, maxnreg=128, worker_regs=40, per_sm=2)]
 
 
 def compare(args) -> list[dict]:
     """Per expert GEMM and tokens: gemm_kernel's default configuration, then each variant of ws_gemm_kernel
     on the same inputs and sorted pairs: us, GB/s of the weights read, error against gemm_kernel's output."""
     sys.path.insert(0, os.path.dirname(__file__))
-    from gemm_fixed_cost_probe import repeated_us
     from gemm_tune import gemm_case_of
 
     from dbrx_serve.services.inference.kernels.gemm import gemm, out_columns
     from dbrx_serve.services.inference.kernels.moe import align
-    from dbrx_serve.services.inference.kernels.tuner import GemmCase
+    from dbrx_serve.services.inference.kernels.tuner import GemmCase, replay_ms
 
     rows = []
     for tokens in args.tokens:
@@ -317,7 +318,7 @@ def compare(args) -> list[dict]:
 
             ref, got = output(), output()
             base = {"shape": name, "tokens": tokens, "config": config.to_dict()}
-            us = repeated_us(lambda: gemm(case.x, case.w, ref, config, moe=moe, **kwargs), 1)
+            us = replay_ms(lambda: gemm(case.x, case.w, ref, config, moe=moe, **kwargs)) * 1e3
             rows.append({**base, "kernel": "gemm_kernel", "us": round(us, 1),
                          "gbs": round(case.bytes_read / us / 1e3, 1)})
             print(json.dumps(rows[-1]), flush=True)
@@ -333,9 +334,9 @@ def compare(args) -> list[dict]:
                 try:
                     got.zero_()
                     if kernel == "gemm_kernel":
-                        us = repeated_us(lambda: gemm(case.x, case.w, got, cfg, moe=pairs, **kwargs), 1)
+                        us = replay_ms(lambda: gemm(case.x, case.w, got, cfg, moe=pairs, **kwargs)) * 1e3
                     else:
-                        us = repeated_us(lambda: ws_gemm(case.x, case.w, got, cfg, pairs, **kwargs, **variant), 1)
+                        us = replay_ms(lambda: ws_gemm(case.x, case.w, got, cfg, pairs, **kwargs, **variant)) * 1e3
                     row.update(us=round(us, 1), gbs=round(case.bytes_read / us / 1e3, 1))
                     if variant.get("convert", True):  # COPY's outputs mean nothing
                         scale = ref.float().abs().max().clamp_min(1e-30)

@@ -173,12 +173,17 @@ Timer = Callable[[GemmConfig, GemmCase], float]  # ms of one launch of the case 
 
 def graph_ms(config: GemmConfig, case: GemmCase) -> float:
     """Median ms of a CUDA-graph replay of the launch (launch gaps out of the number)."""
-    launch = case.launch(config)
+    return replay_ms(case.launch(config))
+
+
+def replay_ms(launch: Callable[[], object], repeat: int = 1) -> float:
+    """Median ms a launch, from replays of a CUDA graph of `repeat` launches back to back."""
     launch()  # compiles outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        launch()
-    return triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
+        for _ in range(repeat):
+            launch()
+    return triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median") / repeat
 
 
 def time_candidates(case: GemmCase, mode: str, timer: Timer = graph_ms) -> list[Timing]:
