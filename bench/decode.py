@@ -35,8 +35,9 @@ GEMMs at the --batch sizes and stores the table in the engine directory, as
 `dbrx build` does by default (off here: the default tiles). `--profile B` (GPU)
 times every kernel of one step at batch B and groups the eager step's kernels by
 the bytes they must read (`breakdown`: time, bytes and GB/s of our GEMMs, cuBLAS's,
-attention's and the rest), beside the bandwidth of a kernel that only reads; run it
-with DBRX_PDL=0, so that each kernel's time is its own.
+attention's and the rest; `gemms`: our GEMMs apart, qkv, dense, the experts' gate+up and down),
+beside the bandwidth of a kernel that only reads; run it with DBRX_PDL=0, so that each kernel's time
+is its own.
 """
 
 import argparse
@@ -53,7 +54,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_model import (FULL, SMOKE, BASE_SEED, ModelSpec, bench_limits, bytes_per_step,  # noqa: E402
-                          copy_bandwidth, experts_taken, layout_name, make_engine, parse_layout,
+                          copy_bandwidth, experts_taken, gemm_launches, layout_name, make_engine, parse_layout,
                           record_routing, routing_recorded, step_bytes, stepping, tune_kernels)
 
 from dbrx_serve.services.inference.executor import follow_main  # noqa: E402
@@ -157,10 +158,11 @@ def summarize_run(engine, spec: ModelSpec) -> dict:
             "tokens_per_s": round(output_tokens / seconds, 2)}
 
 
-def kernel_times(engine, batch: int, context: int, eager: bool = True) -> tuple[list[dict], list[int]]:
+def kernel_times(engine, batch: int, context: int, eager: bool = True) -> tuple[list[dict], list[int], list[float]]:
     """Per-kernel GPU time of one decode step (rank 0's), the largest first: an eager one (no CUDA
     graph), or the step as timed (`eager` False: its graph replayed; CUPTI sees the graph's kernels);
-    and, eager, the experts each layer's routing took in that very step (else none seen)."""
+    eager, also the experts each layer's routing took in that very step (else none seen); and the
+    times of our GEMM kernels' launches (OURS) in the order they ran (gemm_breakdown)."""
     from torch.profiler import ProfilerActivity, profile
 
     ids = seed_context(engine, batch, context, 8)
@@ -174,11 +176,13 @@ def kernel_times(engine, batch: int, context: int, eager: bool = True) -> tuple[
         engine.abort(request_id)
     rows = [{"kernel": e.key[:90], "calls": e.count, "us_total": round(e.device_time_total, 1)}
             for e in prof.key_averages() if e.device_time_total > 0]
-    return sorted(rows, key=lambda r: -r["us_total"]), active
+    ours = sorted((e for e in prof.events() if e.name in OURS), key=lambda e: e.time_range.start)
+    return sorted(rows, key=lambda r: -r["us_total"]), active, [e.time_range.elapsed_us() for e in ours]
 
 
 # step_bytes' parts and the kernels that read them, by name (the first group whose pattern a name holds)
-KERNEL_GROUPS = (("gemm", ("gemm_kernel", "gemv_kernel")), ("attention", ("attention_kernel", "combine_kernel")),
+OURS = ("gemm_kernel", "gemv_kernel")  # services/inference/kernels/gemm.py
+KERNEL_GROUPS = (("gemm", OURS), ("attention", ("attention_kernel", "combine_kernel")),
                  ("cublas", ("nvjet", "gemm", "gemv", "xmma", "cutlass")))
 
 
@@ -199,11 +203,29 @@ def breakdown(rows: list[dict], parts: dict[str, int]) -> list[dict]:
     return sorted(groups.values(), key=lambda g: -g["us"])
 
 
+def gemm_breakdown(times: list[float], launches: list[tuple[str, int]]) -> list[dict] | None:
+    """Our GEMM launches' times (in the order they ran) by what each computes (decode_model.gemm_launches:
+    the same launches in the same order, with their bytes): calls, time, bytes and GB/s of each; None
+    where the counts differ (not one whole step of ours)."""
+    if len(times) != len(launches):
+        return None
+    gemms = {}
+    for us, (name, bytes_) in zip(times, launches):
+        gemm = gemms.setdefault(name, {"gemm": name, "calls": 0, "us": 0.0, "bytes": 0})
+        gemm["calls"] += 1
+        gemm["us"] += us
+        gemm["bytes"] += bytes_
+    for gemm in gemms.values():
+        gemm["gbs"] = round(gemm["bytes"] / gemm["us"] / 1e3, 1) if gemm["us"] else None
+        gemm["us"] = round(gemm["us"], 1)
+    return list(gemms.values())
+
+
 def communication(engine, batch: int, context: int) -> dict:
     """GPU time of the NCCL kernels (all-reduce, all-gather, sends) in one eager decode step on rank 0,
     and of all its kernels: rank 0 steps eagerly and so reaches each collective last, so its NCCL
     time is the transfer's, not a wait for a slower rank."""
-    rows, _ = kernel_times(engine, batch, context)
+    rows, _, _ = kernel_times(engine, batch, context)
     comm = sum(r["us_total"] for r in rows if "nccl" in r["kernel"].lower())
     return {"comm_ms": round(comm / 1e3, 3), "eager_gpu_ms": round(sum(r["us_total"] for r in rows) / 1e3, 3),
             "comm_calls": sum(r["calls"] for r in rows if "nccl" in r["kernel"].lower())}
@@ -240,10 +262,11 @@ def run_precision(spec: ModelSpec, args, bandwidth: float, device, backend=None,
         print(json.dumps(out["summarize"]), file=sys.stderr, flush=True)
     for batch in args.profile:  # the step as timed, and an eager one (its kernels apart, and by group)
         for eager in (False, True):
-            rows, active = kernel_times(engine, batch, args.context[0], eager)
+            rows, active, gemm_times = kernel_times(engine, batch, args.context[0], eager)
             entry = {"gpu_ms": round(sum(r["us_total"] for r in rows) / 1e3, 3), "kernels": rows[:25]}
             if eager and active and spec.mapping.pp_size == 1:  # the triton backend; one stage: the whole step
                 entry["breakdown"] = breakdown(rows, step_bytes(engine, batch, args.context[0], active))
+                entry["gemms"] = gemm_breakdown(gemm_times, gemm_launches(engine, active))
             out.setdefault("profile", {})[f"batch{batch}" + ("_eager" if eager else "")] = entry
     del engine
     gc.collect()  # the runner and its CUDA graphs refer to each other

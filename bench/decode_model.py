@@ -125,33 +125,50 @@ def module_bytes(module: torch.nn.Module) -> int:
 
 def step_bytes(engine: Engine, batch: int, context: int, active: list[int]) -> dict[str, int]:
     """The bytes a decode step must read on this rank (its share of the model), by the kernels that read
-    them: `gemm` our GEMM kernels (per layer the experts the routing took, and the attention projections
-    where they are weight-only int8/int4), `cublas` torch's matmuls (the LM head; float attention
+    them: `gemm` our GEMM kernels (gemm_launches), `cublas` torch's matmuls (the LM head; float attention
     projections), `attention` the KV cache (read, and one token written per sequence and layer), `other`
     the router, the norms and the embedding rows."""
     from dbrx_serve.services.inference.kernels import TritonWeightOnlyLinear
 
     model = engine.runner.model
-    if len(active) != len(model.transformer.layers):
-        raise ValueError(f"experts taken for {len(active)} layers: give one count a layer "
-                         f"({len(model.transformer.layers)}), as one step's record_routing does")
     parts = dict.fromkeys(("gemm", "cublas", "attention", "other"), 0)
+    parts["gemm"] = sum(bytes_ for _, bytes_ in gemm_launches(engine, active))
     if model.shape.has_lm_head:
         parts["cublas"] += module_bytes(model.lm_head)
         parts["other"] += module_bytes(model.transformer.ln_f)
     if model.shape.has_embedding:
         parts["other"] += batch * model.cfg.d_model * model.transformer.vocab_embedding.weight.element_size()
-    for block, experts in zip(model.transformer.layers, active):
-        mlp, attention = block.mlp, block.attention
-        parts["gemm"] += experts * (module_bytes(mlp.fc) + module_bytes(mlp.proj)) // mlp.fc.weight.shape[0]
-        ours = isinstance(attention.qkv, TritonWeightOnlyLinear)
-        parts["gemm" if ours else "cublas"] += module_bytes(attention)
-        parts["other"] += module_bytes(mlp.router) + module_bytes(block.input_layernorm) + module_bytes(
+    for block in model.transformer.layers:
+        if not isinstance(block.attention.qkv, TritonWeightOnlyLinear):
+            parts["cublas"] += module_bytes(block.attention)
+        parts["other"] += module_bytes(block.mlp.router) + module_bytes(block.input_layernorm) + module_bytes(
             block.post_layernorm)
     cache = engine.runner.cache
     kv_token = 2 * cache.k.shape[-2] * cache.k.shape[-1] * cache.k.element_size()  # K and V, one layer
     parts["attention"] = len(active) * batch * (context + 1) * kv_token
     return parts
+
+
+def gemm_launches(engine: Engine, active: list[int]) -> list[tuple[str, int]]:
+    """A decode step's launches of our GEMM kernels (gemm.py) in the order it makes them, each with the
+    bytes it must read: per layer the attention projections where they are weight-only int8/int4
+    (TritonWeightOnlyLinear; float ones are torch's), then the experts' gate+up and down, of the
+    experts the layer's routing took (`active`, one count a layer)."""
+    from dbrx_serve.services.inference.kernels import TritonWeightOnlyLinear
+
+    layers = engine.runner.model.transformer.layers
+    if len(active) != len(layers):
+        raise ValueError(f"experts taken for {len(active)} layers: give one count a layer "
+                         f"({len(layers)}), as one step's record_routing does")
+    launches = []
+    for block, experts in zip(layers, active):
+        attention, mlp = block.attention, block.mlp
+        if isinstance(attention.qkv, TritonWeightOnlyLinear):
+            launches += [("qkv", module_bytes(attention.qkv)), ("dense", module_bytes(attention.dense))]
+        n_experts = mlp.fc.weight.shape[0]
+        launches += [("experts gate+up", experts * module_bytes(mlp.fc) // n_experts),
+                     ("experts down", experts * module_bytes(mlp.proj) // n_experts)]
+    return launches
 
 
 def bytes_per_step(engine: Engine, batch: int, context: int, active: list[int]) -> int:

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from decode import breakdown, seed_context  # noqa: E402
-from decode_model import (SMOKE, ModelSpec, bench_limits, bytes_per_step, make_engine, module_bytes,  # noqa: E402
-                          record_routing, step_bytes)
+from decode import breakdown, gemm_breakdown, seed_context  # noqa: E402
+from decode_model import (SMOKE, ModelSpec, bench_limits, bytes_per_step, gemm_launches, make_engine,  # noqa: E402
+                          module_bytes, record_routing, step_bytes)
 
 
 def test_kernels_are_grouped_by_name_with_the_bytes_of_their_group():
@@ -54,6 +54,20 @@ def test_step_bytes_parts_add_up_to_the_floors_bytes(tmp_path):
     assert parts["attention"] == 2 * 2 * 33 * 2 * SMOKE["kv_n_heads"] * head_dim * 4  # layers, batch, tokens, K+V
     with pytest.raises(ValueError, match="experts taken for 4 layers"):  # two steps' routing: KV counted twice
         step_bytes(engine, 2, 32, active * 2)
+    launches = gemm_launches(engine, active)  # the experts' two GEMMs a layer, in the order a step runs them
+    assert [name for name, _ in launches] == ["experts gate+up", "experts down"] * 2
+    assert [b for _, b in launches[::2]] == [n * module_bytes(mlp.fc) // SMOKE["moe_num_experts"] for n in active]
+    assert sum(b for _, b in launches) == parts["gemm"]
+
+
+def test_gemm_launch_times_are_told_apart_by_their_order_in_the_step():
+    launches = [("qkv", 100), ("dense", 80), ("experts gate+up", 4000), ("experts down", 2000)] * 2
+    times = [1.0, 2.0, 30.0, 20.0, 3.0, 2.0, 50.0, 20.0]  # us, in the order the kernels ran
+    gemms = {g["gemm"]: g for g in gemm_breakdown(times, launches)}
+    assert list(gemms) == ["qkv", "dense", "experts gate+up", "experts down"]
+    assert gemms["qkv"] == {"gemm": "qkv", "calls": 2, "us": 4.0, "bytes": 200, "gbs": round(200 / 4.0 / 1e3, 1)}
+    assert gemms["experts gate+up"]["us"] == 80.0 and gemms["experts gate+up"]["bytes"] == 8000
+    assert gemm_breakdown(times[:-1], launches) is None  # not the step's launches: no attribution
 
 
 def test_record_routing_counts_one_step_whether_or_not_a_step_was_launched_ahead(tmp_path):

@@ -43,3 +43,24 @@ def test_the_warp_specialized_probe_compiles_for_hopper_without_spills(gated):
     ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
     assert re.search(rf"setmaxnreg\.inc\.sync\.aligned\.u32\s+{variant['worker_regs']};", ptx)  # the producer's
     assert "cp.async.bulk.tensor.3d" in ptx  # TMA
+
+
+def test_the_linear_split_probe_times_the_projection_and_its_sum():
+    """bench/linear_split_probe.py's `summed` (what it times with a K split): the GEMM and the sum of its
+    splits give the projection, as the unsplit launch does (Triton's interpreter, a small int4 weight)."""
+    import torch
+    from dataclasses import replace
+    from gemm_tune import meta_weights
+    from linear_split_probe import summed
+
+    from dbrx_serve.services.inference.kernels.tuner import GemmCase, random_weights
+    from dbrx_serve.services.inference.kernels.tuning import LINEAR
+
+    torch.manual_seed(0)
+    w = random_weights(meta_weights(128, 256, 1, "int4", False), torch.device("cpu"))
+    case = GemmCase(LINEAR, w, 1, 3)
+    whole = summed(case, replace(case.default, split_k=1))().clone()
+    split = summed(case, replace(case.default, split_k=2))()
+    assert split.shape == whole.shape == (3, 128)
+    assert torch.allclose(split.float(), whole.float(), rtol=1e-2, atol=1e-2 * whole.float().abs().max().item())
+    assert not torch.equal(whole, torch.zeros_like(whole))

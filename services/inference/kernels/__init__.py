@@ -10,18 +10,20 @@ dependent launch (device.py).
 modules: parameters, names and state dicts stay the model's.
 """
 
+from torch import nn
+
 from dbrx_serve.shared.model import DbrxModel
 from dbrx_serve.shared.weight_only import WeightOnlyLinear
 
 from .attention import TritonAttention
-from .gemm import TritonWeightOnlyLinear
+from .gemm import CublasLinear, TritonWeightOnlyLinear
 from .moe import FusedMoE
 from .norm import TritonLayerNorm, TritonResidualLayerNorm
 
 
 def swap_modules(model: DbrxModel) -> DbrxModel:
-    """Retype each block's attention, experts, LayerNorms and weight-only projections (float projections
-    stay nn.Linear: cuBLAS). Call after the weight-only swap, before or after loading weights."""
+    """Retype each block's attention, experts, LayerNorms and projections (weight-only ones run our GEMM,
+    float ones stay torch's: cuBLAS). Call after the weight-only swap, before or after loading weights."""
     for block in model.transformer.layers:
         block.attention.__class__ = TritonAttention
         block.mlp.__class__ = FusedMoE
@@ -30,6 +32,8 @@ def swap_modules(model: DbrxModel) -> DbrxModel:
         for linear in (block.attention.qkv, block.attention.dense):
             if type(linear) is WeightOnlyLinear:
                 linear.__class__ = TritonWeightOnlyLinear
+            elif type(linear) is nn.Linear:
+                linear.__class__ = CublasLinear
     if hasattr(model.transformer, "ln_f"):
         model.transformer.ln_f.__class__ = TritonLayerNorm
     return model

@@ -1,7 +1,8 @@
 """Attention over the paged KV cache on CUDA, in two launches per layer.
 
-    qkv_rope_kernel   one program per token: clip, rotary embedding of q and k,
-                      k and v written to their cache slots (int8 with a scale)
+    qkv_rope_kernel   one program per (token, head): the qkv projection's K-split
+                      partial sums added, clip, rotary embedding of q and k, k and v
+                      written to their cache slots (int8 with a scale)
     attention_kernel  one program per (block of a sequence's new tokens, kv head):
                       the GROUP query heads that share a kv head read each key
                       and value once; causal within the step, online softmax.
@@ -29,54 +30,61 @@ MAX_SPLITS = 32  # key runs of a decode step's attention (flash-decoding)
 
 
 @triton.jit
-def qkv_rope_kernel(qkv_ptr, q_ptr, k_cache_ptr, v_cache_ptr, positions_ptr, slots_ptr,
-                    inv_freq_ptr, stride_qkv, stride_q, stride_slot, clip, k_scale, v_scale,
-                    NH: tl.constexpr, NKV: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    NH_P2: tl.constexpr, NKV_P2: tl.constexpr, CLIP: tl.constexpr, INT8_KV: tl.constexpr,
-                    PDL: tl.constexpr):
+def qkv_rope_kernel(parts_ptr, q_ptr, k_cache_ptr, v_cache_ptr, positions_ptr, slots_ptr, inv_freq_ptr,
+                    splits, stride_split, stride_row, stride_q, stride_slot, clip, k_scale, v_scale,
+                    NH: tl.constexpr, NKV: tl.constexpr, HEAD_DIM: tl.constexpr, CLIP: tl.constexpr,
+                    INT8_KV: tl.constexpr, PDL: tl.constexpr):
+    """Program (token t, head): the head's columns of t's qkv row (_load_head: the projection's K-split
+    parts summed), a query head rotated into q, a kv head's k rotated and its v written to t's cache
+    slot (none for a padded row of a CUDA-graph batch: no slot)."""
     wait_for_inputs(PDL)
-    t = tl.program_id(0).to(tl.int64)
+    t, head = tl.program_id(0).to(tl.int64), tl.program_id(1)
     HALF: tl.constexpr = HEAD_DIM // 2
     d = tl.arange(0, HALF)
     position = tl.load(positions_ptr + t).to(tl.float32)
     angle = position * tl.load(inv_freq_ptr + d)  # float32, as model.py's rotary()
-    cos, sin = tl.cos(angle)[None, :], tl.sin(angle)[None, :]
-    row = qkv_ptr + t * stride_qkv
-
-    h = tl.arange(0, NH_P2)[:, None]
-    q1, q2 = _load_heads(row, h, d, NH, HEAD_DIM, CLIP, clip)
-    q_out = q_ptr + t * stride_q + h * HEAD_DIM + d[None, :]
-    tl.store(q_out, (q1 * cos - q2 * sin).to(q_ptr.dtype.element_ty), mask=h < NH)
-    tl.store(q_out + HALF, (q2 * cos + q1 * sin).to(q_ptr.dtype.element_ty), mask=h < NH)
-
-    slot = tl.load(slots_ptr + t).to(tl.int64)
-    if slot >= 0:  # padded rows of a CUDA-graph batch have no slot
-        g = tl.arange(0, NKV_P2)[:, None]
-        k1, k2 = _load_heads(row + NH * HEAD_DIM, g, d, NKV, HEAD_DIM, CLIP, clip)
-        v1, v2 = _load_heads(row + (NH + NKV) * HEAD_DIM, g, d, NKV, HEAD_DIM, CLIP, clip)
-        dest = slot * stride_slot + g * HEAD_DIM + d[None, :]
-        _store_kv(k_cache_ptr + dest, k1 * cos - k2 * sin, k2 * cos + k1 * sin, g < NKV, HALF, k_scale, INT8_KV)
-        _store_kv(v_cache_ptr + dest, v1, v2, g < NKV, HALF, v_scale, INT8_KV)
+    cos, sin = tl.cos(angle), tl.sin(angle)
+    row = parts_ptr + t * stride_row
+    DTYPE = q_ptr.dtype.element_ty
+    if head < NH:
+        q1, q2 = _load_head(row + head * HEAD_DIM, d, splits, stride_split, DTYPE, CLIP, clip)
+        q_out = q_ptr + t * stride_q + head * HEAD_DIM + d
+        tl.store(q_out, (q1 * cos - q2 * sin).to(DTYPE))
+        tl.store(q_out + HALF, (q2 * cos + q1 * sin).to(DTYPE))
+    else:
+        slot = tl.load(slots_ptr + t).to(tl.int64)
+        if slot >= 0:
+            g = head - NH
+            k1, k2 = _load_head(row + (NH + g) * HEAD_DIM, d, splits, stride_split, DTYPE, CLIP, clip)
+            v1, v2 = _load_head(row + (NH + NKV + g) * HEAD_DIM, d, splits, stride_split, DTYPE, CLIP, clip)
+            dest = slot * stride_slot + g * HEAD_DIM + d
+            _store_kv(k_cache_ptr + dest, k1 * cos - k2 * sin, k2 * cos + k1 * sin, HALF, k_scale, INT8_KV)
+            _store_kv(v_cache_ptr + dest, v1, v2, HALF, v_scale, INT8_KV)
 
 
 @triton.jit
-def _load_heads(ptr, h, d, NUM: tl.constexpr, HEAD_DIM: tl.constexpr, CLIP: tl.constexpr, clip):
-    """Both halves of NUM heads as float32 [NUM_P2, HEAD_DIM/2], clipped to [-clip, clip] if CLIP."""
-    mask = h < NUM
-    x1 = tl.load(ptr + h * HEAD_DIM + d[None, :], mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(ptr + h * HEAD_DIM + HEAD_DIM // 2 + d[None, :], mask=mask, other=0.0).to(tl.float32)
+def _load_head(ptr, d, splits, stride_split, DTYPE: tl.constexpr, CLIP: tl.constexpr, clip):
+    """A head's two halves as float32: the sum of its `splits` parts in order, rounded to DTYPE (what
+    splits.py's sum_splits would have written: the same bits), clipped to [-clip, clip] if CLIP."""
+    HALF: tl.constexpr = d.shape[0]
+    x1 = tl.zeros((HALF,), dtype=tl.float32)
+    x2 = tl.zeros((HALF,), dtype=tl.float32)
+    for s in range(0, splits):
+        x1 += tl.load(ptr + s * stride_split + d).to(tl.float32)
+        x2 += tl.load(ptr + s * stride_split + HALF + d).to(tl.float32)
+    x1, x2 = x1.to(DTYPE).to(tl.float32), x2.to(DTYPE).to(tl.float32)
     if CLIP:
         x1, x2 = tl.clamp(x1, -clip, clip), tl.clamp(x2, -clip, clip)
     return x1, x2
 
 
 @triton.jit
-def _store_kv(ptr, x1, x2, mask, HALF: tl.constexpr, scale, INT8_KV: tl.constexpr):
+def _store_kv(ptr, x1, x2, HALF: tl.constexpr, scale, INT8_KV: tl.constexpr):
     if INT8_KV:  # round(x / scale) clamped to [-127, 127], as kv_cache.py's plain path
         x1 = tl.clamp(_round(x1 / scale), -127.0, 127.0)
         x2 = tl.clamp(_round(x2 / scale), -127.0, 127.0)
-    tl.store(ptr, x1.to(ptr.dtype.element_ty), mask=mask)
-    tl.store(ptr + HALF, x2.to(ptr.dtype.element_ty), mask=mask)
+    tl.store(ptr, x1.to(ptr.dtype.element_ty))
+    tl.store(ptr + HALF, x2.to(ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -168,12 +176,13 @@ def combine_kernel(partial_ptr, stats_ptr, out_ptr, num_tokens, stride_out, v_sc
 
 
 class TritonAttention(Attention):
-    """The model's Attention, same parameters and names; `attend` is TritonPagedCache.attend,
-    which takes the raw qkv rows: clip, rotary, cache write and attention happen in its kernels."""
+    """The model's Attention, same parameters and names; `attend` is TritonPagedCache.attend, which takes
+    the qkv projection's partial sums (gemm.py's `partial_sums`: its K splits, not yet added): the sum,
+    clip, rotary, cache write and attention happen in its kernels."""
 
     def forward(self, x, cos, sin, positions, attend) -> torch.Tensor:
         B, T, _ = x.shape
-        y = attend(self.layer, self.qkv(x).view(B * T, -1))  # [N, nh*hd]
+        y = attend(self.layer, self.qkv.partial_sums(x.reshape(B * T, -1)))  # [N, nh*hd]
         return self.dense(y.view(B, T, -1))
 
 
@@ -186,7 +195,7 @@ class TritonPagedCache:
         layout = (len(shape.layers), num_blocks * tokens_per_block, shape.n_kv_heads, cfg.head_dim)
         self.k = torch.zeros(layout, dtype=torch.int8 if scales else dtype, device=device)
         self.v = torch.zeros_like(self.k)
-        self.cfg, self.shape, self.scales, self.tensors = cfg, shape, scales, tensors
+        self.cfg, self.shape, self.scales, self.tensors, self.dtype = cfg, shape, scales, tensors, dtype
         self.tokens_per_block = tokens_per_block
         self.inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device,
                                                                dtype=torch.float32) / cfg.head_dim))
@@ -211,27 +220,29 @@ class TritonPagedCache:
     def layer_scales(self, layer: int) -> tuple[float, float]:
         return (self.scales.k[layer], self.scales.v[layer]) if self.scales else (1.0, 1.0)
 
-    def attend(self, layer: int, qkv: torch.Tensor) -> torch.Tensor:
-        """qkv [N, (nh+2nkv)*hd] -> [N, nh*hd]."""
+    def attend(self, layer: int, parts: torch.Tensor) -> torch.Tensor:
+        """parts [S, N, (nh+2nkv)*hd]: the qkv rows, or S partial sums of them (float32) -> [N, nh*hd]."""
         n, nh, nkv, hd = self.num_tokens, self.shape.n_heads, self.shape.n_kv_heads, self.cfg.head_dim
+        if parts.dim() != 3 or parts.shape[1:] != (n, (nh + 2 * nkv) * hd) or parts.stride(2) != 1:
+            raise ValueError(f"attend takes qkv's partial sums [S, {n}, {(nh + 2 * nkv) * hd}] with a contiguous "
+                             f"last dimension: got {tuple(parts.shape)}")
         t, (k_scale, v_scale) = self.tensors, self.layer_scales(layer)
         k, v = self.k[layer], self.v[layer]
-        q = torch.empty(n, nh, hd, dtype=qkv.dtype, device=qkv.device)
-        qkv_rope_kernel[(n,)](
-            qkv, q, k, v, t.positions, t.slots, self.inv_freq, qkv.stride(0), q.stride(0), k.stride(0),
-            self.cfg.clip_qkv or 0.0, k_scale, v_scale, NH=nh, NKV=nkv, HEAD_DIM=hd,
-            NH_P2=triton.next_power_of_2(nh), NKV_P2=triton.next_power_of_2(nkv),
-            CLIP=self.cfg.clip_qkv is not None, INT8_KV=self.scales is not None, num_warps=4, **pdl(qkv))
-        out = torch.empty(n, nh * hd, dtype=qkv.dtype, device=qkv.device)
-        partial = torch.empty(self.splits, n, nh, hd, dtype=torch.float32, device=qkv.device) if self.splits > 1 else out
-        stats = torch.empty(self.splits, n, nh, 2, dtype=torch.float32, device=qkv.device) if self.splits > 1 else out
+        q = torch.empty(n, nh, hd, dtype=self.dtype, device=parts.device)
+        qkv_rope_kernel[(n, nh + nkv)](
+            parts, q, k, v, t.positions, t.slots, self.inv_freq, parts.shape[0], parts.stride(0), parts.stride(1),
+            q.stride(0), k.stride(0), self.cfg.clip_qkv or 0.0, k_scale, v_scale, NH=nh, NKV=nkv, HEAD_DIM=hd,
+            CLIP=self.cfg.clip_qkv is not None, INT8_KV=self.scales is not None, num_warps=1, **pdl(parts))
+        out = torch.empty(n, nh * hd, dtype=self.dtype, device=parts.device)
+        partial = torch.empty(self.splits, n, nh, hd, dtype=torch.float32, device=parts.device) if self.splits > 1 else out
+        stats = torch.empty(self.splits, n, nh, 2, dtype=torch.float32, device=parts.device) if self.splits > 1 else out
         attention_kernel[(self.num_programs, nkv, self.splits)](
             q, k, v, out, partial, stats, t.program_seq, t.program_start, t.query_start, t.seq_lens, t.block_tables,
             q.stride(0), out.stride(0), k.stride(0), t.block_tables.stride(0), n, hd ** -0.5, k_scale, v_scale,
             NH=nh, GROUP=self.group, GROUP_P2=triton.next_power_of_2(self.group), HEAD_DIM=hd, BLOCK_Q=self.block_q,
             TILE=64, PAGE=self.tokens_per_block, SPLITS=self.splits,
-            PRECISION="ieee" if qkv.dtype == torch.float32 else None, num_warps=4, **pdl(qkv))
+            PRECISION="ieee" if self.dtype == torch.float32 else None, num_warps=4, **pdl(parts))
         if self.splits > 1:
             combine_kernel[(n, nh)](partial, stats, out, n, out.stride(0), v_scale, NH=nh, HEAD_DIM=hd,
-                                    SPLITS=self.splits, num_warps=1, **pdl(qkv))
+                                    SPLITS=self.splits, num_warps=1, **pdl(parts))
         return out

@@ -693,16 +693,30 @@ def moe_config(num_tokens: int, top_k: int, w: Weights, gated: bool = False, one
     return with_split_k(config, num_pairs * triton.cdiv(columns, config.block_n), w.k, num_sms(w.tensor.device),
                         one_row=True)
 
-class TritonWeightOnlyLinear(WeightOnlyLinear):
-    """WeightOnlyLinear, same buffers; `forward` runs the kernel on the int8/int4 weight as stored."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])  # [M,K]
+class TritonWeightOnlyLinear(WeightOnlyLinear):
+    """WeightOnlyLinear, same buffers; `forward` runs the kernel on the int8/int4 weight as stored.
+    `partial_sums` leaves a K split's sums to be added by the layer that reads them (attention.py's
+    qkv_rope_kernel: a launch fewer a layer at small batches)."""
+
+    def partial_sums(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows [M, K] -> [S, M, N]: the K splits' float32 partial sums, or [1, M, N] in rows' dtype."""
         w = Weights.of(self.weight, self.scale, self.precision, self.in_features)
         config = linear_config(rows.shape[0], w)
-        split = config.split_k > 1
-        out = torch.empty(config.split_k, rows.shape[0], w.n, dtype=torch.float32 if split else x.dtype,
-                          device=x.device)
+        out = torch.empty(config.split_k, rows.shape[0], w.n,
+                          dtype=torch.float32 if config.split_k > 1 else rows.dtype, device=rows.device)
         gemm(rows, w, out, config)
-        y = sum_splits(out, x.dtype) if split else out[0]
-        return y.view(*x.shape[:-1], w.n)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = self.partial_sums(x.reshape(-1, x.shape[-1]))
+        y = sum_splits(parts, x.dtype) if parts.shape[0] > 1 else parts[0]
+        return y.view(*x.shape[:-1], parts.shape[-1])
+
+
+class CublasLinear(torch.nn.Linear):
+    """A float projection, nn.Linear (torch's matmul: cuBLAS on CUDA), with TritonWeightOnlyLinear's
+    `partial_sums`: its product as the one part."""
+
+    def partial_sums(self, rows: torch.Tensor) -> torch.Tensor:
+        return super().forward(rows)[None]

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from dbrx_serve.services.inference.kernels.attention import TritonAttention, TritonPagedCache
+from dbrx_serve.services.inference.kernels.gemm import CublasLinear
+from dbrx_serve.services.inference.kernels.splits import sum_splits
 from dbrx_serve.services.inference.kv_cache import PagedKVCache
 from dbrx_serve.shared.kv_scales import KVScales
 from dbrx_serve.services.inference.params import SamplingParams
@@ -51,7 +53,7 @@ def test_paged_attention_matches_the_plain_path_over_mixed_steps(int8_kv, dtype,
     fused = Attention(CFG, shape, 0).to(dtype).to(device)
     fused.load_state_dict(plain.state_dict())
     plain.load_state_dict(fused.state_dict())  # the same rounded weights
-    fused.__class__ = TritonAttention
+    fused.__class__, fused.qkv.__class__ = TritonAttention, CublasLinear  # as kernels.swap_modules does
     scales = KVScales((0.02,), (0.02,)) if int8_kv else None
     plain_cache = PagedKVCache(1, 12, PAGE, 2, CFG.head_dim, torch.float32, "cpu", scales)
     tensors = StepTensors(64, 8, 6, torch.device(device))
@@ -80,6 +82,31 @@ def test_padded_rows_of_a_graph_batch_write_nothing_and_read_nothing(device):
     before = cache.k.clone(), cache.v.clone()
     plan = empty_decode(4)
     cache.prepare(plan, tensors.load(plan, cache.decode_block_q), cache.decode_block_q)
-    out = cache.attend(0, torch.randn(4, CFG.qkv_size, device=device))
+    out = cache.attend(0, torch.randn(1, 4, CFG.qkv_size, device=device))
     assert torch.equal(cache.k, before[0]) and torch.equal(cache.v, before[1])
     assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("int8_kv", [False, True], ids=["float-kv", "int8-kv"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_qkv_split_sums_are_added_as_sum_splits_adds_them(int8_kv, dtype, device):
+    """attend given a projection's K-split partial sums (float32) writes the same cache and output, bit for
+    bit, as given their sum from sum_splits (what the projection alone would return)."""
+    shape = LocalShape.of(CFG)
+    scales = KVScales((0.02,), (0.02,)) if int8_kv else None
+    parts = torch.randn(3, 4, CFG.qkv_size, device=device) * 2
+    outs = []
+    for given in (parts, sum_splits(parts, dtype)[None]):
+        tensors = StepTensors(64, 8, 6, torch.device(device))
+        cache = TritonPagedCache(CFG, shape, 12, PAGE, dtype, device, scales, tensors)
+        for i, step in enumerate(STEPS[:3]):  # prompts (the same rows each time), then the decode step's parts
+            plan = plan_of(step)
+            block_q = cache.decode_block_q if plan.is_decode else 4
+            cache.prepare(plan, tensors.load(plan, block_q), block_q)
+            rows = torch.randn(1, plan.num_tokens, CFG.qkv_size, generator=torch.Generator().manual_seed(i))
+            out = cache.attend(0, given if plan.is_decode else rows.to(device, dtype))
+        outs.append((out, cache.k.clone(), cache.v.clone()))
+    for got, want in zip(*outs):
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match=rf"partial sums \[S, 4, {CFG.qkv_size}\]"):
+        cache.attend(0, parts[0])
