@@ -1,8 +1,9 @@
 """Attention over the paged KV cache on CUDA, in two launches per layer.
 
-    qkv_rope_kernel   one program per (token, head): the qkv projection's K-split
-                      partial sums added, clip, rotary embedding of q and k, k and v
-                      written to their cache slots (int8 with a scale)
+    qkv_rope_kernel   one program per token and head (per group of heads at prefill
+                      sizes): the qkv projection's K-split partial sums added, clip,
+                      rotary embedding of q and k, k and v written to their cache
+                      slots (int8 with a scale)
     attention_kernel  one program per (block of a sequence's new tokens, kv head):
                       the GROUP query heads that share a kv head read each key
                       and value once; causal within the step, online softmax.
@@ -14,6 +15,8 @@ device tensors (plan.py's `StepTensors`): per program its sequence and first
 token, per sequence where its new tokens start, its length after the step and
 its block table.
 """
+
+import math
 
 import torch
 import triton
@@ -27,51 +30,59 @@ from ..step_tensors import StepTensors
 from .device import num_sms, pdl, wait_for_inputs
 
 MAX_SPLITS = 32  # key runs of a decode step's attention (flash-decoding)
+# qkv_rope_kernel's heads a program: one up to ONE_HEAD_TOKENS tokens (programs enough for a decode step),
+# else up to PREFILL_HEADS (fewer, larger programs for a prompt's thousands of tokens)
+ONE_HEAD_TOKENS, PREFILL_HEADS = 128, 8
 
 
 @triton.jit
 def qkv_rope_kernel(parts_ptr, q_ptr, k_cache_ptr, v_cache_ptr, positions_ptr, slots_ptr, inv_freq_ptr,
                     splits, stride_split, stride_row, stride_q, stride_slot, clip, k_scale, v_scale,
-                    NH: tl.constexpr, NKV: tl.constexpr, HEAD_DIM: tl.constexpr, CLIP: tl.constexpr,
-                    INT8_KV: tl.constexpr, PDL: tl.constexpr):
-    """Program (token t, head): the head's columns of t's qkv row (_load_head: the projection's K-split
-    parts summed), a query head rotated into q, a kv head's k rotated and its v written to t's cache
-    slot (none for a padded row of a CUDA-graph batch: no slot)."""
+                    NH: tl.constexpr, NKV: tl.constexpr, HEAD_DIM: tl.constexpr, HEADS: tl.constexpr,
+                    CLIP: tl.constexpr, INT8_KV: tl.constexpr, PDL: tl.constexpr):
+    """Program (token t, group of HEADS heads; HEADS divides NH): the heads' columns of t's qkv row
+    (_load_heads: the projection's K-split parts summed); the NH / HEADS first groups rotate query heads
+    into q, the others rotate kv heads' k and write it and their v to t's cache slot (none for a padded
+    row of a CUDA-graph batch: no slot)."""
     wait_for_inputs(PDL)
-    t, head = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    t, group = tl.program_id(0).to(tl.int64), tl.program_id(1)
     HALF: tl.constexpr = HEAD_DIM // 2
-    d = tl.arange(0, HALF)
+    d = tl.arange(0, HALF)[None, :]
+    h = tl.arange(0, HEADS)[:, None]
     position = tl.load(positions_ptr + t).to(tl.float32)
     angle = position * tl.load(inv_freq_ptr + d)  # float32, as model.py's rotary()
     cos, sin = tl.cos(angle), tl.sin(angle)
     row = parts_ptr + t * stride_row
     DTYPE = q_ptr.dtype.element_ty
-    if head < NH:
-        q1, q2 = _load_head(row + head * HEAD_DIM, d, splits, stride_split, DTYPE, CLIP, clip)
+    if group < NH // HEADS:
+        head = group * HEADS + h
+        q1, q2 = _load_heads(row + head * HEAD_DIM, d, head < NH, splits, stride_split, DTYPE, CLIP, clip)
         q_out = q_ptr + t * stride_q + head * HEAD_DIM + d
         tl.store(q_out, (q1 * cos - q2 * sin).to(DTYPE))
         tl.store(q_out + HALF, (q2 * cos + q1 * sin).to(DTYPE))
     else:
         slot = tl.load(slots_ptr + t).to(tl.int64)
         if slot >= 0:
-            g = head - NH
-            k1, k2 = _load_head(row + (NH + g) * HEAD_DIM, d, splits, stride_split, DTYPE, CLIP, clip)
-            v1, v2 = _load_head(row + (NH + NKV + g) * HEAD_DIM, d, splits, stride_split, DTYPE, CLIP, clip)
+            g = (group - NH // HEADS) * HEADS + h
+            ok = g < NKV
+            k1, k2 = _load_heads(row + (NH + g) * HEAD_DIM, d, ok, splits, stride_split, DTYPE, CLIP, clip)
+            v1, v2 = _load_heads(row + (NH + NKV + g) * HEAD_DIM, d, ok, splits, stride_split, DTYPE, CLIP, clip)
             dest = slot * stride_slot + g * HEAD_DIM + d
-            _store_kv(k_cache_ptr + dest, k1 * cos - k2 * sin, k2 * cos + k1 * sin, HALF, k_scale, INT8_KV)
-            _store_kv(v_cache_ptr + dest, v1, v2, HALF, v_scale, INT8_KV)
+            _store_kv(k_cache_ptr + dest, k1 * cos - k2 * sin, k2 * cos + k1 * sin, ok, HALF, k_scale, INT8_KV)
+            _store_kv(v_cache_ptr + dest, v1, v2, ok, HALF, v_scale, INT8_KV)
 
 
 @triton.jit
-def _load_head(ptr, d, splits, stride_split, DTYPE: tl.constexpr, CLIP: tl.constexpr, clip):
-    """A head's two halves as float32: the sum of its `splits` parts in order, rounded to DTYPE (what
-    splits.py's sum_splits would have written: the same bits), clipped to [-clip, clip] if CLIP."""
-    HALF: tl.constexpr = d.shape[0]
-    x1 = tl.zeros((HALF,), dtype=tl.float32)
-    x2 = tl.zeros((HALF,), dtype=tl.float32)
+def _load_heads(ptrs, d, mask, splits, stride_split, DTYPE: tl.constexpr, CLIP: tl.constexpr, clip):
+    """Heads' two halves [HEADS, HEAD_DIM / 2] as float32 (ptrs: each head's first column): the sum of
+    their `splits` parts in order, rounded to DTYPE (what splits.py's sum_splits would have written: the
+    same bits), clipped to [-clip, clip] if CLIP."""
+    HALF: tl.constexpr = d.shape[1]
+    x1 = tl.zeros((ptrs.shape[0], HALF), dtype=tl.float32)
+    x2 = tl.zeros((ptrs.shape[0], HALF), dtype=tl.float32)
     for s in range(0, splits):
-        x1 += tl.load(ptr + s * stride_split + d).to(tl.float32)
-        x2 += tl.load(ptr + s * stride_split + HALF + d).to(tl.float32)
+        x1 += tl.load(ptrs + s * stride_split + d, mask=mask, other=0.0).to(tl.float32)
+        x2 += tl.load(ptrs + s * stride_split + HALF + d, mask=mask, other=0.0).to(tl.float32)
     x1, x2 = x1.to(DTYPE).to(tl.float32), x2.to(DTYPE).to(tl.float32)
     if CLIP:
         x1, x2 = tl.clamp(x1, -clip, clip), tl.clamp(x2, -clip, clip)
@@ -79,12 +90,12 @@ def _load_head(ptr, d, splits, stride_split, DTYPE: tl.constexpr, CLIP: tl.const
 
 
 @triton.jit
-def _store_kv(ptr, x1, x2, HALF: tl.constexpr, scale, INT8_KV: tl.constexpr):
+def _store_kv(ptr, x1, x2, mask, HALF: tl.constexpr, scale, INT8_KV: tl.constexpr):
     if INT8_KV:  # round(x / scale) clamped to [-127, 127], as kv_cache.py's plain path
         x1 = tl.clamp(_round(x1 / scale), -127.0, 127.0)
         x2 = tl.clamp(_round(x2 / scale), -127.0, 127.0)
-    tl.store(ptr, x1.to(ptr.dtype.element_ty))
-    tl.store(ptr + HALF, x2.to(ptr.dtype.element_ty))
+    tl.store(ptr, x1.to(ptr.dtype.element_ty), mask=mask)
+    tl.store(ptr + HALF, x2.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -229,10 +240,12 @@ class TritonPagedCache:
         t, (k_scale, v_scale) = self.tensors, self.layer_scales(layer)
         k, v = self.k[layer], self.v[layer]
         q = torch.empty(n, nh, hd, dtype=self.dtype, device=parts.device)
-        qkv_rope_kernel[(n, nh + nkv)](
+        heads = 1 if n <= ONE_HEAD_TOKENS else math.gcd(nh, PREFILL_HEADS)
+        qkv_rope_kernel[(n, nh // heads + triton.cdiv(nkv, heads))](
             parts, q, k, v, t.positions, t.slots, self.inv_freq, parts.shape[0], parts.stride(0), parts.stride(1),
             q.stride(0), k.stride(0), self.cfg.clip_qkv or 0.0, k_scale, v_scale, NH=nh, NKV=nkv, HEAD_DIM=hd,
-            CLIP=self.cfg.clip_qkv is not None, INT8_KV=self.scales is not None, num_warps=1, **pdl(parts))
+            HEADS=heads, CLIP=self.cfg.clip_qkv is not None, INT8_KV=self.scales is not None,
+            num_warps=1 if heads == 1 else 4, **pdl(parts))
         out = torch.empty(n, nh * hd, dtype=self.dtype, device=parts.device)
         partial = torch.empty(self.splits, n, nh, hd, dtype=torch.float32, device=parts.device) if self.splits > 1 else out
         stats = torch.empty(self.splits, n, nh, 2, dtype=torch.float32, device=parts.device) if self.splits > 1 else out

@@ -110,3 +110,26 @@ def test_qkv_split_sums_are_added_as_sum_splits_adds_them(int8_kv, dtype, device
         assert torch.equal(got, want)
     with pytest.raises(ValueError, match=rf"partial sums \[S, 4, {CFG.qkv_size}\]"):
         cache.attend(0, parts[0])
+
+
+@pytest.mark.parametrize("int8_kv", [False, True], ids=["float-kv", "int8-kv"])
+def test_heads_grouped_a_program_write_what_one_head_a_program_writes(int8_kv, device, monkeypatch):
+    """Past ONE_HEAD_TOKENS tokens qkv_rope_kernel takes groups of heads a program (here 4 of the 12 query
+    heads, and the 2 kv heads in a group of 4): q, the cache and the output are those of one head a
+    program, bit for bit, with the splits summed and the rows clipped the same."""
+    from dbrx_serve.services.inference.kernels import attention
+
+    shape = LocalShape.of(CFG)
+    scales = KVScales((0.02,), (0.02,)) if int8_kv else None
+    parts = torch.randn(2, 30, CFG.qkv_size, device=device) * 2  # clipped at 2.0 (CFG.clip_qkv)
+    outs = []
+    for one_head_tokens in (attention.ONE_HEAD_TOKENS, 0):
+        monkeypatch.setattr(attention, "ONE_HEAD_TOKENS", one_head_tokens)
+        tensors = StepTensors(64, 8, 6, torch.device(device))
+        cache = TritonPagedCache(CFG, shape, 12, PAGE, torch.float32, device, scales, tensors)
+        plan = plan_of([("c", 0, 30)])
+        cache.prepare(plan, tensors.load(plan, 4), 4)
+        outs.append((cache.attend(0, parts), cache.k.clone(), cache.v.clone()))
+    for got, want in zip(*outs):
+        assert torch.equal(got, want)
+    assert outs[0][1].abs().sum() > 0  # the kv heads were written
