@@ -115,8 +115,8 @@ def test_qkv_split_sums_are_added_as_sum_splits_adds_them(int8_kv, dtype, device
 @pytest.mark.parametrize("int8_kv", [False, True], ids=["float-kv", "int8-kv"])
 def test_heads_grouped_a_program_write_what_one_head_a_program_writes(int8_kv, device, monkeypatch):
     """Past ONE_HEAD_TOKENS tokens qkv_rope_kernel takes groups of heads a program (here 4 of the 12 query
-    heads, and the 2 kv heads in a group of 4): q, the cache and the output are those of one head a
-    program, bit for bit, with the splits summed and the rows clipped the same."""
+    heads, and the 2 kv heads in a group of 4): the cache and the output (attention over q) are those of
+    one head a program, bit for bit, with the splits summed and the rows clipped the same."""
     from dbrx_serve.services.inference.kernels import attention
 
     shape = LocalShape.of(CFG)
