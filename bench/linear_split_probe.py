@@ -56,9 +56,8 @@ def main() -> None:
                          "us": round(graph_ms(config, case) * 1e3, 1),
                          "us_with_sum": round(replay_ms(summed(case, config)) * 1e3, 1),
                          "partials_mb": round(partials_mb, 1)})
-        default = next(r for r in rows if r["default"]) if any(r["default"] for r in rows) else None
         cases.append({"shape": name, "tokens": tokens, "weight_mb": round(case.bytes_read / 1e6, 1),
-                      "default": default, "fastest_alone": min(rows, key=lambda r: r["us"]),
+                      "default": next((r for r in rows if r["default"]), None), "fastest_alone": min(rows, key=lambda r: r["us"]),
                       "fastest_with_sum": min(rows, key=lambda r: r["us_with_sum"]), "rows": rows})
         print(json.dumps({k: cases[-1][k] for k in ("shape", "tokens", "default", "fastest_with_sum")}),
               file=sys.stderr, flush=True)
