@@ -7,6 +7,7 @@ sums, 16.8 MB for qkv, beside its 25 MB of weights, and its reader reads them ba
 (kernels/tuner.py) times the GEMM alone, so it does not see that. This times both ways.
 
     python bench/linear_split_probe.py OUT.json [--tokens 16 32 64 128] [--shapes qkv dense]
+        [--block_m 16 32 64] [--block_n 64 128] [--splits 1 2 4 8] [--warps 0] [--stages 0]   # 0: the default's
 
 Prints one JSON object last: per shape and token count the default, the fastest alone and the fastest
 with its sum, and every row (config, us alone, us with the sum, the partial sums' MB).
@@ -41,16 +42,23 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--tokens", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--shapes", nargs="+", default=["qkv", "dense"])
+    parser.add_argument("--block_m", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--block_n", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--splits", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--warps", type=int, nargs="+", default=[0], help="0: gemm.py's warps_for")
+    parser.add_argument("--stages", type=int, nargs="+", default=[0], help="0: the default's")
     args = parser.parse_args()
     cases = []
     for name, tokens in itertools.product(args.shapes, args.tokens):
         case = GemmCase(*gemm_case_of(name, "int4", tokens, torch.device("cuda")))
         rows = []
-        for block_m, block_n, split in itertools.product((16, 32, 64), (64, 128), (1, 2, 4, 8)):
+        for block_m, block_n, split, warps, stages in itertools.product(args.block_m, args.block_n, args.splits,
+                                                                        args.warps, args.stages):
             if block_m > max(16, tokens):
                 continue
             config = replace(case.default, block_m=block_m, block_n=block_n, split_k=split,
-                             num_warps=warps_for(block_m, case.w))
+                             num_warps=warps or warps_for(block_m, case.w),
+                             num_stages=stages or case.default.num_stages)
             partials_mb = split * tokens * case.w.n * 4 / 1e6 if split > 1 else 0.0
             rows.append({"config": config.to_dict(), "default": config == case.default,
                          "us": round(graph_ms(config, case) * 1e3, 1),

@@ -3,6 +3,7 @@ bench/ws_gemm_probe.py compiled for Hopper (sm_90) as the README's numbers were 
 layout change free, no spills, the partitions' register budgets), and bench/gemm_fixed_cost_probe.py's
 line fit."""
 
+import contextlib
 import os
 import re
 import sys
@@ -11,6 +12,19 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+
+@contextlib.contextmanager
+def compiled():
+    """Imports inside it define Gluon kernels to be compiled for the GPU, not interpreted: tests/conftest.py
+    sets TRITON_INTERPRET on the CPU, and a kernel takes the mode in force where its module is imported. The
+    rest of the session's kernels keep running in the interpreter."""
+    interpret = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        yield
+    finally:
+        if interpret is not None:
+            os.environ["TRITON_INTERPRET"] = interpret
 
 
 def test_the_launch_cost_fit_recovers_a_line():
@@ -27,13 +41,9 @@ def test_the_warp_specialized_probe_compiles_for_hopper_without_spills(gated):
     pytest.importorskip("triton.experimental.gluon")
     import triton
     from triton.backends.compiler import GPUTarget
-    interpret = os.environ.get("TRITON_INTERPRET")  # tests/conftest.py's, on the CPU: gemm_sass drops it
-    try:  # (it compiles for the GPU), and the probe's Gluon kernel must be compiled, not interpreted
+    with compiled():
         from gemm_sass import report
         from ws_gemm_probe import VARIANTS, source
-    finally:
-        if interpret is not None:  # the rest of the session's kernels keep running in the interpreter
-            os.environ["TRITON_INTERPRET"] = interpret
     variant = VARIANTS[1]
     src = source(gated, 16, 128, variant["stages"], variant["worker_regs"])
     options = {"num_warps": 4, "maxnreg": variant["maxnreg"]}
@@ -64,3 +74,59 @@ def test_the_linear_split_probe_times_the_projection_and_its_sum():
     assert split.shape == whole.shape == (3, 128)
     assert torch.allclose(split.float(), whole.float(), rtol=1e-2, atol=1e-2 * whole.float().abs().max().item())
     assert not torch.equal(whole, torch.zeros_like(whole))
+
+
+@pytest.mark.parametrize("gated", [True, False], ids=["gate+up", "down"])
+def test_the_tile_read_probe_walks_every_byte_once(gated):
+    """bench/tile_read_probe.py's layouts: each program's steps and chunks, as its strides place them, cover
+    the buffer exactly once (so its three walks read the same bytes), and walk_kernel reads what they say
+    (Triton's interpreter: the xor of everything it stores is the xor of the buffer)."""
+    import functools
+    import itertools
+
+    import torch
+    from tile_read_probe import layouts, walk_kernel
+
+    plan = layouts(256, 768, 2, gated, experts=3)  # 2 programs along N, 3 experts, 2 splits of 6 steps
+    words = plan["bytes"] // 4
+    for name in ("tiles", "contiguous", "interleaved"):
+        p = plan[name]
+        starts = [e * p["stride_e"] + n * p["stride_n"] + k * p["stride_split"] + s * p["stride_k"]
+                  + (j % 2) * p["stride_j1"] + (j // 2) * p["stride_j2"]
+                  for n, e, k, s, j in itertools.product(range(plan["grid"][0]), range(plan["grid"][1]),
+                                                         range(plan["grid"][2]), range(plan["steps"]),
+                                                         range(p["streams"]))]
+        covered = sorted(start + c for start in starts for c in range(p["chunk"]))
+        assert covered == list(range(words)), name
+
+    torch.manual_seed(0)
+    w = torch.randint(-2**31, 2**31 - 1, (words,), dtype=torch.int32)
+    p = plan["tiles"]
+    sink = torch.zeros(plan["grid"][0] * plan["grid"][1] * plan["grid"][2] * p["streams"] * p["chunk"],
+                       dtype=torch.int32)
+    walk_kernel[plan["grid"]](w, sink, plan["steps"], p["stride_e"], p["stride_n"], p["stride_split"], p["stride_k"],
+                              p["stride_j1"], p["stride_j2"], STREAMS=p["streams"], CHUNK=p["chunk"], UNROLL=3)
+    assert functools.reduce(lambda a, b: a ^ b, sink.tolist()) == functools.reduce(lambda a, b: a ^ b, w.tolist())
+
+
+@pytest.mark.parametrize("convert", [1, 2])
+def test_the_wgmma_rate_probe_compiles_for_hopper(convert):
+    """bench/wgmma_rate_probe.py's loop with gemm_kernel's conversion, compiled for sm_90: the conversion's
+    layout change free (the kernel asserts it), no spills, and the wgmma a step it claims (16; 8 for the
+    half-the-products variant)."""
+    pytest.importorskip("triton.experimental.gluon")
+    from triton.experimental.gluon._runtime import GluonASTSource
+    with compiled():
+        from gemm_sass import report
+        from wgmma_rate_probe import BLOCK_N, K_STEP, rate_kernel
+    constants = {"TOKENS": 16, "FP8": False, "SS": False, "CONVERT": convert, "BLOCK_N": BLOCK_N, "K_STEP": K_STEP}
+    signature = {"a_ptr": "*fp32", "w_ptr": "*i8", "out_ptr": "*fp32", "iters": "i32",
+                 **{name: "constexpr" for name in constants}}
+    index = rate_kernel.arg_names.index
+    src = GluonASTSource(fn=rate_kernel, signature=signature,
+                         constexprs={(index(n),): v for n, v in constants.items()},
+                         attrs={(index(n),): [["tt.divisibility", 16]] for n in ("a_ptr", "w_ptr", "out_ptr")})
+    code = report(src, num_warps=4, num_stages=1)
+    assert code["spill_instructions"] == 0
+    assert code["wgmma"] == (16 if convert == 1 else 8)
+    assert code["loop_instructions"] > 16 * 11  # the conversion is in the loop: 11 instructions a word, 16 words
