@@ -7,8 +7,9 @@ tiles (shared/int4_tiles.py) from four places for gate+up (up's two 64-column ti
 it reads) walks the same grid of programs, K splits and steps over the same bytes: at gemm_kernel's
 addresses ("tiles"), with each program's steps laid end to end ("contiguous": a layout storing a program's
 tiles K step by K step), with every program's step s side by side ("interleaved": the programs sweep the
-buffer together), or at gemm_kernel's addresses with three steps' loads issued at once ("tiles x3"); beside
-bench/read_bandwidth.py's read-only kernel (a grid-stride loop) over the same bytes.
+buffer together), or at gemm_kernel's addresses with three steps' loads issued at once ("tiles x3"); each with
+a program an item (gemm_kernel's grid) or with 4 or 8 programs a multiprocessor looping over the items
+("a SM": persistent); beside bench/read_bandwidth.py's read-only kernel (a grid-stride loop) over the same bytes.
 
     python bench/tile_read_probe.py OUT.json [--experts 1 2 4 8 16]    # on the GPU; one JSON object last
 
@@ -33,21 +34,36 @@ TILE = 2048  # bytes of a 64 x 64 int4 tile
 
 
 @triton.jit
-def walk_kernel(w_ptr, sink_ptr, steps, stride_e, stride_n, stride_split, stride_k, stride_j1, stride_j2,
-                STREAMS: tl.constexpr, CHUNK: tl.constexpr, UNROLL: tl.constexpr = 1):
-    """Program (pid_n, expert, split): `steps` K steps, each STREAMS chunks of CHUNK int32 words, chunk j at
-    (j % 2) * stride_j1 + (j // 2) * stride_j2 (in words); their xor stored. UNROLL steps' loads are issued
-    together (bytes in flight a program; steps a multiple of it)."""
-    pid_n, pid_e, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+def walk_kernel(w_ptr, sink_ptr, steps, grid_n, grid_e, items, stride_e, stride_n, stride_split, stride_k,
+                stride_j1, stride_j2, STREAMS: tl.constexpr, CHUNK: tl.constexpr, UNROLL: tl.constexpr = 1):
+    """Items (pid_n, expert, split), pid_n first, taken by the programs in turn (a program an item, or fewer
+    programs looping: persistent): each `steps` K steps of STREAMS chunks of CHUNK int32 words, chunk j at
+    (j % 2) * stride_j1 + (j // 2) * stride_j2 (in words); a program's xor stored. UNROLL steps' loads are
+    issued together (bytes in flight a program; steps a multiple of it)."""
     j = tl.arange(0, STREAMS)
-    base = (w_ptr + pid_e.to(tl.int64) * stride_e + pid_n * stride_n + pid_k * stride_split
-            + ((j % 2) * stride_j1 + (j // 2) * stride_j2)[:, None] + tl.arange(0, CHUNK)[None, :])
     acc = tl.zeros((STREAMS, CHUNK), dtype=tl.int32)
-    for s in range(0, steps, UNROLL):
-        for u in tl.static_range(UNROLL):
-            acc ^= tl.load(base + (s + u) * stride_k)
-    tl.store(sink_ptr + ((pid_k * tl.num_programs(1) + pid_e) * tl.num_programs(0) + pid_n) * STREAMS * CHUNK
-             + j[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :], acc)
+    for item in range(tl.program_id(0), items, tl.num_programs(0)):
+        pid_n, pid_e, pid_k = item % grid_n, (item // grid_n) % grid_e, item // (grid_n * grid_e)
+        base = (w_ptr + pid_e.to(tl.int64) * stride_e + pid_n * stride_n + pid_k * stride_split
+                + ((j % 2) * stride_j1 + (j // 2) * stride_j2)[:, None] + tl.arange(0, CHUNK)[None, :])
+        for s in range(0, steps, UNROLL):
+            for u in tl.static_range(UNROLL):
+                acc ^= tl.load(base + (s + u) * stride_k)
+    tl.store(sink_ptr + tl.program_id(0) * STREAMS * CHUNK + j[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :], acc)
+
+
+def walk(plan: dict, layout: str, w: torch.Tensor, unroll: int = 1, per_sm: int = 0):
+    """walk_kernel's launch over plan's items in `layout`: a program an item, or per_sm programs a
+    multiprocessor looping over them."""
+    p = plan[layout]
+    grid_n, grid_e, splits = plan["grid"]
+    items = grid_n * grid_e * splits
+    programs = min(items, per_sm * num_sms(w.device)) if per_sm else items
+    sink = torch.empty(programs * p["streams"] * p["chunk"], dtype=torch.int32, device=w.device)
+    return lambda: walk_kernel[(programs,)](
+        w, sink, plan["steps"], grid_n, grid_e, items, p["stride_e"], p["stride_n"], p["stride_split"],
+        p["stride_k"], p["stride_j1"], p["stride_j2"], STREAMS=p["streams"], CHUNK=p["chunk"], UNROLL=unroll,
+        num_warps=8)
 
 
 # DBRX's expert GEMMs at one token (4 experts): the up half's columns, K, tiles of 128 columns a program,
@@ -71,6 +87,11 @@ def layouts(n: int, k: int, split: int, gated: bool, experts: int = 4) -> dict:
                        stride_k=experts * pairs * split * step, stride_j1=0, stride_j2=0, streams=1, chunk=step)
     return {"grid": (pairs, experts, split), "steps": steps, "tiles": tiles, "contiguous": contiguous,
             "interleaved": interleaved, "bytes": experts * tiles["stride_e"] * 4}
+
+
+# (layout, steps' loads issued at once, programs a multiprocessor looping over the items; 0: a program an item)
+WALKS = [("tiles", 1, 0), ("contiguous", 1, 0), ("interleaved", 1, 0), ("tiles", 3, 0), ("tiles", 1, 4),
+         ("tiles", 1, 8), ("interleaved", 1, 8)]
 
 
 def read_only_us(w: torch.Tensor, repeat: int) -> float:
@@ -102,14 +123,9 @@ def main() -> None:
             plan = layouts(n, k, split, gated, experts)
             w = torch.empty(plan["bytes"], dtype=torch.uint8, device=device).random_().view(torch.int32)
             timed = {}
-            for layout, unroll in (("tiles", 1), ("contiguous", 1), ("interleaved", 1), ("tiles", 3)):
-                p = plan[layout]
-                sink = torch.empty(plan["grid"][0] * plan["grid"][1] * plan["grid"][2] * p["streams"] * p["chunk"],
-                                   dtype=torch.int32, device=device)
-                timed[layout + ("" if unroll == 1 else f" x{unroll}")] = replay_ms(lambda: walk_kernel[plan["grid"]](
-                    w, sink, plan["steps"], p["stride_e"], p["stride_n"], p["stride_split"], p["stride_k"],
-                    p["stride_j1"], p["stride_j2"], STREAMS=p["streams"], CHUNK=p["chunk"], UNROLL=unroll,
-                    num_warps=8), args.repeat) * 1e3
+            for layout, unroll, per_sm in WALKS:
+                name_of = layout + ("" if unroll == 1 else f" x{unroll}") + (f", {per_sm} a SM" if per_sm else "")
+                timed[name_of] = replay_ms(walk(plan, layout, w, unroll, per_sm), args.repeat) * 1e3
             timed["read_bandwidth.py"] = read_only_us(w, args.repeat)
             for layout, us in timed.items():
                 rows.append({"shape": name, "experts": experts, "layout": layout, "bytes": plan["bytes"],

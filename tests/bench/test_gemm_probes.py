@@ -79,8 +79,9 @@ def test_the_linear_split_probe_times_the_projection_and_its_sum():
 @pytest.mark.parametrize("gated", [True, False], ids=["gate+up", "down"])
 def test_the_tile_read_probe_walks_every_byte_once(gated):
     """bench/tile_read_probe.py's layouts: each program's steps and chunks, as its strides place them, cover
-    the buffer exactly once (so its three walks read the same bytes), and walk_kernel reads what they say
-    (Triton's interpreter: the xor of everything it stores is the xor of the buffer)."""
+    the buffer exactly once (so its walks read the same bytes), and walk_kernel reads what they say, a program
+    an item or fewer programs looping over them (Triton's interpreter: the xor of everything it stores is the
+    xor of the buffer)."""
     import functools
     import itertools
 
@@ -101,12 +102,16 @@ def test_the_tile_read_probe_walks_every_byte_once(gated):
 
     torch.manual_seed(0)
     w = torch.randint(-2**31, 2**31 - 1, (words,), dtype=torch.int32)
-    p = plan["tiles"]
-    sink = torch.zeros(plan["grid"][0] * plan["grid"][1] * plan["grid"][2] * p["streams"] * p["chunk"],
-                       dtype=torch.int32)
-    walk_kernel[plan["grid"]](w, sink, plan["steps"], p["stride_e"], p["stride_n"], p["stride_split"], p["stride_k"],
-                              p["stride_j1"], p["stride_j2"], STREAMS=p["streams"], CHUNK=p["chunk"], UNROLL=3)
-    assert functools.reduce(lambda a, b: a ^ b, sink.tolist()) == functools.reduce(lambda a, b: a ^ b, w.tolist())
+    everything = functools.reduce(lambda a, b: a ^ b, w.tolist())
+    for layout, unroll, programs in (("tiles", 3, 0), ("interleaved", 1, 5)):  # a program an item; 5 looping
+        p = plan[layout]
+        items = plan["grid"][0] * plan["grid"][1] * plan["grid"][2]
+        sink = torch.zeros((programs or items) * p["streams"] * p["chunk"], dtype=torch.int32)
+        walk_kernel[(programs or items,)](w, sink, plan["steps"], plan["grid"][0], plan["grid"][1], items,
+                                          p["stride_e"], p["stride_n"], p["stride_split"], p["stride_k"],
+                                          p["stride_j1"], p["stride_j2"], STREAMS=p["streams"], CHUNK=p["chunk"],
+                                          UNROLL=unroll)
+        assert functools.reduce(lambda a, b: a ^ b, sink.tolist()) == everything, layout
 
 
 @pytest.mark.parametrize("convert", [1, 2])
