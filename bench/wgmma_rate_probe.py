@@ -46,7 +46,8 @@ def rate_kernel(a_ptr, w_ptr, out_ptr, iters, TOKENS: gl.constexpr, FP8: gl.cons
     sum's 32 additions a thread a step count against it); 3 (with SS), the conversions stored to shared
     memory and multiplied from there (the register file left to the conversion); 4, as 3 into two buffers
     in turn, a step's wgmma left running while the next step converts (waited for before its buffer is
-    written again)."""
+    written again); 5, int8 weights instead (a step's 16 KB of bytes in the same register order, BYTES_TO_BF16:
+    10 instructions a word of 4)."""
     DT: gl.constexpr = gl.float8e4nv if FP8 else gl.bfloat16
     BITS: gl.constexpr = 8 if FP8 else 16
     MMA: gl.constexpr = gl.NVMMADistributedLayout([3, 0], [4, 1], [16, TOKENS, 256 // BITS])
@@ -72,19 +73,23 @@ def rate_kernel(a_ptr, w_ptr, out_ptr, iters, TOKENS: gl.constexpr, FP8: gl.cons
         g_op = g
     fence_async_shared()
     xt = x_smem.permute((1, 0))
-    up_words = _words(w_ptr, BLOCK_N)
-    gate_words = _words(w_ptr + BLOCK_N * K_STEP, BLOCK_N)
+    BYTES: gl.constexpr = 2 if CONVERT == 5 else 1  # a step's bytes a weight value, as int4 (1/2) or int8 (1)
+    up_words = _words(w_ptr, BLOCK_N, BYTES)
+    gate_words = _words(w_ptr + 2 * BYTES * BLOCK_N * K_STEP, BLOCK_N, BYTES)
     acc = gl.zeros([BLOCK_N, TOKENS], gl.float32, MMA)
     gate = gl.zeros([BLOCK_N, TOKENS], gl.float32, MMA)
     for i in range(iters):
         if CONVERT == 4:
             a_op = a_bufs.index(i % 2)
             g_op = g_bufs.index(i % 2)
-        if CONVERT >= 3:
+        if CONVERT == 3 or CONVERT == 4:
             a_op.store(_converted(up_words, A, BLOCK_N))
             g_op.store(_converted(gate_words, A, BLOCK_N))
             gl.thread_barrier()
             fence_async_shared()
+        elif CONVERT == 5:
+            a_op = _bytes_converted(up_words, A, BLOCK_N)
+            g_op = _bytes_converted(gate_words, A, BLOCK_N)
         elif CONVERT:
             a_op = _converted(up_words, A, BLOCK_N)
             g_op = _converted(gate_words, A, BLOCK_N)
@@ -102,12 +107,35 @@ def rate_kernel(a_ptr, w_ptr, out_ptr, iters, TOKENS: gl.constexpr, FP8: gl.cons
 
 
 @gluon.jit
-def _words(w_ptr, BLOCK_N: gl.constexpr):
-    """A step's int4 tile words [BLOCK_N / 16, 512] in registers, 16 bytes a lane (ws_gemm_probe.py's _tile)."""
-    WORDS: gl.constexpr = gl.BlockedLayout([1, 16], [1, 32], [4, 1], [1, 0])
+def _words(w_ptr, BLOCK_N: gl.constexpr, BYTES: gl.constexpr):
+    """A step's tile words [BLOCK_N / 16, 512 BYTES] in registers, 16 BYTES a lane: int4 as ws_gemm_probe.py's
+    _tile reads them (BYTES 1), int8 twice as many (BYTES 2)."""
+    WORDS: gl.constexpr = gl.BlockedLayout([1, 16 * BYTES], [1, 32], [4, 1], [1, 0])
     r = gl.arange(0, BLOCK_N // 16, layout=gl.SliceLayout(1, WORDS))
-    c = gl.arange(0, 512, layout=gl.SliceLayout(0, WORDS))
-    return gl.load(w_ptr + r[:, None] * 512 + c[None, :])
+    c = gl.arange(0, 512 * BYTES, layout=gl.SliceLayout(0, WORDS))
+    return gl.load(w_ptr + r[:, None] * 512 * BYTES + c[None, :])
+
+
+# int8 in offset binary (value + 128) -> bfloat16, a word of four: each byte under the exponent of 2^23
+# (prmt), 2^23 + 128 taken off (exact), pairs packed by cvt; byte 2h + e of the word is register h's half e
+BYTES_TO_BF16 = gl.constexpr("""{
+.reg .b32 f0, f1, f2, f3, magic;
+mov.b32 magic, 0x4B000000;
+prmt.b32 f0, $2, magic, 0x7650; prmt.b32 f1, $2, magic, 0x7651;
+prmt.b32 f2, $2, magic, 0x7652; prmt.b32 f3, $2, magic, 0x7653;
+sub.f32 f0, f0, 0f4B000080; sub.f32 f1, f1, 0f4B000080; sub.f32 f2, f2, 0f4B000080; sub.f32 f3, f3, 0f4B000080;
+cvt.rn.bf16x2.f32 $0, f1, f0; cvt.rn.bf16x2.f32 $1, f3, f2;
+}""")
+
+
+@gluon.jit
+def _bytes_converted(words, A: gl.constexpr, BLOCK_N: gl.constexpr):
+    """int8 words as an int8 tile would hold them (a lane's 32 bytes: K step s, register j, row half h, column
+    e), converted and reshaped to wgmma's operand layout (moving nothing)."""
+    v = gl.inline_asm_elementwise(BYTES_TO_BF16, "=r,=r,r", [words], dtype=gl.bfloat16, is_pure=False, pack=4)
+    v = gl.reshape(v, (BLOCK_N // 64, 4, 8, 4, 4, 2, 2, 2))  # tile w g t s j h e
+    v = gl.permute(v, (0, 1, 6, 2, 4, 5, 3, 7))  # rows (tile, w, h, g), columns (s, j, t, e)
+    return gl.convert_layout(gl.reshape(v, (BLOCK_N, 64)), A, assert_trivial=True)
 
 
 @gluon.jit
@@ -123,7 +151,8 @@ def _converted(words, A: gl.constexpr, BLOCK_N: gl.constexpr):
 VARIANTS = ([dict(tokens=t, fp8=False, ss=False, convert=c) for c, t in itertools.product((0, 1, 2), (8, 16, 32))]
             + [dict(tokens=t, fp8=True, ss=False, convert=0) for t in (8, 16, 32)]
             + [dict(tokens=16, fp8=f, ss=True, convert=0) for f in (False, True)]
-            + [dict(tokens=t, fp8=False, ss=True, convert=c) for c, t in itertools.product((3, 4), (16, 32))])
+            + [dict(tokens=t, fp8=False, ss=True, convert=c) for c, t in itertools.product((3, 4), (16, 32))]
+            + [dict(tokens=t, fp8=False, ss=False, convert=5) for t in (16, 32)])
 
 
 def instructions_a_step(fp8: bool) -> int:
@@ -135,7 +164,7 @@ def run(variant: dict, per_sm: int, iters: int) -> dict:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     programs = per_sm * sms
     a = torch.randn(2 * BLOCK_N * K_STEP, device="cuda") * 0.1
-    w = torch.randint(-128, 128, (2 * BLOCK_N * K_STEP,), dtype=torch.int8, device="cuda")
+    w = torch.randint(-128, 128, (4 * BLOCK_N * K_STEP,), dtype=torch.int8, device="cuda")
     out = torch.empty(programs, BLOCK_N, variant["tokens"], device="cuda")
 
     def launch():
@@ -154,11 +183,12 @@ def run(variant: dict, per_sm: int, iters: int) -> dict:
         times.append(start.elapsed_time(end) * 1e-3)
     seconds = min(times)
     per_step = instructions_a_step(variant["fp8"]) // (2 if variant["convert"] == 2 else 1)
-    int4_bytes = 2 * BLOCK_N * K_STEP // 2  # a step's weights at 4 bits (fp8 k32 covers them in half the wgmma)
+    # a step's weight bytes: int4 (fp8 k32 covers them in half the wgmma), or int8 (CONVERT 5)
+    step_bytes = 2 * BLOCK_N * K_STEP // (1 if variant["convert"] == 5 else 2)
     return {**variant, "per_sm": per_sm, "iters": iters, "ms": round(seconds * 1e3, 3),
             "ns_a_step_per_sm": round(seconds * 1e9 / (iters * per_sm), 2),
             "ns_a_wgmma_per_sm": round(seconds * 1e9 / (iters * per_sm * per_step), 3),
-            "int4_tb_s": round(programs * iters * int4_bytes / seconds / 1e12, 2)}
+            "weights_tb_s": round(programs * iters * step_bytes / seconds / 1e12, 2)}
 
 
 def main() -> None:

@@ -1,30 +1,34 @@
-"""The GEMM probes' parts that run without a GPU: the warp-specialized Gluon kernel of
-bench/ws_gemm_probe.py compiled for Hopper (sm_90) as the README's numbers were taken (the conversion's
-layout change free, no spills, the partitions' register budgets), and bench/gemm_fixed_cost_probe.py's
-line fit."""
+"""The GEMM probes' parts that run without a GPU: their Gluon kernels compiled for Hopper (sm_90) as the
+README's numbers were taken (bench/ws_gemm_probe.py's warp-specialized kernel, bench/wgmma_rate_probe.py's
+loop: layout changes free, no spills, the partitions' register budgets), the read-only walks of
+bench/tile_read_probe.py (Triton's interpreter), bench/gemm_fixed_cost_probe.py's line fit and
+bench/linear_split_probe.py's sum."""
 
-import contextlib
+import json
 import os
 import re
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
 
 
-@contextlib.contextmanager
-def compiled():
-    """Imports inside it define Gluon kernels to be compiled for the GPU, not interpreted: tests/conftest.py
-    sets TRITON_INTERPRET on the CPU, and a kernel takes the mode in force where its module is imported. The
-    rest of the session's kernels keep running in the interpreter."""
-    interpret = os.environ.pop("TRITON_INTERPRET", None)
-    try:
-        yield
-    finally:
-        if interpret is not None:
-            os.environ["TRITON_INTERPRET"] = interpret
+def for_hopper(snippet: str) -> dict:
+    """Run snippet (it sets `result`, a dict) in a fresh Python with bench/ on its path and TRITON_INTERPRET
+    unset, so that its Gluon kernels are compiled for the GPU. A process of its own: after Triton's
+    interpreter has run a kernel (tests/conftest.py interprets them on the CPU), a Gluon compile in the same
+    process can fail on the interpreter's builder ("'InterpreterBuilder' object has no attribute
+    'get_dot_operand_layout'", seen after this file's interpreted walks)."""
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    code = f"import json, sys\nsys.path.insert(0, {str(BENCH)!r})\n{textwrap.dedent(snippet)}\nprint(json.dumps(result))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def test_the_launch_cost_fit_recovers_a_line():
@@ -39,20 +43,23 @@ def test_the_warp_specialized_probe_compiles_for_hopper_without_spills(gated):
     (setmaxnreg), wgmma from registers after a layout change the compiler proves free (the kernel asserts
     it: a change that moved data would not compile), no spills."""
     pytest.importorskip("triton.experimental.gluon")
-    import triton
-    from triton.backends.compiler import GPUTarget
-    with compiled():
+    code = for_hopper(f"""
+        import triton
+        from triton.backends.compiler import GPUTarget
         from gemm_sass import report
         from ws_gemm_probe import VARIANTS, source
-    variant = VARIANTS[1]
-    src = source(gated, 16, 128, variant["stages"], variant["worker_regs"])
-    options = {"num_warps": 4, "maxnreg": variant["maxnreg"]}
-    code = report(src, num_stages=1, **options)  # the machine code, by the Triton wheel's cuobjdump
+        variant = VARIANTS[1]
+        src = source({gated}, 16, 128, variant["stages"], variant["worker_regs"])
+        options = {{"num_warps": 4, "maxnreg": variant["maxnreg"]}}
+        result = report(src, num_stages=1, **options)  # the machine code, by the Triton wheel's cuobjdump
+        result["ptx"] = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+        result["variant"] = variant
+    """)
+    variant = code["variant"]
     assert code["spill_instructions"] == 0 and code["registers"] <= variant["maxnreg"]
     assert code["wgmma"] == (16 if gated else 8)
-    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
-    assert re.search(rf"setmaxnreg\.inc\.sync\.aligned\.u32\s+{variant['worker_regs']};", ptx)  # the producer's
-    assert "cp.async.bulk.tensor.3d" in ptx  # TMA
+    assert re.search(rf"setmaxnreg\.inc\.sync\.aligned\.u32\s+{variant['worker_regs']};", code["ptx"])  # the producer's
+    assert "cp.async.bulk.tensor.3d" in code["ptx"]  # TMA
 
 
 def test_the_linear_split_probe_times_the_projection_and_its_sum():
@@ -114,24 +121,27 @@ def test_the_tile_read_probe_walks_every_byte_once(gated):
         assert functools.reduce(lambda a, b: a ^ b, sink.tolist()) == everything, layout
 
 
-@pytest.mark.parametrize("convert", [1, 2])
-def test_the_wgmma_rate_probe_compiles_for_hopper(convert):
-    """bench/wgmma_rate_probe.py's loop with gemm_kernel's conversion, compiled for sm_90: the conversion's
-    layout change free (the kernel asserts it), no spills, and the wgmma a step it claims (16; 8 for the
-    half-the-products variant)."""
+@pytest.mark.parametrize("convert, wgmma, words", [(1, 16, 16), (2, 8, 16), (5, 16, 32)],
+                         ids=["int4", "int4-half-the-wgmma", "int8"])
+def test_the_wgmma_rate_probe_compiles_for_hopper(convert, wgmma, words):
+    """bench/wgmma_rate_probe.py's loop with gemm_kernel's conversion (int4) or an int8 one, compiled for
+    sm_90: the conversion's layout change free (the kernel asserts it), no spills, the wgmma a step it claims,
+    and the conversion of a step's words in the loop (10-11 instructions a word)."""
     pytest.importorskip("triton.experimental.gluon")
-    from triton.experimental.gluon._runtime import GluonASTSource
-    with compiled():
+    code = for_hopper(f"""
+        from triton.experimental.gluon._runtime import GluonASTSource
         from gemm_sass import report
         from wgmma_rate_probe import BLOCK_N, K_STEP, rate_kernel
-    constants = {"TOKENS": 16, "FP8": False, "SS": False, "CONVERT": convert, "BLOCK_N": BLOCK_N, "K_STEP": K_STEP}
-    signature = {"a_ptr": "*fp32", "w_ptr": "*i8", "out_ptr": "*fp32", "iters": "i32",
-                 **{name: "constexpr" for name in constants}}
-    index = rate_kernel.arg_names.index
-    src = GluonASTSource(fn=rate_kernel, signature=signature,
-                         constexprs={(index(n),): v for n, v in constants.items()},
-                         attrs={(index(n),): [["tt.divisibility", 16]] for n in ("a_ptr", "w_ptr", "out_ptr")})
-    code = report(src, num_warps=4, num_stages=1)
+        constants = {{"TOKENS": 16, "FP8": False, "SS": False, "CONVERT": {convert}, "BLOCK_N": BLOCK_N,
+                      "K_STEP": K_STEP}}
+        signature = {{"a_ptr": "*fp32", "w_ptr": "*i8", "out_ptr": "*fp32", "iters": "i32",
+                      **{{name: "constexpr" for name in constants}}}}
+        index = rate_kernel.arg_names.index
+        src = GluonASTSource(fn=rate_kernel, signature=signature,
+                             constexprs={{(index(n),): v for n, v in constants.items()}},
+                             attrs={{(index(n),): [["tt.divisibility", 16]] for n in ("a_ptr", "w_ptr", "out_ptr")}})
+        result = report(src, num_warps=4, num_stages=1)
+    """)
     assert code["spill_instructions"] == 0
-    assert code["wgmma"] == (16 if convert == 1 else 8)
-    assert code["loop_instructions"] > 16 * 11  # the conversion is in the loop: 11 instructions a word, 16 words
+    assert code["wgmma"] == wgmma
+    assert code["loop_instructions"] > words * 10
