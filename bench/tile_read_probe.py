@@ -52,18 +52,18 @@ def walk_kernel(w_ptr, sink_ptr, steps, grid_n, grid_e, items, stride_e, stride_
     tl.store(sink_ptr + tl.program_id(0) * STREAMS * CHUNK + j[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :], acc)
 
 
-def walk(plan: dict, layout: str, w: torch.Tensor, unroll: int = 1, per_sm: int = 0):
-    """walk_kernel's launch over plan's items in `layout`: a program an item, or per_sm programs a
-    multiprocessor looping over them."""
+def walk(plan: dict, layout: str, w: torch.Tensor, unroll: int = 1, programs: int = 0):
+    """walk_kernel's launch over plan's items in `layout` (a program an item, or `programs` looping over
+    them) and the tensor it stores to."""
     p = plan[layout]
     grid_n, grid_e, splits = plan["grid"]
     items = grid_n * grid_e * splits
-    programs = min(items, per_sm * num_sms(w.device)) if per_sm else items
+    programs = min(items, programs) if programs else items
     sink = torch.empty(programs * p["streams"] * p["chunk"], dtype=torch.int32, device=w.device)
     return lambda: walk_kernel[(programs,)](
         w, sink, plan["steps"], grid_n, grid_e, items, p["stride_e"], p["stride_n"], p["stride_split"],
         p["stride_k"], p["stride_j1"], p["stride_j2"], STREAMS=p["streams"], CHUNK=p["chunk"], UNROLL=unroll,
-        num_warps=8)
+        num_warps=8), sink
 
 
 # DBRX's expert GEMMs at one token (4 experts): the up half's columns, K, tiles of 128 columns a program,
@@ -125,7 +125,8 @@ def main() -> None:
             timed = {}
             for layout, unroll, per_sm in WALKS:
                 name_of = layout + ("" if unroll == 1 else f" x{unroll}") + (f", {per_sm} a SM" if per_sm else "")
-                timed[name_of] = replay_ms(walk(plan, layout, w, unroll, per_sm), args.repeat) * 1e3
+                launch, _ = walk(plan, layout, w, unroll, per_sm * num_sms(device))
+                timed[name_of] = replay_ms(launch, args.repeat) * 1e3
             timed["read_bandwidth.py"] = read_only_us(w, args.repeat)
             for layout, us in timed.items():
                 rows.append({"shape": name, "experts": experts, "layout": layout, "bytes": plan["bytes"],

@@ -155,6 +155,18 @@ VARIANTS = ([dict(tokens=t, fp8=False, ss=False, convert=c) for c, t in itertool
             + [dict(tokens=t, fp8=False, ss=False, convert=5) for t in (16, 32)])
 
 
+def source(tokens: int, convert: int, fp8: bool = False, ss: bool = False):
+    """rate_kernel as a variant launches it, for compiling without a GPU (bench/gemm_sass.py's report)."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    constants = {"TOKENS": tokens, "FP8": fp8, "SS": ss, "CONVERT": convert, "BLOCK_N": BLOCK_N, "K_STEP": K_STEP}
+    signature = {"a_ptr": "*fp32", "w_ptr": "*i8", "out_ptr": "*fp32", "iters": "i32",
+                 **{name: "constexpr" for name in constants}}
+    index = rate_kernel.arg_names.index
+    return GluonASTSource(fn=rate_kernel, signature=signature, constexprs={(index(n),): v for n, v in constants.items()},
+                          attrs={(index(n),): [["tt.divisibility", 16]] for n in ("a_ptr", "w_ptr", "out_ptr")})
+
+
 def instructions_a_step(fp8: bool) -> int:
     """wgmma a step: up and gate, BLOCK_N / 64 slices each, K_STEP / k rows each."""
     return 2 * (BLOCK_N // 64) * (K_STEP // (32 if fp8 else 16))

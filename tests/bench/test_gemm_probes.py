@@ -93,7 +93,7 @@ def test_the_tile_read_probe_walks_every_byte_once(gated):
     import itertools
 
     import torch
-    from tile_read_probe import layouts, walk_kernel
+    from tile_read_probe import layouts, walk
 
     plan = layouts(256, 768, 2, gated, experts=3)  # 2 programs along N, 3 experts, 2 splits of 6 steps
     words = plan["bytes"] // 4
@@ -111,13 +111,8 @@ def test_the_tile_read_probe_walks_every_byte_once(gated):
     w = torch.randint(-2**31, 2**31 - 1, (words,), dtype=torch.int32)
     everything = functools.reduce(lambda a, b: a ^ b, w.tolist())
     for layout, unroll, programs in (("tiles", 3, 0), ("interleaved", 1, 5)):  # a program an item; 5 looping
-        p = plan[layout]
-        items = plan["grid"][0] * plan["grid"][1] * plan["grid"][2]
-        sink = torch.zeros((programs or items) * p["streams"] * p["chunk"], dtype=torch.int32)
-        walk_kernel[(programs or items,)](w, sink, plan["steps"], plan["grid"][0], plan["grid"][1], items,
-                                          p["stride_e"], p["stride_n"], p["stride_split"], p["stride_k"],
-                                          p["stride_j1"], p["stride_j2"], STREAMS=p["streams"], CHUNK=p["chunk"],
-                                          UNROLL=unroll)
+        launch, sink = walk(plan, layout, w, unroll, programs)
+        launch()
         assert functools.reduce(lambda a, b: a ^ b, sink.tolist()) == everything, layout
 
 
@@ -129,18 +124,9 @@ def test_the_wgmma_rate_probe_compiles_for_hopper(convert, wgmma, words):
     and the conversion of a step's words in the loop (10-11 instructions a word)."""
     pytest.importorskip("triton.experimental.gluon")
     code = for_hopper(f"""
-        from triton.experimental.gluon._runtime import GluonASTSource
         from gemm_sass import report
-        from wgmma_rate_probe import BLOCK_N, K_STEP, rate_kernel
-        constants = {{"TOKENS": 16, "FP8": False, "SS": False, "CONVERT": {convert}, "BLOCK_N": BLOCK_N,
-                      "K_STEP": K_STEP}}
-        signature = {{"a_ptr": "*fp32", "w_ptr": "*i8", "out_ptr": "*fp32", "iters": "i32",
-                      **{{name: "constexpr" for name in constants}}}}
-        index = rate_kernel.arg_names.index
-        src = GluonASTSource(fn=rate_kernel, signature=signature,
-                             constexprs={{(index(n),): v for n, v in constants.items()}},
-                             attrs={{(index(n),): [["tt.divisibility", 16]] for n in ("a_ptr", "w_ptr", "out_ptr")}})
-        result = report(src, num_warps=4, num_stages=1)
+        from wgmma_rate_probe import source
+        result = report(source(tokens=16, convert={convert}), num_warps=4, num_stages=1)
     """)
     assert code["spill_instructions"] == 0
     assert code["wgmma"] == wgmma
