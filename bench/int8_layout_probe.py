@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gemm_tune import gemm_case_of  # noqa: E402
 
-from dbrx_serve.services.inference.kernels.gemm import GemmConfig  # noqa: E402
+from dbrx_serve.services.inference.kernels.gemm import GemmConfig, warps_for  # noqa: E402
 from dbrx_serve.services.inference.kernels.splits import sum_splits  # noqa: E402
 from dbrx_serve.services.inference.kernels.tuner import GemmCase, replay_ms  # noqa: E402
 
@@ -44,7 +44,7 @@ def configs(case: GemmCase) -> list[GemmConfig]:
     block_m = max(16, case.default.block_m)
     splits = (1, 2, 4, 8) if case.one_row else (1,)
     return [GemmConfig(block_m=block_m, block_n=n, block_k=k, num_stages=stages, dequant=deq, split_k=s,
-                       num_warps=8 if block_m == 128 else 4)
+                       num_warps=warps_for(block_m, case.w))
             for n, k, stages, deq, s in itertools.product((64, 128), (64, 128), (3, 4), (0, 1), splits)]
 
 

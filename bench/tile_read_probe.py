@@ -29,9 +29,7 @@ from read_bandwidth import CONFIGS, read_kernel
 
 from dbrx_serve.services.inference.kernels.device import num_sms
 from dbrx_serve.services.inference.kernels.tuner import replay_ms
-
-TILE = 2048  # bytes of a 64 x 64 int4 tile
-
+from dbrx_serve.shared.int4_tiles import TILE_BYTES
 
 @triton.jit
 def walk_kernel(w_ptr, sink_ptr, steps, grid_n, grid_e, items, stride_e, stride_n, stride_split, stride_k,
@@ -76,7 +74,7 @@ def layouts(n: int, k: int, split: int, gated: bool, experts: int = 4) -> dict:
     kt, pairs = k // 64, n // 128  # K tiles, programs along N
     halves = 2 if gated else 1
     steps = kt // split
-    w = TILE // 4
+    w = TILE_BYTES // 4  # a 64 x 64 int4 tile's words
     step = 2 * halves * w  # a program's words a step
     tiles = dict(stride_e=halves * n // 64 * kt * w, stride_n=2 * kt * w, stride_split=steps * w, stride_k=w,
                  stride_j1=kt * w, stride_j2=n // 64 * kt * w, streams=2 * halves, chunk=w)

@@ -22,13 +22,13 @@ import argparse
 import itertools
 import json
 import os
-import sys
 
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
+from dbrx_serve.services.inference.kernels.device import num_sms
 from dbrx_serve.services.inference.kernels.gemm import NIBBLES_TO_BF16
 
 BLOCK_N = 128  # weight columns a program (gemm_kernel's int4 tile), each of up and gate
@@ -173,8 +173,7 @@ def instructions_a_step(fp8: bool) -> int:
 
 
 def run(variant: dict, per_sm: int, iters: int) -> dict:
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    programs = per_sm * sms
+    programs = per_sm * num_sms(torch.device("cuda"))
     a = torch.randn(2 * BLOCK_N * K_STEP, device="cuda") * 0.1
     w = torch.randint(-128, 128, (4 * BLOCK_N * K_STEP,), dtype=torch.int8, device="cuda")
     out = torch.empty(programs, BLOCK_N, variant["tokens"], device="cuda")
@@ -225,4 +224,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
