@@ -181,7 +181,7 @@ def kernel_times(engine, batch: int, context: int, eager: bool = True) -> tuple[
 
 
 # step_bytes' parts and the kernels that read them, by name (the first group whose pattern a name holds)
-OURS = ("gemm_kernel", "gemv_kernel")  # services/inference/kernels/gemm.py
+OURS = ("gemm_kernel",)  # services/inference/kernels/gemm.py
 KERNEL_GROUPS = (("gemm", OURS), ("attention", ("attention_kernel", "combine_kernel")),
                  ("cublas", ("nvjet", "gemm", "gemv", "xmma", "cutlass")))
 

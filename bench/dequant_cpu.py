@@ -1,5 +1,5 @@
 """The CPU plain path's int4 dequantize (what the torch backend's weight-only modules do at every call):
-from an engine's tiles (shared/int4_tiles.py) against from the checkpoint's bytes (two columns a byte).
+from an engine's tiles (shared/tiles.py) against from the checkpoint's bytes (two columns a byte).
 
     python bench/dequant_cpu.py [--experts 4 --out 2048 --in 1024 --group_size 0]
 
@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from dbrx_serve.shared.int4_tiles import tile_int4, tile_values
+from dbrx_serve.shared.tiles import tile_values, tile_weight
 from dbrx_serve.shared.quantization import dequantize_values, dequantize_weight, pack_int4
 
 
@@ -38,13 +38,13 @@ def main() -> None:
     packed = pack_int4(q.transpose(1, 2).contiguous())  # the checkpoint's [E, in, out/2]
     groups = (args.in_features // args.group_size,) if args.group_size else ()
     scale = torch.rand(args.experts, *groups, args.out, generator=g)
-    tiles = tile_int4(packed)
+    tiles = tile_weight(packed, 4)
 
     def from_checkpoint():
         return dequantize_weight(packed, scale, "int4")
 
     def from_tiles():
-        return dequantize_values(tile_values(tiles, args.out, args.in_features).transpose(-1, -2), scale)
+        return dequantize_values(tile_values(tiles, 4, args.out, args.in_features).transpose(-1, -2), scale)
 
     result = {"shape": [args.experts, args.out, args.in_features], "group_size": args.group_size,
               "threads": torch.get_num_threads(),

@@ -4,7 +4,7 @@ tensor-core instructions (Hopper's wgmma, HGMMA, or the older mma.sync, HMMA), i
 wgmma groups, the instructions of its K loop and its shared memory.
 
     python bench/gemm_sass.py --precision int4 --gated --block_m 16 32 --block_n 64 128 --dequant 1 3
-    python bench/gemm_sass.py --precision int8 --gated --block_m 1 --block_n 128 --block_k 32
+    python bench/gemm_sass.py --precision int8 --gated --block_m 16 --block_n 128 --dequant 1 3
 
 Uses the ptxas and cuobjdump that Triton's wheel carries. The kernel is specialized
 as the runtime specializes it (strides of 1 as constants, pointers and sizes
@@ -27,8 +27,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from dbrx_serve.services.inference.kernels.gemm import (FLOAT, FORMATS, INT8, GemmConfig, gemm_kernel,  # noqa: E402
-                                                         gemv_kernel, gemv_stages)
+from dbrx_serve.services.inference.kernels.gemm import FLOAT, FORMATS, gemm_kernel  # noqa: E402
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 POINTERS = {"x_ptr": "*bf16", "scale_ptr": "*bf16", "out_ptr": "*bf16", "sorted_ids_ptr": "*i32",
@@ -37,23 +36,15 @@ INTS = ("M", "N", "K", "num_pairs", "k_per_split", "stride_xm", "stride_xk", "st
         "stride_se", "stride_sg", "stride_sn", "stride_os", "stride_om", "stride_on", "gate_offset")
 
 
-def source(fmt: int, gated: bool, dequant: int, block_m: int, block_n: int, block_k: int, group: int,
-           split_k: int, stages: int = 3) -> ASTSource:
-    """gemm_kernel, or gemv_kernel at block_m 1 (int8 weights read as 32-bit words)."""
-    one_row = block_m == 1
-    kernel = gemv_kernel if one_row else gemm_kernel
-    signature = {**POINTERS, "w_ptr": "*i32" if one_row else "*bf16" if fmt == FLOAT else "*i8",
-                 **{name: "i32" for name in INTS}}
+def source(fmt: int, gated: bool, dequant: int, block_m: int, block_n: int, block_k: int, group: int) -> ASTSource:
+    """gemm_kernel as gemm() launches it."""
+    kernel = gemm_kernel
+    signature = {**POINTERS, "w_ptr": "*bf16" if fmt == FLOAT else "*i8", **{name: "i32" for name in INTS}}
     signature["stride_we"] = "i64"
     constants = {"MOE": True, "X_ROW_DIV": 4 if gated else 1, "WEIGHTED": not gated, "GATED": gated,
-                 "BLOCK_N": block_n, "BLOCK_K": block_k, "PDL": True}
-    if one_row:
-        constants.update({"EVEN_N": True, "PTX": True, "HALF2": dequant == 3,
-                          "STAGES": gemv_stages(GemmConfig(num_stages=stages)), "SPLIT_K": split_k})
-    else:
-        constants.update({"FMT": fmt, "DEQ": dequant if fmt != FLOAT else 0, "PRECISION": None, "BLOCK_M": block_m,
-                          "PTX": True, "GROUP": group})
-    weight_unit = {FLOAT: ("stride_wk",), INT8: ("stride_wn",)}.get(fmt, ())  # int4: strides of whole tiles
+                 "BLOCK_N": block_n, "BLOCK_K": block_k, "PDL": True, "FMT": fmt, "DEQ": dequant if fmt != FLOAT else 0,
+                 "PRECISION": None, "BLOCK_M": block_m, "PTX": True, "GROUP": group}
+    weight_unit = ("stride_wk",) if fmt == FLOAT else ()  # int: strides of whole tiles
     unit = ("stride_xk", "stride_sn", "stride_on", *weight_unit)
     constants.update({name: 1 for name in unit})  # the runtime specializes arguments equal to 1
     signature.update({name: "constexpr" for name in constants})
@@ -107,12 +98,11 @@ def main() -> None:
     parser.add_argument("--gated", action="store_true", help="the experts' gate+up GEMM (else down)")
     parser.add_argument("--block_m", type=int, nargs="+", default=[16])
     parser.add_argument("--block_n", type=int, nargs="+", default=[64])
-    parser.add_argument("--block_k", type=int, nargs="+", default=[64], help="int4: 64 (its tiles)")
+    parser.add_argument("--block_k", type=int, nargs="+", default=[64], help="int8, int4: 64 (their tiles)")
     parser.add_argument("--dequant", type=int, nargs="+", default=[3])
     parser.add_argument("--num_warps", type=int, nargs="+", default=[4])
     parser.add_argument("--num_stages", type=int, nargs="+", default=[4])
     parser.add_argument("--group_size", type=int, default=0, help="group-wise int4 (0: per channel)")
-    parser.add_argument("--split_k", type=int, default=1)
     args = parser.parse_args()
     fmt = FORMATS.get(args.precision, FLOAT)
     rows = []
@@ -121,7 +111,7 @@ def main() -> None:
         config = {"block_m": bm, "block_n": bn, "block_k": bk, "dequant": deq, "num_warps": warps,
                   "num_stages": stages}
         try:
-            src = source(fmt, args.gated, deq, bm, bn, bk, args.group_size, args.split_k, stages)
+            src = source(fmt, args.gated, deq, bm, bn, bk, args.group_size)
             rows.append({**config, **report(src, warps, stages)})
         except Exception as error:  # a configuration that does not compile: say so and go on
             rows.append({**config, "error": str(error).splitlines()[-1][:200]})

@@ -2,7 +2,7 @@
 loop, or only reading their bytes the way their grid does?
 
 gemm_kernel (services/inference/kernels/gemm.py) at one token reads, per program and K step, 8 KB of int4
-tiles (shared/int4_tiles.py) from four places for gate+up (up's two 64-column tiles and gate's two, each
+tiles (shared/tiles.py) from four places for gate+up (up's two 64-column tiles and gate's two, each
 2 KB, each tile's K run contiguous) and 4 KB from two for down. Here a kernel that only reads (and xors what
 it reads) walks the same grid of programs, K splits and steps over the same bytes: at gemm_kernel's
 addresses ("tiles"), with each program's steps laid end to end ("contiguous": a layout storing a program's
@@ -29,7 +29,7 @@ from read_bandwidth import CONFIGS, read_kernel
 
 from dbrx_serve.services.inference.kernels.device import num_sms
 from dbrx_serve.services.inference.kernels.tuner import replay_ms
-from dbrx_serve.shared.int4_tiles import TILE_BYTES
+from dbrx_serve.shared.tiles import TILE_BYTES
 
 @triton.jit
 def walk_kernel(w_ptr, sink_ptr, steps, grid_n, grid_e, items, stride_e, stride_n, stride_split, stride_k,
@@ -74,7 +74,7 @@ def layouts(n: int, k: int, split: int, gated: bool, experts: int = 4) -> dict:
     kt, pairs = k // 64, n // 128  # K tiles, programs along N
     halves = 2 if gated else 1
     steps = kt // split
-    w = TILE_BYTES // 4  # a 64 x 64 int4 tile's words
+    w = TILE_BYTES[4] // 4  # a 64 x 64 int4 tile's words
     step = 2 * halves * w  # a program's words a step
     tiles = dict(stride_e=halves * n // 64 * kt * w, stride_n=2 * kt * w, stride_split=steps * w, stride_k=w,
                  stride_j1=kt * w, stride_j2=n // 64 * kt * w, streams=2 * halves, chunk=w)

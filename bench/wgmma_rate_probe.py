@@ -29,7 +29,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
 from dbrx_serve.services.inference.kernels.device import num_sms
-from dbrx_serve.services.inference.kernels.gemm import NIBBLES_TO_BF16
+from dbrx_serve.services.inference.kernels.gemm import BYTES_TO_BF16, NIBBLES_TO_BF16
 
 BLOCK_N = 128  # weight columns a program (gemm_kernel's int4 tile), each of up and gate
 K_STEP = 64  # K rows a step (one int4 tile)
@@ -116,21 +116,9 @@ def _words(w_ptr, BLOCK_N: gl.constexpr, BYTES: gl.constexpr):
     return gl.load(w_ptr + r[:, None] * 512 * BYTES + c[None, :])
 
 
-# int8 in offset binary (value + 128) -> bfloat16, a word of four: each byte under the exponent of 2^23
-# (prmt), 2^23 + 128 taken off (exact), pairs packed by cvt; byte 2h + e of the word is register h's half e
-BYTES_TO_BF16 = gl.constexpr("""{
-.reg .b32 f0, f1, f2, f3, magic;
-mov.b32 magic, 0x4B000000;
-prmt.b32 f0, $2, magic, 0x7650; prmt.b32 f1, $2, magic, 0x7651;
-prmt.b32 f2, $2, magic, 0x7652; prmt.b32 f3, $2, magic, 0x7653;
-sub.f32 f0, f0, 0f4B000080; sub.f32 f1, f1, 0f4B000080; sub.f32 f2, f2, 0f4B000080; sub.f32 f3, f3, 0f4B000080;
-cvt.rn.bf16x2.f32 $0, f1, f0; cvt.rn.bf16x2.f32 $1, f3, f2;
-}""")
-
-
 @gluon.jit
 def _bytes_converted(words, A: gl.constexpr, BLOCK_N: gl.constexpr):
-    """int8 words as an int8 tile would hold them (a lane's 32 bytes: K step s, register j, row half h, column
+    """int8 words in a lane's 32 bytes (K step s, register j, row half h, column
     e), converted and reshaped to wgmma's operand layout (moving nothing)."""
     v = gl.inline_asm_elementwise(BYTES_TO_BF16, "=r,=r,r", [words], dtype=gl.bfloat16, is_pure=False, pack=4)
     v = gl.reshape(v, (BLOCK_N // 64, 4, 8, 4, 4, 2, 2, 2))  # tile w g t s j h e

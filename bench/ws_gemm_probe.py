@@ -6,7 +6,7 @@ gemm_kernel's warps both load and convert: each K step they issue the next tiles
 tile, convert its nibbles and wait for its wgmma. Here one producer warp streams the weight tiles in by TMA
 (and the step's token rows by cp.async) into a ring of STAGES buffers, and the program's other warps, a
 warpgroup, only convert and multiply, each waiting on an mbarrier for its buffer. Same tiles
-(shared/int4_tiles.py), same conversion (gemm.py's NIBBLES_TO_BF16), same work items as gemm_kernel's
+(shared/tiles.py), same conversion (gemm.py's NIBBLES_TO_BF16), same work items as gemm_kernel's
 grid, same outputs (K-split partial sums as gemm() writes them). A program takes one item (per_sm 0) or
 is persistent (per_sm programs a multiprocessor, each looping over items; the producer runs on into the
 next item while the warpgroup finishes one). VARIANTS: ring depth, register budget (maxnreg for the

@@ -7,7 +7,7 @@ int4's `weights_scaling_factor`) and dequantize them per layer at each call.
 
 The checkpoint's layout and the quantize / pack / unpack code are the converter's
 (shared/quantization.py, docs/trtllm-checkpoint.md's weight-only table); an
-engine holds int4 weights in tiles for the GPU's tensor cores (shared/int4_tiles.py),
+engine holds int8 and int4 weights in tiles for the GPU's tensor cores (shared/tiles.py),
 which these modules hold as loaded and dequantize from.
 """
 
@@ -18,37 +18,38 @@ from torch import nn
 from .quantization import SCALE_SUFFIXES, WeightOnly, dequantize_values, dequantize_weight, scheme
 from dbrx_serve.shared.errors import InvalidInput
 
-from .int4_tiles import tile_int4, tile_values, tiled_shape
+from .tiles import tile_values, tile_weight, tiled_shape
 
 from .model import DbrxModel, ExpertLinear
 
 
-GATED_SUFFIX = "mlp.fc.weight"  # the experts' [up; gate] along out: int4 tiles pad each half (int4_tiles.py)
+GATED_SUFFIX = "mlp.fc.weight"  # the experts' [up; gate] along out: tiles pad each half (tiles.py)
+
+
+LAYOUTS = {4: "int4_tiles_v2", 8: "int8_tiles"}
 
 
 def weight_layout(precision: str | None) -> str:
-    """An engine's build_config.weight_layout: "int4_tiles_v2" for int4 engines (shared/int4_tiles.py;
-    "int4_tiles", two's complement nibbles in bytes, was an earlier version's), else "plain" (the
-    checkpoint's: float, int8 [in, out])."""
-    return "int4_tiles_v2" if precision is not None and scheme(precision).bits == 4 else "plain"
+    """An engine's build_config.weight_layout: "int4_tiles_v2" for int4 engines, "int8_tiles" for int8
+    (shared/tiles.py; "int4_tiles", two's complement nibbles in bytes, was an earlier version's, and
+    earlier int8 engines held the checkpoint's [in, out]: "plain"), else "plain" (float weights)."""
+    return LAYOUTS[scheme(precision).bits] if precision is not None else "plain"
 
 
 def halves(name: str) -> int:
-    """The halves an int4 weight's tiles pad apart: 2 for the experts' gate+up, else 1."""
+    """The halves a weight's tiles pad apart: 2 for the experts' gate+up, else 1."""
     return 2 if name.endswith(GATED_SUFFIX) else 1
 
 
 def engine_weight_shape(lead: tuple[int, ...], out_features: int, in_features: int, precision: str,
                         halves: int = 1) -> tuple[int, ...]:
-    """An engine's int weight: int8 [.., in, out]; int4 tiles [.., out'/64, in'/64, 2048] (int4_tiles.py)."""
-    if scheme(precision).bits == 4:
-        return tiled_shape(lead, out_features, in_features, halves)
-    return (*lead, in_features, out_features)
+    """An engine's int weight: tiles [.., out'/64, in'/64, 4096 (int8) or 2048 (int4)] (tiles.py)."""
+    return tiled_shape(lead, out_features, in_features, scheme(precision).bits, halves)
 
 
 def engine_weight(q: torch.Tensor, precision: str, halves: int = 1) -> torch.Tensor:
-    """A checkpoint's int weight [.., in, out*bits/8] as an engine holds it (int4: tiles)."""
-    return tile_int4(q, halves) if scheme(precision).bits == 4 else q
+    """A checkpoint's int weight [.., in, out*bits/8] as an engine holds it: tiles."""
+    return tile_weight(q, scheme(precision).bits, halves)
 
 
 def scale_shape(in_features: int, out_features: int, group_size: int | None) -> tuple[int, ...]:
@@ -81,11 +82,10 @@ class WeightOnlyLinear(nn.Module):
         return getattr(self, self.scale_name)
 
     def values(self, weight: torch.Tensor) -> torch.Tensor:
-        """weight (this module's, or one expert's) as its int values [.., in, out] (int4 straight from the
-        tiles: no re-packing)."""
-        if scheme(self.precision).bits == 4:
-            return tile_values(weight, self.out_features, self.in_features, self.halves).transpose(-1, -2)
-        return weight
+        """weight (this module's, or one expert's) as its int values [.., in, out], straight from the
+        tiles (no re-packing)."""
+        bits = scheme(self.precision).bits
+        return tile_values(weight, bits, self.out_features, self.in_features, self.halves).transpose(-1, -2)
 
     def dequantized(self) -> torch.Tensor:
         """The float32 weight [.., out, in] (the reference's)."""

@@ -3,7 +3,7 @@
 Float names and shapes are those of `DbrxModel`'s state dict for the rank's
 `LocalShape` (built on the meta device, so nothing is allocated); the
 weight-only layout replaces the four GEMM weights as docs/trtllm-checkpoint.md's
-weight-only table says; an engine holds int4 weights in tiles (shared/int4_tiles.py).
+weight-only table says; an engine holds int8 and int4 weights in tiles (shared/tiles.py).
 The engine's rank files hold exactly these tensors.
 """
 

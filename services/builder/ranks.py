@@ -2,7 +2,7 @@
 (the embedding, a layer, the head) at a time: read lazily, quantized here
 for the `--quantize_at_build` form, streamed to disk by the converter's
 `RankFileWriter`, so peak memory is about one layer of one rank. int4 GEMM
-weights are written in the tiles the GPU kernel reads (shared/int4_tiles.py).
+weights are written in the tiles the GPU kernel reads (shared/tiles.py).
 TensorRT-LLM's `kv_cache_scaling_factor` tensors are left out: the engine
 takes its KV scales from `kv_cache_scales.json`."""
 

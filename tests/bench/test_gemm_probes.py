@@ -131,30 +131,3 @@ def test_the_wgmma_rate_probe_compiles_for_hopper(convert, wgmma, words):
     assert code["spill_instructions"] == 0
     assert code["wgmma"] == wgmma
     assert code["loop_instructions"] > words * 10
-
-
-@pytest.mark.parametrize("gated", [True, False], ids=["gate+up", "down"])
-def test_the_int8_layout_probe_multiplies_the_same_weights_stored_column_major(gated):
-    """bench/int8_layout_probe.py's [E, N, K] copy of an int8 weight (viewed as the engine's [E, K, N]) gives
-    gemm() the same products as the engine's layout, K split or not (Triton's interpreter, float32)."""
-    from dataclasses import replace
-
-    import torch
-    from gemm_tune import meta_weights
-    from int8_layout_probe import column_major, output
-
-    from dbrx_serve.services.inference.kernels.gemm import GemmConfig
-    from dbrx_serve.services.inference.kernels.tuner import GemmCase, random_weights
-    from dbrx_serve.services.inference.kernels.tuning import MOE_DOWN, MOE_UP
-
-    torch.manual_seed(0)
-    w = random_weights(meta_weights(256, 128, 4, "int8", gated), torch.device("cpu"))
-    case = GemmCase(MOE_UP if gated else MOE_DOWN, replace(w, scale=w.scale.float()), 2, 3)
-    reference = output(case, case.default)
-    nk = column_major(case)
-    assert nk.w.tensor.stride()[1] == 1 and torch.equal(nk.w.tensor, case.w.tensor)
-    for split in (1, 2):
-        config = GemmConfig(block_m=16, block_n=64, block_k=64, num_stages=3, dequant=0, split_k=split, num_warps=4)
-        got = output(nk, config)
-        assert got.shape == reference.shape
-        assert torch.allclose(got, reference, rtol=1e-5, atol=1e-5 * reference.abs().max().item())

@@ -4,17 +4,17 @@ projections and the experts, in bf16/fp16/fp32 or weight-only int8/int4.
     out[m, n] = sum_k x[row(m), k] * W[e(m), k, n]  (* scale[e, n])  (* router weight)
 
 Weights are read as the engine stores them (docs/trtllm-checkpoint.md, "Engine
-directory"): float [E, N, K] (nn.Linear's [out, in]); int8 [E, K, N]; int4 in
-tiles of 64 x 64 in the tensor cores' register order [E, N'/64, K'/64, 2048]
-(shared/int4_tiles.py); a per-channel scale [E, N] is applied once, after the
+directory"): float [E, N, K] (nn.Linear's [out, in]); int8 and int4 in tiles of
+64 x 64 in the tensor cores' register order [E, N'/64, K'/64, 4096 or 2048]
+(shared/tiles.py); a per-channel scale [E, N] is applied once, after the
 K loop; group-wise int4 scales [E, K/GROUP, N] inside it, one product per
 BLOCK_K chunk (BLOCK_K divides GROUP, so a chunk lies in one group). Small batches are
 bandwidth-bound, so how int weights become floats is a choice
 (`GemmConfig.dequant`, measured by bench/gemm_tune.py). Tiles of 16 rows and
 up (gemm_kernel) compute the output transposed, out^T = W^T x^T: the weights are the tensor-core MMA's
 first operand, so on Hopper wgmma takes 64 of their columns at a time straight from the registers where
-they were dequantized, and the tokens (16 to 128 a tile) are its second. int4 takes these tiles at every
-batch (one token: K split). `linear_config` and
+they were dequantized, and the tokens (16 to 128 a tile) are its second. Every batch takes these tiles
+(one token: K split). `linear_config` and
 `moe_config` launch the engine's tuned configuration for the shape and batch
 where it stores one (tuning.py), else the default tiles below.
 
@@ -39,7 +39,7 @@ from dbrx_serve.shared.weight_only import WeightOnlyLinear
 
 from .device import capability, num_sms, on_nvidia, pdl, wait_for_inputs
 from .splits import sum_splits
-from .tuning import ACTIVE, INT4_TILES, LINEAR, MOE_DOWN, MOE_UP, GemmConfig, shape_key
+from .tuning import ACTIVE, LINEAR, MOE_DOWN, MOE_UP, TILES, GemmConfig, shape_key
 
 FLOAT, INT8, INT4 = 0, 1, 2
 SHARED_MEMORY_BYTES = 160 * 1024  # what the pipeline stages of one program may take (the H200 has 227 KB)
@@ -54,7 +54,7 @@ def _to_float(u, BIAS: tl.constexpr, DTYPE: tl.constexpr):
     return ((u | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + BIAS)).to(DTYPE)
 
 
-# DEQ 3 (bfloat16 only, CUDA only): a word of an int4 tile (shared/int4_tiles.py: eight offset-binary
+# DEQ 3 (bfloat16 only, CUDA only): a word of an int4 tile (shared/tiles.py: eight offset-binary
 # nibbles, the two values of output register p at bits 4p and 16 + 4p) becomes eight bfloat16 values with
 # 11 instructions: the word shifted by 4p, its two nibbles or'ed under 0x4300 (bf16 128 + u, lop3
 # (a & b) | c = 0xEA), then 128 + u - 136 = u - 8 by one fma.bf16x2. Outputs: values j = 0 ($0, $1) and
@@ -73,7 +73,7 @@ shr.u32 t, $4, 12; lop3.b32 t, t, m, o, 0xEA; fma.rn.bf16x2 $3, t, one, bias;
 @triton.jit
 def _nibbles(packed, DEQ: tl.constexpr, DTYPE: tl.constexpr):
     """Bytes [R, C] of int4 tiles' words -> (values j = 0, values j = 1) [R, C] in DTYPE, each word's four
-    in the order 2h + e (shared/int4_tiles.py)."""
+    in the order 2h + e (shared/tiles.py)."""
     if DEQ == 3:
         j0, j1 = tl.inline_asm_elementwise(NIBBLES_TO_BF16, "=r,=r,=r,=r,r", [packed],
                                            dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
@@ -90,26 +90,47 @@ def _nibbles(packed, DEQ: tl.constexpr, DTYPE: tl.constexpr):
     return j0, j1
 
 
+# DEQ 3 for int8 (bfloat16 only, CUDA only): a word of an int8 tile (shared/tiles.py: four offset-binary bytes,
+# byte 2h + e the half e of register h) becomes four bfloat16 values with 10 instructions: each byte under
+# the exponent of 2^23 (prmt), 2^23 + 128 taken off (exact), pairs packed by cvt. Outputs: the word's values
+# in byte order ($0: bytes 0, 1; $1: bytes 2, 3), in place.
+BYTES_TO_BF16 = tl.constexpr("""{
+.reg .b32 f0, f1, f2, f3, magic;
+mov.b32 magic, 0x4B000000;
+prmt.b32 f0, $2, magic, 0x7650; prmt.b32 f1, $2, magic, 0x7651;
+prmt.b32 f2, $2, magic, 0x7652; prmt.b32 f3, $2, magic, 0x7653;
+sub.f32 f0, f0, 0f4B000080; sub.f32 f1, f1, 0f4B000080; sub.f32 f2, f2, 0f4B000080; sub.f32 f3, f3, 0f4B000080;
+cvt.rn.bf16x2.f32 $0, f1, f0; cvt.rn.bf16x2.f32 $1, f3, f2;
+}""")
+
+
 @triton.jit
-def _load_weight_tile(w_ptrs, mask, FMT: tl.constexpr, DEQ: tl.constexpr, DTYPE: tl.constexpr):
-    """A [BLOCK_N, BLOCK_K] tile of float or int8 W in DTYPE."""
-    raw = tl.load(w_ptrs, mask=mask, other=0)
-    if FMT == 1 and DEQ != 0:
-        tile = _to_float((raw.to(tl.int32) & 0xFF) ^ 0x80, 128, DTYPE)
+def _bytes(packed, DEQ: tl.constexpr, DTYPE: tl.constexpr):
+    """Bytes of int8 tiles (offset binary) -> their values in DTYPE, in place."""
+    if DEQ == 3:
+        return tl.inline_asm_elementwise(BYTES_TO_BF16, "=r,=r,r", [packed], dtype=tl.bfloat16, is_pure=True,
+                                         pack=4)
+    u = packed.to(tl.int32) & 0xFF
+    if DEQ == 0:
+        return (u - 128).to(DTYPE)
+    return _to_float(u, 128, DTYPE)
+
+
+@triton.jit
+def _tile(ptrs, mask, FMT: tl.constexpr, DEQ: tl.constexpr, DTYPE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A [BLOCK_N, 64] tile of int8 or int4 W in DTYPE from BLOCK_N / 64 of its tiles (shared/tiles.py),
+    read as rows of 512 bytes, 16 bytes a lane: int4 a row per (tile, warp), a word a K step; int8 a row
+    per (tile, half, warp), a word a K step's register pair. The values (_nibbles, _bytes) reshaped and
+    permuted back to (row, column) order. The bytes a thread loads are the values wgmma wants in its
+    registers, so on Hopper the permutation moves nothing."""
+    packed = tl.load(ptrs, mask=mask, other=0)  # masked: rows past N, never stored
+    if FMT == 2:
+        j0, j1 = _nibbles(packed, DEQ, DTYPE)
+        v = tl.reshape(tl.join(j0, j1), (BLOCK_N // 64, 4, 8, 4, 4, 2, 2, 2))  # tile w g t s h e j
+        v = tl.permute(v, (0, 1, 5, 2, 4, 7, 3, 6))  # rows (tile, w, h, g), columns (s, j, t, e)
     else:
-        tile = raw.to(DTYPE)
-    return tile
-
-
-@triton.jit
-def _int4_tile(ptrs, mask, DEQ: tl.constexpr, DTYPE: tl.constexpr, BLOCK_N: tl.constexpr):
-    """A [BLOCK_N, 64] tile of int4 W in DTYPE from BLOCK_N / 64 of its tiles (shared/int4_tiles.py), read as
-    bytes [BLOCK_N / 16, 512]: a row per (tile, warp), 16 bytes a lane, a word a K step. A word's values
-    (_nibbles) reshaped and permuted back to (row, column) order. The words a thread loads are the values
-    wgmma wants in its registers, so on Hopper the permutation moves nothing."""
-    j0, j1 = _nibbles(tl.load(ptrs, mask=mask, other=0), DEQ, DTYPE)  # masked: rows past N, never stored
-    v = tl.reshape(tl.join(j0, j1), (BLOCK_N // 64, 4, 8, 4, 4, 2, 2, 2))  # tile w g t s h e j
-    v = tl.permute(v, (0, 1, 5, 2, 4, 7, 3, 6))  # rows (tile, w, h, g), columns (s, j, t, e)
+        v = tl.reshape(_bytes(packed, DEQ, DTYPE), (BLOCK_N // 64, 2, 4, 8, 4, 4, 2, 2))  # tile c w g t (s' j) h e
+        v = tl.permute(v, (0, 2, 6, 3, 1, 5, 4, 7))  # rows (tile, w, h, g), columns (c, s' j, t, e)
     return tl.reshape(v, (BLOCK_N, 64))
 
 
@@ -190,13 +211,13 @@ def gemm_kernel(
     FMT: tl.constexpr, DEQ: tl.constexpr, PRECISION: tl.constexpr, GROUP: tl.constexpr, PTX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
-    """DEQ: how int weights become floats: 0 casts, 1 places bits in a float's mantissa, 3 (int4,
-    bfloat16, NVIDIA) converts eight nibbles a register (NIBBLES_TO_BF16). GROUP: the K rows of a
-    group-wise scale (0: per channel). int4 strides: stride_wn from one tile of 64 rows to the next,
+    """DEQ: how int weights become floats: 0 casts, 1 places bits in a float's mantissa, 3 (bfloat16,
+    NVIDIA) by inline PTX, a word at a time (NIBBLES_TO_BF16, BYTES_TO_BF16). GROUP: the K rows of a
+    group-wise scale (0: per channel). int strides: stride_wn from one tile of 64 rows to the next,
     stride_wk from one tile of 64 K rows to the next (BLOCK_K 64). PTX: on an NVIDIA GPU (inline PTX)."""
-    tl.static_assert(DEQ != 3 or (FMT == 2 and x_ptr.dtype.element_ty == tl.bfloat16),
-                     "DEQ 3 converts int4 weights to bfloat16 only")
-    tl.static_assert(FMT != 2 or (BLOCK_K == 64 and BLOCK_N % 64 == 0), "int4 tiles are 64 x 64")
+    tl.static_assert(DEQ != 3 or (FMT != 0 and x_ptr.dtype.element_ty == tl.bfloat16),
+                     "DEQ 3 converts int weights to bfloat16 only")
+    tl.static_assert(FMT == 0 or (BLOCK_K == 64 and BLOCK_N % 64 == 0), "int tiles are 64 x 64")
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # gemm()'s grid
     wait_for_inputs(PDL)
     rows, row_ok, expert, k_start, k_end = _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr,
@@ -205,11 +226,12 @@ def gemm_kernel(
     DTYPE = x_ptr.dtype.element_ty
     offs_k = k_start + tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + x_rows[None, :] * stride_xm + offs_k[:, None] * stride_xk  # [BLOCK_K, BLOCK_M]: x transposed
-    if FMT == 2:  # bytes [BLOCK_N / 16, 512] of BLOCK_N / 64 tiles (_int4_tile); the gate starts on a tile
-        r = tl.arange(0, BLOCK_N // 16)
-        tile_rows = pid_n * (BLOCK_N // 64) + r // 4
+    if FMT != 0:  # rows of 512 bytes, ROWS a tile, of BLOCK_N / 64 tiles (_tile); the gate starts on a tile
+        ROWS: tl.constexpr = 4 if FMT == 2 else 8
+        r = tl.arange(0, BLOCK_N // 64 * ROWS)
+        tile_rows = pid_n * (BLOCK_N // 64) + r // ROWS
         w_ptrs = (w_ptr + expert * stride_we + tile_rows[:, None] * stride_wn + (k_start // 64) * stride_wk
-                  + (r % 4)[:, None] * 512 + tl.arange(0, 512)[None, :])
+                  + (r % ROWS)[:, None] * 512 + tl.arange(0, 512)[None, :])
         w_ok = (tile_rows < tl.cdiv(N, 64))[:, None]
         g_ptrs = w_ptrs + tl.cdiv(gate_offset, 64) * stride_wn
         w_step = stride_wk
@@ -228,18 +250,18 @@ def gemm_kernel(
     for k in range(k_start, k_end, BLOCK_K):
         k_ok = offs_k < K - (k - k_start)
         x = tl.load(x_ptrs, mask=k_ok[:, None] & row_ok[None, :], other=0.0)
-        if FMT == 2:
-            acc = _dot(_int4_tile(w_ptrs, w_ok, DEQ, DTYPE, BLOCK_N), x, acc, k, s_ptrs, s_ok, stride_sg, GROUP,
+        if FMT != 0:
+            acc = _dot(_tile(w_ptrs, w_ok, FMT, DEQ, DTYPE, BLOCK_N), x, acc, k, s_ptrs, s_ok, stride_sg, GROUP,
                        PRECISION)
             if GATED:
-                gate = _dot(_int4_tile(g_ptrs, w_ok, DEQ, DTYPE, BLOCK_N), x, gate, k, sg_ptrs, s_ok, stride_sg,
+                gate = _dot(_tile(g_ptrs, w_ok, FMT, DEQ, DTYPE, BLOCK_N), x, gate, k, sg_ptrs, s_ok, stride_sg,
                             GROUP, PRECISION)
         else:
             w_mask = w_ok & k_ok[None, :]
-            acc = _dot(_load_weight_tile(w_ptrs, w_mask, FMT, DEQ, DTYPE), x, acc, k, s_ptrs, s_ok, stride_sg,
-                       GROUP, PRECISION)
+            acc = _dot(tl.load(w_ptrs, mask=w_mask, other=0.0).to(DTYPE), x, acc, k, s_ptrs, s_ok, stride_sg, GROUP,
+                       PRECISION)
             if GATED:
-                gate = _dot(_load_weight_tile(g_ptrs, w_mask, FMT, DEQ, DTYPE), x, gate, k, sg_ptrs, s_ok,
+                gate = _dot(tl.load(g_ptrs, mask=w_mask, other=0.0).to(DTYPE), x, gate, k, sg_ptrs, s_ok,
                             stride_sg, GROUP, PRECISION)
         if FMT != 0:  # weights from registers
             acc = _waited(acc, PTX)
@@ -260,218 +282,10 @@ def gemm_kernel(
                 topk_weights_ptr, out_ptrs, stride_on, N, SCALED, GATED, WEIGHTED)
 
 
-@triton.jit
-def gemv_kernel(
-    x_ptr, w_ptr, scale_ptr, out_ptr,
-    sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, topk_weights_ptr,
-    M, N, K, num_pairs, k_per_split,
-    stride_xm, stride_xk,
-    stride_we, stride_wk, stride_wn,
-    stride_se, stride_sg, stride_sn,
-    stride_os, stride_om, stride_on,
-    gate_offset,
-    MOE: tl.constexpr, X_ROW_DIV: tl.constexpr, WEIGHTED: tl.constexpr, GATED: tl.constexpr,
-    EVEN_N: tl.constexpr, PTX: tl.constexpr, HALF2: tl.constexpr, STAGES: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr,
-):
-    """gemm_kernel for one row a program (BLOCK_M 1) and int8 weights, without tensor cores; gated
-    with SPLIT_K > 1 it writes the scaled partial sums of up [.., :N] and gate [.., N:] (SwiGLU needs
-    whole sums: FusedMoE applies it). W is read as 32-bit words [E, K, N / 4] (w_ptr and strides in
-    words, gate_offset in words), and value i of a word becomes a float32 in place: (word & mask_i) |
-    0x4B000000 is 2^23 + u * 2^pos_i exactly, so one LOP3 and one FADD (which also removes the offset)
-    give (u - 128) * 2^pos_i, and an FFMA adds it times x into float32 [BLOCK_K, words] accumulators, one
-    per value position; 2^-pos_i and the sum over K come once, after the loop. No dot-operand layout, no
-    int-to-float conversion. STAGES (2 to 4, GemmConfig.num_stages) tiles are in flight a program:
-    loaded STAGES - 1 steps ahead, in registers. Row t of the tile at step j is K row k_start + t * T + j
-    (T = k_per_split / BLOCK_K steps).
-
-    HALF2 (NVIDIA GPUs: GemmConfig.dequant 3 at block_m 1) multiplies two values an instruction: a
-    word's bytes become two float16 pairs (BYTES_TO_HALF2_FMA: LOP3 and one HADD2 a pair) that one HFMA2
-    each adds times x into float16x2 accumulators (columns i and i + 2 of each word). x is scaled first
-    by a power of two (`_x_scale`: exact) so that T steps cannot overflow float16; float32 from the
-    accumulators on. Each accumulator's sum rounds to float16's 11 bits at every step (the bound:
-    HALF2_BOUND in tests/services/inference/kernels/conftest.py)."""
-    WORDS: tl.constexpr = BLOCK_N // 4
-    pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # gemm()'s grid
-    wait_for_inputs(PDL)
-    rows, row_ok, expert, k_start, k_end = _block(pid_m, pid_k, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr,
-                                                  M, K, num_pairs, k_per_split, MOE, 1)
-    steps = tl.where(k_end > k_start, k_per_split // BLOCK_K, 0)
-    words = pid_n * WORDS + tl.arange(0, WORDS)
-    offs_k = k_start + tl.arange(0, BLOCK_K)[:, None] * (k_per_split // BLOCK_K)  # [BLOCK_K, 1]: each row's first
-    x_ptrs = x_ptr + (rows // X_ROW_DIV) * stride_xm + offs_k * stride_xk  # [BLOCK_K, 1]
-    w_ptrs = w_ptr + expert * stride_we + offs_k * stride_wk + words[None, :] * stride_wn
-    word_ok = words[None, :] < N // 4 if not EVEN_N else words[None, :] >= 0  # EVEN_N: loads of 16 bytes
-    zero = tl.zeros((BLOCK_K, WORDS), dtype=tl.float32)
-    a0, a1, a2, a3, g0, g1, g2, g3 = zero, zero, zero, zero, zero, zero, zero, zero
-    pairs = tl.zeros((BLOCK_K, WORDS), dtype=tl.int32)  # HALF2: float16x2 accumulators (bits), up's and gate's
-    h0, h1, k0, k1 = pairs, pairs, pairs, pairs
-    x_scale = _x_scale(x_ptr + (rows // X_ROW_DIV) * stride_xm, stride_xk, row_ok, k_start, k_end,
-                       steps) if HALF2 else 1.0
-    # Each step's words are loaded STAGES - 1 steps before its arithmetic, in a ring of registers
-    # (w, v: this step's up and gate words; w1, v1 and w2, v2 the next ones).
-    AHEAD: tl.constexpr = STAGES - 1
-    gate_step = gate_offset * stride_wn
-    w, v, w1, v1, w2, v2 = _first_words(w_ptrs, stride_wk, gate_step, offs_k, k_end, word_ok, steps, AHEAD, GATED)
-    w_ptrs += AHEAD * stride_wk
-    for j in range(0, steps):
-        x = tl.load(x_ptrs, mask=row_ok[None, :] & (offs_k + j < k_end), other=0.0).to(tl.float32)
-        w_new, v_new = _words(w_ptrs, gate_step, offs_k + (j + AHEAD), k_end, word_ok, j + AHEAD < steps, GATED)
-        w_ptrs += stride_wk
-        if HALF2:
-            x2 = _half2(x * x_scale)
-            h0, h1 = _accumulate_half2(w, x2, h0, h1)
-            if GATED:
-                k0, k1 = _accumulate_half2(v, x2, k0, k1)
-        else:
-            a0, a1, a2, a3 = _accumulate(x, w ^ -0x7F7F7F80, a0, a1, a2, a3, PTX)  # offset binary: XOR 0x80808080
-            if GATED:
-                g0, g1, g2, g3 = _accumulate(x, v ^ -0x7F7F7F80, g0, g1, g2, g3, PTX)
-        if AHEAD == 1:
-            w, v = w_new, v_new
-        elif AHEAD == 2:
-            w, v, w1, v1 = w1, v1, w_new, v_new
-        else:
-            w, v, w1, v1, w2, v2 = w1, v1, w2, v2, w_new, v_new
-        x_ptrs += stride_xk
-    if HALF2:  # float32 from here on
-        a0, a2, a1, a3 = _halves(h0) + _halves(h1)
-        g0, g2, g1, g3 = _halves(k0) + _halves(k1)
-    acc = _columns(a0, a1, a2, a3, not HALF2) / x_scale
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    out_ptrs = out_ptr + pid_k * stride_os + rows[None, :] * stride_om
-    gate = _columns(g0, g1, g2, g3, not HALF2) / x_scale if GATED else acc
-    if GATED and SPLIT_K > 1:  # partial sums of up and gate, scaled, apart: SwiGLU comes after their sum
-        _finish(acc, acc, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, 0, topk_weights_ptr,
-                out_ptrs, stride_on, N, True, False, WEIGHTED)
-        _finish(gate, gate, cols + N, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, 0, topk_weights_ptr,
-                out_ptrs, stride_on, 2 * N, True, False, WEIGHTED)
-    else:
-        _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset * 4,
-                topk_weights_ptr, out_ptrs, stride_on, N, True, GATED, WEIGHTED)
-
-
-@triton.jit
-def _first_words(w_ptrs, stride_wk, gate_step, rows, k_end, word_ok, steps, AHEAD: tl.constexpr, GATED: tl.constexpr):
-    """The ring's first AHEAD steps of words (up, gate): steps 0, 1, 2 (those past AHEAD repeat step 0)."""
-    w, v = _words(w_ptrs, gate_step, rows, k_end, word_ok, 0 < steps, GATED)
-    w1, v1, w2, v2 = w, v, w, v
-    if AHEAD >= 2:
-        w1, v1 = _words(w_ptrs + stride_wk, gate_step, rows + 1, k_end, word_ok, 1 < steps, GATED)
-    if AHEAD >= 3:
-        w2, v2 = _words(w_ptrs + 2 * stride_wk, gate_step, rows + 2, k_end, word_ok, 2 < steps, GATED)
-    return w, v, w1, v1, w2, v2
-
-
-@triton.jit
-def _words(w_ptrs, gate_step, rows, k_end, word_ok, live, GATED: tl.constexpr):
-    """One step's words of up (and of gate, gate_step further): K rows `rows` below k_end, if live."""
-    ok = (rows < k_end) & word_ok & live
-    w = tl.load(w_ptrs, mask=ok, other=0)
-    v = tl.load(w_ptrs + gate_step, mask=ok, other=0) if GATED else w
-    return w, v
-
-
-@triton.jit
-def _value(w, i: tl.constexpr, PTX: tl.constexpr):
-    """Value i of offset-binary words w (byte i: column 4 * word + i) as float32 (q * 2^pos, exact): one
-    LOP3 ((w & mask) | exponent, by inline PTX on CUDA: the compiler otherwise spends an AND and an OR) and
-    one FADD. Its bit pos is in the word itself, or, for values 2 and 3 (whose bits would reach the
-    float's exponent at bit 23), in the word shifted right by 16."""
-    pos: tl.constexpr = 8 * i - 16 * (i >= 2)
-    if i >= 2:
-        w = w >> 16
-    mask: tl.constexpr = 0xFF << pos
-    if PTX:
-        bits = tl.inline_asm_elementwise(f"lop3.b32 $0, $1, {mask}, 1258291200, 0xEA;", "=r,r", [w],
-                                         dtype=tl.int32, is_pure=True, pack=1)
-    else:  # Triton's interpreter (CPU tests)
-        bits = (w & mask) | 0x4B000000
-    return bits.to(tl.float32, bitcast=True) - (8388608.0 + (1 << (7 + pos)))
-
-
-@triton.jit
-def _accumulate(x, w, a0, a1, a2, a3, PTX: tl.constexpr):
-    """a_i += x * value i of w."""
-    a0 += x * _value(w, 0, PTX)
-    a1 += x * _value(w, 1, PTX)
-    a2 += x * _value(w, 2, PTX)
-    a3 += x * _value(w, 3, PTX)
-    return a0, a1, a2, a3
-
-
-# HALF2's step on one int8 word (bytes u = q + 128 after the XOR): float16 1024 + u by one LOP3 ((a & b) |
-# c = 0xEA) under the exponent 0x6400, minus 1152 gives q exactly, two values a register; then acc +=
-# value * x by fma.rn.f16x2. Inputs: $4 the word, $5 x in both halves, $2, $3 the accumulators of value
-# pairs (0, 2), (1, 3); outputs $0, $1.
-BYTES_TO_HALF2_FMA = tl.constexpr("""{
-.reg .b32 u, s, t0, t1, m, e, b;
-mov.b32 m, 0x00FF00FF; mov.b32 e, 0x64006400; mov.b32 b, 0xE480E480;
-xor.b32 u, $4, 0x80808080;
-shr.u32 s, u, 8;
-lop3.b32 t0, u, m, e, 0xEA; lop3.b32 t1, s, m, e, 0xEA;
-add.rn.f16x2 t0, t0, b; add.rn.f16x2 t1, t1, b;
-fma.rn.f16x2 $0, t0, $5, $2; fma.rn.f16x2 $1, t1, $5, $3;
-}""")
-
-
-@triton.jit
-def _accumulate_half2(w, x2, h0, h1):
-    """HALF2: the float16x2 accumulators plus each value pair of words w (two's complement) times x2."""
-    x2 = tl.broadcast_to(x2, w.shape)
-    return tl.inline_asm_elementwise(BYTES_TO_HALF2_FMA, "=r,=r,r,r,r,r", [h0, h1, w, x2],
-                                     dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
-
-
-@triton.jit
-def _half2(x):
-    """float32 x as float16 in both halves of an int32."""
-    bits = x.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    return bits | (bits << 16)
-
-
-@triton.jit
-def _halves(h):
-    """float16x2 accumulators (int32 bits) as float32 (low half, high half)."""
-    low = (h & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    high = (h >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    return low, high
-
-
-@triton.jit
-def _x_scale(x_row, stride_xk, row_ok, k_start, k_end, steps, CHUNK: tl.constexpr = 512):
-    """HALF2: a power of two that puts the program's x (K rows k_start to k_end) within +-2^14 / (128
-    * steps), so that `steps` products of int8 values (|q| <= 128) and x add up within float16's
-    range (65,504), with room for log2's rounding."""
-    amax = tl.zeros((CHUNK,), dtype=tl.float32)
-    for k0 in range(k_start, k_end, CHUNK):
-        offs = k0 + tl.arange(0, CHUNK)
-        x = tl.load(x_row + offs * stride_xk, mask=(offs < k_end) & row_ok, other=0.0)
-        amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
-    limit = 16384.0 / (128 * tl.maximum(steps, 1))
-    exponent = tl.floor(tl.log2(limit) - tl.log2(tl.maximum(tl.max(amax, axis=0), 1e-30)))
-    return tl.exp2(tl.minimum(tl.maximum(exponent, -100.0), 100.0))
-
-
-@triton.jit
-def _sum_k(a, i: tl.constexpr, PLACED: tl.constexpr):
-    """Accumulator i summed over K, times 2^-pos (_value's pos) where its values were PLACED there."""
-    pos: tl.constexpr = (8 * i - 16 * (i >= 2)) if PLACED else 0
-    return tl.sum(a, axis=0) * (1.0 / (1 << pos))
-
-
-@triton.jit
-def _columns(a0, a1, a2, a3, PLACED: tl.constexpr):
-    """The accumulators summed over K in column order (4 * word + i): [BLOCK_N, 1]."""
-    even = tl.interleave(_sum_k(a0, 0, PLACED), _sum_k(a2, 2, PLACED))
-    odd = tl.interleave(_sum_k(a1, 1, PLACED), _sum_k(a3, 3, PLACED))
-    return tl.interleave(even, odd)[:, None]
-
-
 @dataclass(frozen=True)
 class Weights:
     """A layer's weight as the kernel reads it: the tensor, its format and, when quantized, its scales.
-    Strides are given as (expert, k, n) for the element at W[e, k, n] (int4: for its tile)."""
+    Strides are given as (expert, k, n) for the element at W[e, k, n] (int tiles: for its tile)."""
 
     tensor: torch.Tensor
     fmt: int
@@ -483,19 +297,18 @@ class Weights:
     @classmethod
     def of(cls, weight: torch.Tensor, scale: torch.Tensor | None = None, precision: str | None = None,
            in_features: int | None = None) -> "Weights":
-        """float [E?, N, K] (nn.Linear); int8 [E?, K, N] or int4 tiles [E?, N'/64, K'/64, 2048] (in_features
+        """float [E?, N, K] (nn.Linear); int8 or int4 tiles [E?, N'/64, K'/64, 4096 or 2048] (in_features
         K given) with scale [E?, N], or group-wise int4 [E?, K/group_size, N]."""
         if precision is None:
             w = weight if weight.dim() == 3 else weight[None]
             return cls(w, FLOAT, w.shape[1], w.shape[2])
         fmt = FORMATS[precision]
-        experts = weight.dim() == (4 if fmt == INT4 else 3)
-        w, s = (weight, scale) if experts else (weight[None], scale[None])
+        w, s = (weight, scale) if weight.dim() == 4 else (weight[None], scale[None])
         grouped = s.dim() == 3
-        if fmt == INT4 and (in_features is None or -(-in_features // 64) != w.shape[-2]):
-            raise ValueError(f"int4 tiles {tuple(w.shape)} hold K rounded up to 64: give in_features (got {in_features})")
-        k = in_features if fmt == INT4 else w.shape[1]
-        return cls(w, fmt, s.shape[-1], k, s, k // s.shape[1] if grouped else 0)
+        if in_features is None or -(-in_features // 64) != w.shape[-2]:
+            raise ValueError(f"{precision} tiles {tuple(w.shape)} hold K rounded up to 64: give in_features "
+                             f"(got {in_features})")
+        return cls(w, fmt, s.shape[-1], in_features, s, in_features // s.shape[1] if grouped else 0)
 
     def key(self, op: str) -> str:
         """The shape key of this weight's GEMM in a tuning table (tuning.py)."""
@@ -504,11 +317,11 @@ class Weights:
         return shape_key(op, fmt, self.n, self.k, self.tensor.shape[0])
 
     def strides(self) -> tuple[int, int, int]:
-        if self.fmt == INT4:  # [E, N tiles, K tiles, 2048]
-            e, n_tile, k_tile, _ = self.tensor.stride()
-            return e, k_tile, n_tile
-        e, a, b = self.tensor.stride()
-        return (e, b, a) if self.fmt == FLOAT else (e, a, b)  # float is [E, N, K]: k is the last dim
+        if self.fmt == FLOAT:  # [E, N, K]: k is the last dim
+            e, n, k = self.tensor.stride()
+            return e, k, n
+        e, n_tile, k_tile, _ = self.tensor.stride()  # [E, N tiles, K tiles, tile bytes]
+        return e, k_tile, n_tile
 
 
 def precision_of(dtype: torch.dtype) -> str | None:
@@ -525,10 +338,10 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
     if out.shape[-1] != columns or (config.split_k > 1 and (out.dim() != 3 or out.shape[0] != config.split_k)):
         raise ValueError(f"out {tuple(out.shape)} for {config.split_k} split(s) of {columns} columns "
                          f"({'[split_k, M, N] float32 partial sums' if config.split_k > 1 else '[M, N]'})")
-    if w.fmt == INT4 and not config.reads_int4_tiles:
-        raise ValueError(f"{INT4_TILES}, not {config}")
-    if config.dequant == 3 and config.block_m > 1 and w.fmt == INT4 and on_nvidia(x) and not packed_fits(w):
-        raise ValueError("dequant 3 (int4 words to bfloat16 by inline PTX) takes bfloat16 scales, a Hopper GPU "
+    if config.block_m < 16 or (w.fmt != FLOAT and not config.reads_tiles):
+        raise ValueError(f"{TILES}, not {config}")
+    if config.dequant == 3 and w.fmt != FLOAT and on_nvidia(x) and not packed_fits(w):
+        raise ValueError("dequant 3 (int words to bfloat16 by inline PTX) takes bfloat16 scales, a Hopper GPU "
                          "or newer and tiles on 16 bytes: use dequant 1")
     if moe is None:
         m, sorted_ids, block_experts, num_sorted, num_pairs = x.shape[0], x, x, x, 0
@@ -538,7 +351,7 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
         m, grid_m = out.shape[-2], sorted_ids.shape[0] // config.block_m
     scale = w.scale if w.scale is not None else x
     out3 = out if out.dim() == 3 else out[None]
-    gate_offset = n_out if gated else 0  # in columns (int4: the gate starts on the next tile)
+    gate_offset = n_out if gated else 0  # in columns (int tiles: the gate starts on the next tile)
     # Columns first: the GPU starts programs in grid order, so the experts' blocks past the routing (moe.py's
     # align: the most any routing can need; they exit at once) start after the routed ones, not among them.
     # int4, 40 layers at 64 tokens (a third of the blocks empty): GEMMs 20.9 ms a step against 21.3 rows first
@@ -554,21 +367,6 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
             scale.stride(-1) if w.scale is not None else 0, out3.stride(0), out3.stride(1), out3.stride(2), gate_offset]
     flags = dict(MOE=moe is not None, X_ROW_DIV=x_row_div, WEIGHTED=topk_weights is not None, GATED=gated,
                  BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps, **pdl(x))
-    if config.block_m == 1:  # one row a program: int8 weights as 32-bit words
-        if w.fmt != INT8:
-            raise ValueError("block_m 1 (gemv_kernel) reads int8 weights; float weights take block_m >= 16")
-        if n_out % 4:
-            raise ValueError(f"block_m 1 (gemv_kernel) reads whole 32-bit words: {n_out} columns of int8 "
-                             f"{'in each half of a gated weight ' if gated else ''}are not")
-        words = w.tensor.view(torch.int32)
-        args[1], args[15:18], args[-1] = words, words.stride(), gate_offset // 4
-        ptx = on_nvidia(x)
-        half2 = config.dequant == 3
-        if half2 and not ptx:
-            raise ValueError("dequant 3 at block_m 1 (float16x2 arithmetic, inline PTX) runs on an NVIDIA GPU")
-        gemv_kernel[grid](*args, EVEN_N=n_out % config.block_n == 0, PTX=ptx, HALF2=half2,
-                          STAGES=gemv_stages(config), SPLIT_K=config.split_k, **flags, num_stages=config.num_stages)
-        return out
     weight_bytes = BITS[w.fmt] / 8 if w.fmt != FLOAT else w.tensor.element_size()  # a value, as loaded
     stage = (config.block_m * x.element_size() + config.block_n * (2 if gated else 1) * weight_bytes) * config.block_k
     stages = max(1, min(config.num_stages, int(SHARED_MEMORY_BYTES // stage)))  # float32 tiles need fewer
@@ -585,24 +383,13 @@ def out_columns(w: Weights, config: GemmConfig, gated: bool) -> int:
     return 2 * n_out if gated and config.split_k > 1 else n_out
 
 
-def half2_fits(w: "Weights") -> bool:
-    """Whether gemv_kernel may take float16x2 arithmetic (HALF2) for these int weights: on an NVIDIA GPU,
-    for a 16-bit model (a float32 model keeps float32's accuracy)."""
-    return on_nvidia(w.tensor) and w.scale.dtype != torch.float32
-
-
 def packed_fits(w: "Weights") -> bool:
-    """Whether gemm_kernel may convert these weights by inline PTX (DEQ 3 at block_m > 1): int4 to
-    bfloat16, on a Hopper GPU or newer, tiles on 16 bytes. NIBBLES_TO_BF16 takes a whole 32-bit word of a
-    tile; Triton hands an inline asm four bytes of one word where it loads 16 bytes a thread (seen on
+    """Whether gemm_kernel may convert these weights by inline PTX (DEQ 3): int8 or int4 to bfloat16, on
+    a Hopper GPU or newer, tiles on 16 bytes. NIBBLES_TO_BF16 and BYTES_TO_BF16 take a whole 32-bit word of
+    a tile; Triton hands an inline asm four bytes of one word where it loads 16 bytes a thread (seen on
     sm_90, and on sm_80 only with the pointer known 16-byte aligned), so elsewhere DEQ 1 converts."""
-    return (on_nvidia(w.tensor) and w.fmt == INT4 and w.scale.dtype == torch.bfloat16
+    return (on_nvidia(w.tensor) and w.fmt != FLOAT and w.scale.dtype == torch.bfloat16
             and capability(w.tensor)[0] >= 9 and w.tensor.data_ptr() % 16 == 0)
-
-
-def gemv_stages(config: GemmConfig) -> int:
-    """gemv_kernel's tiles in flight a program (its STAGES): num_stages, within 2 to 4."""
-    return min(max(config.num_stages, 2), 4)
 
 
 def warps_for(block_m: int, w: Weights) -> int:
@@ -616,12 +403,11 @@ def block_m_for(rows: int) -> int:
 
 
 def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, one_row: bool = False) -> GemmConfig:
-    """Split K while the grid has fewer than ~4 programs per multiprocessor (small batches); one-row
-    programs (gemv_kernel) have few bytes in flight each, so ~16 there; the experts' int4 tiles at a pair
-    an expert (`one_row`) ~32, up to 8 splits (int4 at one token: gate+up 162 -> 110 us at split 4, down
-    124 -> 63 at 8, bench/results/gemm_int4_tiles_one_token.json; gate+up 86.7 -> 83.6 us at 8,
-    bench/results/gemm_split_pdl_probe.json)."""
-    per_sm, most = (16, 16) if config.block_m == 1 else (32, 8) if one_row else (4, 8)
+    """Split K while the grid has fewer than ~4 programs per multiprocessor (small batches); the experts'
+    int tiles at a pair an expert (`one_row`) ~32, up to 8 splits (int4 at one token: gate+up 162 -> 110 us
+    at split 4, down 124 -> 63 at 8, bench/results/gemm_int4_tiles_one_token.json; gate+up 86.7 -> 83.6 us
+    at 8, bench/results/gemm_split_pdl_probe.json)."""
+    per_sm, most = (32, 8) if one_row else (4, 8)
     split = 1
     while tiles * split * 2 <= per_sm * sms and k // (split * 2) >= 2 * config.block_k and split < most:
         split *= 2
@@ -632,32 +418,23 @@ def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, one_row: bool
 # shapes). gemm_kernel multiplies the weights as the MMA's first operand, so Hopper's wgmma takes 64 of
 # their columns at a time from the registers where they were dequantized, and the tokens (16 and up) as
 # its second: int4 gate+up at 64 tokens 792 -> 505 us, at 128 tokens 2,393 -> 658 us, against x as the
-# first operand (bench/results/gemm_swap_ab_probe.json). int4 reads its tiles of 64 x 64 (shared/int4_tiles.py)
-# 128 columns and 4 stages a program, converted by inline PTX where it can (DEQ 3: bfloat16 on NVIDIA GPUs):
-# gate+up 438 -> 302 us at 8 tokens, 634 -> 381 at 64, down 269 -> 185 and 300 -> 203, against the
-# layout before (bench/results/gemm_int4_tiles_probe.json); block_m 128 takes 8 warps (at 4 it spills).
-SMALL_TILES = {FLOAT: dict(block_n=64, block_k=256, num_stages=3, dequant=0),
-               INT8: dict(block_n=128, block_k=128, num_stages=4, dequant=0)}
-INT4_TILE = dict(block_n=128, block_k=64, num_stages=4)
-# gemv_kernel's tiles (int8), the default at one row a program (bench/gemm_tune.py on an H200 at one token).
-# In float16x2 (HALF2: 16-bit models on NVIDIA GPUs): moe_up 178 us (2.97 TB/s) against the tensor-core
-# tile's 314 (bench/results/gemm_tune_int8_half2.json).
-GEMV_TILE = dict(block_n=64, block_k=32, num_stages=3)
-HALF2_TILE = dict(block_n=128, block_k=32, num_stages=4, dequant=3)
+# first operand (bench/results/gemm_swap_ab_probe.json). int8 and int4 read their tiles of 64 x 64
+# (shared/tiles.py) 128 columns and 4 stages a program, converted by inline PTX where they can (DEQ 3:
+# bfloat16 on NVIDIA GPUs): int4 gate+up 438 -> 302 us at 8 tokens, 634 -> 381 at 64, down 269 -> 185 and
+# 300 -> 203, against the layout before (bench/results/gemm_int4_tiles_probe.json); block_m 128 takes 8
+# warps (at 4 it spills).
+INT_TILE = dict(block_n=128, block_k=64, num_stages=4)
 
 
-def tile_config(rows: int, w: Weights, one_row: bool = True) -> GemmConfig:
-    """One row of int8 weights: gemv_kernel (whole 32-bit words in each half of a gated weight: N a
-    multiple of 8), in float16x2 for 16-bit models on NVIDIA GPUs. Else the tensor-core tile of
-    block_m_for(rows); int4 takes tiles at one row too (split K: with_split_k)."""
-    if one_row and rows == 1 and w.fmt == INT8 and w.n % 8 == 0:
-        return GemmConfig(block_m=1, **(HALF2_TILE if half2_fits(w) else GEMV_TILE))
+def tile_config(rows: int, w: Weights) -> GemmConfig:
+    """The tensor-core tile of block_m_for(rows); int weights take their tiles at one row too (split K:
+    with_split_k)."""
     bm = block_m_for(rows)
     warps = warps_for(bm, w)
-    if w.fmt == INT4:
-        return GemmConfig(block_m=bm, num_warps=warps, dequant=3 if packed_fits(w) else 1, **INT4_TILE)
-    if bm == 16 or (w.fmt == INT8 and bm <= 64):  # int8 at 64 tokens: 778 -> 1,112 tok/s, 40 layers
-        return GemmConfig(block_m=bm, **SMALL_TILES[w.fmt])  # (bench/results/decode_int8_40L_tiles_tuned.json)
+    if w.fmt != FLOAT:
+        return GemmConfig(block_m=bm, num_warps=warps, dequant=3 if packed_fits(w) else 1, **INT_TILE)
+    if bm == 16:
+        return GemmConfig(block_m=bm, block_n=64, block_k=256, num_stages=3, dequant=0)
     if bm <= 64:  # a taller x tile: BLOCK_K 256 spilled registers (measured with x as the first operand)
         return GemmConfig(block_m=bm, block_n=64, block_k=128, num_stages=4, dequant=0)
     return GemmConfig(block_m=bm, block_n=128, block_k=64, num_warps=warps, num_stages=3, dequant=0)
@@ -673,21 +450,24 @@ def linear_config(m: int, w: Weights) -> GemmConfig:
     return with_split_k(config, tiles, w.k, num_sms(w.tensor.device))
 
 
-def moe_config(num_tokens: int, top_k: int, w: Weights, gated: bool = False, one_row: bool = True) -> GemmConfig:
+def moe_config(num_tokens: int, top_k: int, w: Weights, gated: bool = False) -> GemmConfig:
     """The tuned configuration of this expert GEMM at num_tokens (tuning.py), else tiles by twice the
-    pairs an expert gets on average. The two expert GEMMs share the sorted pairs, so they must agree on
-    block_m: where they would not (one-row programs for one of them only), FusedMoE asks again with
-    one_row False (the default tiles of 16 rows and up, untuned). K is split where an expert gets a pair
-    or so (a program a pair and tile of columns: few programs); else all active experts fill the grid."""
-    tuned = ACTIVE.config(w.key(MOE_UP if gated else MOE_DOWN), num_tokens) if one_row else None
+    pairs an expert gets on average (the two expert GEMMs share the sorted pairs, so they agree on
+    block_m: tuning.py checks a stored table's). K is split where an expert gets a pair or so (a program
+    a pair and tile of columns: few programs); else all active experts fill the grid."""
+    tuned = ACTIVE.config(w.key(MOE_UP if gated else MOE_DOWN), num_tokens)
     if tuned is not None:
         return tuned
     num_pairs = num_tokens * top_k
     mean = max(1, num_pairs // w.tensor.shape[0])  # pairs an expert gets on average
     # an expert's pairs spread around the mean: blocks of twice it hold most experts' pairs in one (a
     # block reads its expert's weights; bench/results/gemm_swap_ab_probe.json: 64 tokens, block_m 32)
-    config = tile_config(1 if mean == 1 else 2 * mean, w, one_row)
-    if mean > 1 or (config.block_m > 1 and w.fmt != INT4):  # float and int8 tiles: no split
+    config = tile_config(1 if mean == 1 else 2 * mean, w)
+    # int8 gate+up: 64 columns of up and 64 of gate, a K step's 8 KB as int4's 128 of each (462 -> 436 us
+    # at 8 tokens, 568 -> 527 at 64, 141 -> 140 at one; bench/results/gemm_tune_int8_tiles.json)
+    if gated and w.fmt == INT8:
+        config = replace(config, block_n=64)
+    if mean > 1 or w.fmt == FLOAT:  # float tiles: no split
         return config
     columns = w.n // 2 if gated else w.n  # gate+up: a program computes a column of both halves
     return with_split_k(config, num_pairs * triton.cdiv(columns, config.block_n), w.k, num_sms(w.tensor.device),

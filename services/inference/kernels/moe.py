@@ -253,9 +253,6 @@ class FusedMoE(MoE):
         fc, proj = expert_weights(self.fc), expert_weights(self.proj)
         num_experts = fc.tensor.shape[0]
         up_config, down_config = moe_config(n, k, fc, gated=True), moe_config(n, k, proj)
-        if up_config.block_m != down_config.block_m:  # one block_m for the pairs both GEMMs read
-            up_config = moe_config(n, k, fc, gated=True, one_row=False)
-            down_config = moe_config(n, k, proj, one_row=False)
         weights, ids, sorted_ids, block_experts, num_sorted = route_and_align(
             x, self.router.weight, k, self.norm_p, num_experts, self.expert_offset, up_config.block_m)
         moe = (sorted_ids, block_experts, num_sorted, n * k)

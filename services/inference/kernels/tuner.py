@@ -19,8 +19,7 @@ import triton
 
 from dbrx_serve.shared.errors import InvalidInput
 
-from .gemm import (FLOAT, GEMV_TILE, INT4, INT8, Weights, gemm, half2_fits, linear_config,
-                   moe_config, out_columns, packed_fits, tile_config, warps_for)
+from .gemm import FLOAT, Weights, gemm, linear_config, moe_config, out_columns, packed_fits, warps_for
 from .moe import align, expert_weights
 from .tuning import LINEAR, MOE_DOWN, MOE_UP, GemmConfig, check_launchable
 
@@ -77,10 +76,6 @@ class GemmCase:
                         else moe_config(num_tokens, top_k, w, gated=self.gated))
 
     @property
-    def one_row(self) -> bool:
-        return max(1, self.rows // self.num_experts) == 1
-
-    @property
     def bytes_read(self) -> int:
         active = 1 if self.ids is None else int(self.ids.unique().numel())
         return self.w.tensor.numel() * self.w.tensor.element_size() // self.num_experts * active
@@ -103,62 +98,37 @@ def candidates(case: GemmCase, mode: str) -> list[GemmConfig]:
     return [config for config in dict.fromkeys([case.default] + grid) if launchable(config, case)]
 
 
-def other_kernel(case: GemmCase) -> GemmConfig:
-    """At one row of int8 weights: gemv_kernel's tile where the default is the tensor-core one, and back."""
-    split = case.default.split_k
-    if case.default.block_m > 1:
-        return GemmConfig(block_m=1, **GEMV_TILE, split_k=split)
-    return replace(tile_config(16, case.w), split_k=split)
-
-
 def nearby(case: GemmCase) -> list[GemmConfig]:
     d = case.default
     configs = [replace(d, block_n=d.block_n // 2), replace(d, block_n=d.block_n * 2),
                replace(d, split_k=d.split_k * 2), replace(d, split_k=max(1, d.split_k // 2))]
-    if d.block_m > 1:  # taller and shorter tiles (an expert's pairs spread around their mean)
-        configs += [replace(d, block_m=m, num_warps=warps_for(m, case.w))  # tile_config's warps
-                    for m in (d.block_m // 2, d.block_m * 2) if 16 <= m <= 128]
-    if d.block_m == 1:  # gemv_kernel: tiles in flight (gemm.py's STAGES, 2 to 4); the other arithmetic
-        configs += [replace(d, num_stages=stages) for stages in (2, 3, 4) if stages != d.num_stages]
-        other = 1 if d.dequant == 3 else 3  # float32 or float16x2 (NVIDIA GPUs: launchable says)
-        configs += [replace(d, dequant=other), replace(d, dequant=other, block_n=128),
-                    replace(d, block_n=d.block_n // 2, split_k=max(1, d.split_k // 2))]
-    if case.one_row and case.w.fmt == INT8:  # the other kernel (at one row, both arithmetics)
-        other = other_kernel(case)
-        configs += [other, replace(other, dequant=3)] if other.block_m == 1 else [other]
+    # taller and shorter tiles (an expert's pairs spread around their mean)
+    configs += [replace(d, block_m=m, num_warps=warps_for(m, case.w))  # tile_config's warps
+                for m in (d.block_m // 2, d.block_m * 2) if 16 <= m <= 128]
     return configs
 
 
 def wide(case: GemmCase) -> list[GemmConfig]:
-    """Tiles, K splits and the ways to dequantize around the default; at one row of int8 weights
-    gemv_kernel's tiles, warps, splits and arithmetic (float32; float16x2 on NVIDIA GPUs), and the 16-row
-    tensor-core tile; int4's tiles are 64 K rows deep."""
+    """Tiles, K splits and the ways to dequantize around the default; int tiles are 64 K rows deep."""
     d = case.default
-    splits = sorted({max(1, d.split_k // 2), d.split_k, 2 * d.split_k, 4 * d.split_k})
-    if case.one_row and case.w.fmt == INT8:
-        gemv = GemmConfig(block_m=1, split_k=d.split_k, num_stages=GEMV_TILE["num_stages"])
-        return [other_kernel(case)] + [replace(gemv, block_n=n, block_k=k, num_warps=warps, split_k=s, dequant=deq)
-                                       for n in (64, 128, 256) for k in (32, 64, 128) for warps in (4, 8)
-                                       for s in splits for deq in (1, 3)]
-    if case.w.fmt == INT4:
+    if case.w.fmt != FLOAT:
+        splits = sorted({max(1, d.split_k // 2), d.split_k, 2 * d.split_k, 4 * d.split_k})
         return [replace(d, block_n=n, num_stages=stages, split_k=s, dequant=deq)
                 for n in (64, 128, 256) for stages in (3, 4) for s in splits for deq in (1, 3)]
-    dequant = {FLOAT: [0], INT8: [0, 1]}[case.w.fmt]
-    return [replace(d, block_n=n, block_k=k, num_stages=stages, split_k=s, dequant=deq)
+    return [replace(d, block_n=n, block_k=k, num_stages=stages, split_k=s)
             for n, k, stages in [(64, 128, 4), (128, 128, 4), (64, 256, 3), (128, 64, 3), (128, 64, 4), (256, 64, 3)]
-            for s in (d.split_k, 2 * d.split_k) for deq in dequant]
+            for s in (d.split_k, 2 * d.split_k)]
 
 
 def launchable(config: GemmConfig, case: GemmCase) -> bool:
     """What gemm() and FusedMoE run correctly here: what a stored table may hold (tuning.check_launchable),
-    and DEQ 3 (inline PTX) on NVIDIA GPUs only: float16x2 at one row for 16-bit models, int4 to bfloat16
-    at block_m > 1."""
+    and DEQ 3 (int to bfloat16 by inline PTX) where packed_fits."""
     key = case.w.key(case.op)
     try:
         check_launchable(key, config, key)
     except InvalidInput:
         return False
-    return config.dequant != 3 or (half2_fits if config.block_m == 1 else packed_fits)(case.w)
+    return config.dequant != 3 or packed_fits(case.w)
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ LINEAR, MOE_UP, MOE_DOWN = "linear", "moe_up", "moe_down"
 SHAPE_KEY = re.compile(r"^(linear|moe_up|moe_down):(int8|int4(?:g(\d+))?|float32|float16|bfloat16)"
                        r":n(\d+):k(\d+):e(\d+)$")
 POWERS_OF_TWO = ("block_m", "block_n", "block_k", "split_k", "num_warps")
-INT4_TILES = ("int4 weights are read a tile of 64 x 64 at a time (shared/int4_tiles.py): block_m 16 or more, "
-              "block_k 64 and block_n a multiple of 64")
+TILES = ("gemm_kernel multiplies on tensor cores, block_m 16 or more; int8 and int4 weights are read a tile of "
+         "64 x 64 at a time (shared/tiles.py): block_k 64 and block_n a multiple of 64")
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,14 @@ class GemmConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 4
-    # gemm_kernel's DEQ: 0 cast, 1 float-mantissa bits, 3 (int4 to bfloat16) packed asm; at block_m 1
-    # (gemv_kernel) 3 is float16x2 arithmetic (HALF2, NVIDIA GPUs), any other value float32 arithmetic
-    dequant: int = 1
+    dequant: int = 1  # gemm_kernel's DEQ: 0 cast, 1 float-mantissa bits, 3 (int to bfloat16) inline PTX
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
     @property
-    def reads_int4_tiles(self) -> bool:
-        """Whether gemm_kernel can read int4 weights with these tiles (INT4_TILES)."""
+    def reads_tiles(self) -> bool:
+        """Whether gemm_kernel can read int8 or int4 weights with these tiles (TILES)."""
         return self.block_m >= 16 and self.block_k == 64 and self.block_n % 64 == 0
 
     def k_per_split(self, k: int) -> int:
@@ -156,21 +154,12 @@ def check_launchable(key: str, config: GemmConfig, where: str) -> None:
     device: a stored table's rule and the tuner's (tuner.launchable adds DEQ 3's device rule)."""
     match = SHAPE_KEY.match(key)
     fmt = match.group(2)
-    if config.block_m == 1 and fmt != "int8":
-        raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads int8 weights, not {fmt}")
-    if config.block_m == 1 and int(match.group(4)) % 8:
-        raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads whole 32-bit words in each half of a gated "
-                           f"weight: N {match.group(4)} is not a multiple of 8")
-    if fmt.startswith("int4") and not config.reads_int4_tiles:
-        raise InvalidInput(f"{where}: {INT4_TILES}")
-    if config.block_m > 1 and min(config.block_m, config.block_n, config.block_k) < 16:
-        raise InvalidInput(f"{where}: tiles of block_m > 1 multiply on tensor cores: block_m, block_n and "
-                           "block_k of 16 or more")
-    if config.block_m == 1 and config.block_n < 4:
-        raise InvalidInput(f"{where}: block_m 1 (gemv_kernel) reads whole 32-bit words: block_n of 4 or more")
-    if config.dequant == 3 and config.block_m > 1 and not fmt.startswith("int4"):
-        raise InvalidInput(f"{where}: dequant 3 at block_m > 1 converts int4 weights only (gemm.py's DEQ), "
-                           f"not {fmt}")
+    if fmt.startswith("int") and not config.reads_tiles:
+        raise InvalidInput(f"{where}: {TILES}")
+    if min(config.block_m, config.block_n, config.block_k) < 16:
+        raise InvalidInput(f"{where}: {TILES}: block_m, block_n and block_k of 16 or more")
+    if config.dequant == 3 and not fmt.startswith("int"):
+        raise InvalidInput(f"{where}: dequant 3 converts int8 and int4 weights only (gemm.py's DEQ), not {fmt}")
 
 
 def check_expert_pair(table: Table, key: str, where: str) -> None:

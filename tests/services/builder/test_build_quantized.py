@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dbrx_serve.services.builder.layout import float_layout, weight_only_layout
-from dbrx_serve.shared.int4_tiles import untile_int4
+from dbrx_serve.shared.tiles import untile
 from dbrx_serve.shared.quantization import QUANTIZED_SUFFIXES, dequantize_weight
 from dbrx_serve.shared.weight_only import engine_weight, halves, weight_layout
 from dbrx_serve.shared.config import DbrxConfig
@@ -34,12 +34,12 @@ def as_engine_holds(tensors: dict, precision: str) -> dict:
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
 def test_weight_only_engine_holds_the_checkpoints_values(precision, checkpoints, tmp_path):
-    """int8 as the checkpoint stores it; int4 in tiles (the experts' gate+up padded by halves: Il 16 at
-    tp2), which give the checkpoint's bytes back."""
+    """int8 and int4 in tiles (the experts' gate+up padded by halves: Il 16 at tp2), which give the
+    checkpoint's bytes back."""
     ckpt = checkpoints(tp_size=2, use_weight_only=True, weight_only_precision=precision)
     config, ranks = read_engine(run_build(ckpt, tmp_path / "engine"))
     assert config["pretrained_config"]["quantization"]["quant_algo"] == {"int8": "W8A16", "int4": "W4A16"}[precision]
-    assert config["build_config"]["weight_layout"] == weight_layout(precision) == {"int8": "plain",
+    assert config["build_config"]["weight_layout"] == weight_layout(precision) == {"int8": "int8_tiles",
                                                                                   "int4": "int4_tiles_v2"}[precision]
     cfg = DbrxConfig.from_checkpoint_dict(config["pretrained_config"])
     for rank, (got, want) in enumerate(zip(ranks, read_ranks(ckpt, 2))):
@@ -47,9 +47,9 @@ def test_weight_only_engine_holds_the_checkpoints_values(precision, checkpoints,
                                     engine=True)
         assert {k: (t.dtype, tuple(t.shape)) for k, t in got.items()} == layout
         assert all(torch.equal(got[k], w) for k, w in as_engine_holds(want, precision).items())
-    if precision == "int4":
-        fc = read_ranks(ckpt, 2)[0][f"{GEMM}.weight"]  # [El, H, 2 Il / 2]
-        assert torch.equal(untile_int4(ranks[0][f"{GEMM}.weight"], 2 * fc.shape[-1], fc.shape[-2], 2), fc)
+    bits = 4 if precision == "int4" else 8
+    fc = read_ranks(ckpt, 2)[0][f"{GEMM}.weight"]  # [El, H, 2 Il * bits / 8]
+    assert torch.equal(untile(ranks[0][f"{GEMM}.weight"], bits, fc.shape[-1] * 8 // bits, fc.shape[-2], 2), fc)
     assert ranks[0][f"{GEMM}.weight"].dtype == torch.int8
     assert ranks[0]["transformer.layers.0.mlp.router.weight"].dtype == torch.float32
 
@@ -65,7 +65,7 @@ def test_quantize_at_build_equals_a_weight_only_checkpoint(precision, checkpoint
         assert g.keys() == w.keys() and all(torch.equal(g[k], w[k]) for k in w)
     float_fc = read_ranks(at_build, 2)[0][f"{GEMM}.weight"]  # [El, 2 Il, H]
     q = got[0][f"{GEMM}.weight"]
-    q = untile_int4(q, *float_fc.shape[-2:], halves=2) if precision == "int4" else q
+    q = untile(q, 4 if precision == "int4" else 8, *float_fc.shape[-2:], halves=2)
     back = dequantize_weight(q, got[0][f"{GEMM}.per_channel_scale"], precision)
     assert back.shape == float_fc.shape
 

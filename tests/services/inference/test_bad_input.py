@@ -104,16 +104,20 @@ def test_a_multi_rank_engine_outside_an_mpi_world_is_refused_naming_both_sizes(e
         Engine.from_dir(engine_dir("tp2"))
 
 
-@pytest.mark.parametrize("earlier", ["plain", "int4_tiles"])
-def test_an_int4_engine_of_an_earlier_layout_is_refused_with_a_rebuild(engine_dir, tmp_path, earlier):
-    """int4 engines hold their weights in tiles (shared/int4_tiles.py); one that says it holds the checkpoint's
-    bytes, or tiles of two's complement nibbles (earlier versions'), is refused before any weight loads."""
+@pytest.mark.parametrize("precision, layout, earlier", [("int4", "int4_tiles_v2", "plain"),
+                                                      ("int4", "int4_tiles_v2", "int4_tiles"),
+                                                      ("int8", "int8_tiles", "plain")])
+def test_an_int_engine_of_an_earlier_layout_is_refused_with_a_rebuild(engine_dir, tmp_path, precision, layout,
+                                                                      earlier):
+    """int8 and int4 engines hold their weights in tiles (shared/tiles.py); one that says it holds the
+    checkpoint's bytes, or int4 tiles of two's complement nibbles (earlier versions'), is refused before any
+    weight loads."""
     copy = tmp_path / "engine"
-    shutil.copytree(engine_dir("int4"), copy)
+    shutil.copytree(engine_dir(precision), copy)
     config = json.loads((copy / "config.json").read_text())
-    assert config["build_config"]["weight_layout"] == "int4_tiles_v2"
+    assert config["build_config"]["weight_layout"] == layout
     config["build_config"]["weight_layout"] = earlier
     (copy / "config.json").write_text(json.dumps(config))
-    with pytest.raises(InvalidInput, match=f"weight_layout '{earlier}', where this runtime reads 'int4_tiles_v2' for "
+    with pytest.raises(InvalidInput, match=f"weight_layout '{earlier}', where this runtime reads '{layout}' for "
                                            "this model's weights: build the engine again"):
         Engine.from_dir(copy, verify=False)

@@ -10,12 +10,8 @@ pytest.importorskip("triton")
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE.type == "cuda" else [])
-# gemv_kernel reads x as float32 whatever its dtype (the dtype changes only the store, which the other
-# kernels' tests cover): under the interpreter (~7 s a case) float32 alone.
-ONE_ROW_DTYPES = DTYPES if DEVICE.type == "cuda" else [torch.float32]
 # Bounds on max |ours - plain| / max |plain| (the plain path rounds at other places).
 BOUND = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
-HALF2_BOUND = 4e-3  # gemv_kernel's float16x2 arithmetic (dequant 3 at one row): float16's, in every dtype
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The GEMM kernel against the plain path: float, int8 and int4 weights (per
-channel and group-wise) as the engine stores them (int4 in tiles), ragged
-shapes, split K, the weight-only module swap."""
+channel and group-wise) as the engine stores them (int8 and int4 in tiles),
+ragged shapes, split K, the weight-only module swap."""
 
 from dataclasses import replace
 
@@ -8,17 +8,17 @@ import pytest
 import torch
 
 from dbrx_serve.services.inference.kernels.gemm import GemmConfig, TritonWeightOnlyLinear, Weights, gemm, with_split_k
-from dbrx_serve.shared.quantization import dequantize_weight, quantize_weight
+from dbrx_serve.shared.quantization import dequantize_weight, pack_int4, quantize_weight
 from dbrx_serve.shared.weight_only import WeightOnlyLinear, engine_weight
 
-from .conftest import BOUND, DEVICE, DTYPES, HALF2_BOUND, ONE_ROW_DTYPES, relative_error
+from .conftest import BOUND, DEVICE, DTYPES, relative_error
 
 CONFIGS = [GemmConfig(16, 32, 64, 1, 4, 2, dequant=0), GemmConfig(32, 64, 32, 2, 4, 2, dequant=1),
            GemmConfig(16, 32, 32, 3, 4, 3, dequant=1)]
-# int4 tiles are 64 x 64: block_k 64, block_n a multiple of it
-INT4_CONFIGS = [GemmConfig(16, 64, 64, 1, 4, 2, dequant=0), GemmConfig(32, 64, 64, 2, 4, 2, dequant=1),
-                GemmConfig(16, 128, 64, 3, 4, 3, dequant=1)]
-CASES = [(p, c) for p in (None, "int8") for c in CONFIGS] + [("int4", c) for c in INT4_CONFIGS]
+# int tiles are 64 x 64: block_k 64, block_n a multiple of it
+INT_CONFIGS = [GemmConfig(16, 64, 64, 1, 4, 2, dequant=0), GemmConfig(32, 64, 64, 2, 4, 2, dequant=1),
+               GemmConfig(16, 128, 64, 3, 4, 3, dequant=1)]
+CASES = [(None, c) for c in CONFIGS] + [(p, c) for p in ("int8", "int4") for c in INT_CONFIGS]
 
 
 def config_id(c: GemmConfig) -> str:
@@ -56,21 +56,8 @@ def test_gemm_matches_the_float_product(precision, config, dtype, device):
     assert product_error(m, w, ref_w, config, dtype, device) <= BOUND[dtype]
 
 
-@pytest.mark.parametrize("config", [GemmConfig(1, 32, 32, 1, 4, 2), GemmConfig(1, 64, 16, 3, 4, 3),
-                                    GemmConfig(1, 32, 16, 2, 4, 4)],
-                         ids=["bn32bk32", "bn64bk16s3-stages3", "bn32bk16s2-stages4"])
-@pytest.mark.parametrize("dtype", ONE_ROW_DTYPES, ids=str)
-def test_one_row_gemv_matches_the_float_product(config, dtype, device):
-    """gemv_kernel (block_m 1, int8): each value placed in a float's mantissa at its bit position; every
-    value position of a word, split K, masked edges (n a multiple of a word's values, k and m ragged),
-    one to three tiles loaded ahead (num_stages 2 to 4)."""
-    n, k, m = 96, 208, 3
-    w, ref_w = weights(n, k, "int8", dtype, device, seed=n + m)
-    assert product_error(m, w, ref_w, config, dtype, device) <= BOUND[dtype]
-
-
 @pytest.mark.parametrize("group_size", [64, 128])
-@pytest.mark.parametrize("config", INT4_CONFIGS, ids=config_id)
+@pytest.mark.parametrize("config", INT_CONFIGS, ids=config_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_group_wise_int4_matches_the_dequantized_product(group_size, config, dtype, device):
     """One scale per group of K rows, applied per BLOCK_K chunk inside the K loop; a split of K
@@ -82,44 +69,41 @@ def test_group_wise_int4_matches_the_dequantized_product(group_size, config, dty
 
 
 def test_k_splits_fill_the_grid_up_to_their_rule():
-    """with_split_k on DBRX's one-token GEMMs with 132 multiprocessors: the experts' int4 tiles at a pair an
+    """with_split_k on DBRX's one-token GEMMs with 132 multiprocessors: the experts' int tiles at a pair an
     expert split until ~32 programs a multiprocessor, at most 8 (gate+up: 4 pairs x 84 column tiles; down:
-    4 x 48); other tiles ~4 a multiprocessor (qkv: 64 tiles); one-row programs ~16, at most 16; a split
-    keeps two block_k steps of K at least."""
+    4 x 48); other tiles ~4 a multiprocessor (qkv: 64 tiles); a split keeps two block_k steps of K at least."""
     tile = GemmConfig(16, 128, 64)
     assert with_split_k(tile, 4 * 84, 6144, 132, one_row=True).split_k == 8
     assert with_split_k(tile, 4 * 48, 10752, 132, one_row=True).split_k == 8
     assert with_split_k(tile, 4 * 84, 6144, 132).split_k == 1  # 672 programs > 4 x 132
     assert with_split_k(tile, 64, 6144, 132).split_k == 8  # 512 <= 528
     assert with_split_k(tile, 1, 256, 132, one_row=True).split_k == 2  # 128 rows a split, no fewer
-    assert with_split_k(GemmConfig(1, 64, 32), 100, 8192, 132).split_k == 16
 
 
-def test_one_row_gemv_refuses_a_gated_half_of_part_words(device):
-    """int8 gate+up of 2 x 6 columns: each half is 48 bits a row, the gate's offset not a whole word."""
-    w, _ = weights(12, 64, "int8", torch.float32, device, seed=0)
-    x, out = torch.zeros(1, 64, device=device), torch.zeros(1, 6, device=device)
-    with pytest.raises(ValueError, match="whole 32-bit words: 6 columns of int8 in each half"):
-        gemm(x, w, out, GemmConfig(1, 32, 32), gated=True)
+NOT_TILES = [GemmConfig(1, 64, 64), GemmConfig(8, 64, 64), GemmConfig(16, 64, 32), GemmConfig(16, 32, 64)]
 
 
-@pytest.mark.parametrize("config", [GemmConfig(1, 64, 64), GemmConfig(8, 64, 64), GemmConfig(16, 64, 32),
-                                    GemmConfig(16, 32, 64)], ids=["one-row", "bm8", "bk32", "bn32"])
-def test_int4_is_read_in_whole_tiles(config, device):
-    w, _ = weights(32, 128, "int4", torch.float32, device, seed=0, group_size=64)
+@pytest.mark.parametrize("precision, group_size, config",
+                         [(p, g, c) for p, g in [("int8", None), ("int4", 64)] for c in NOT_TILES]
+                         + [(None, None, c) for c in NOT_TILES[:2]],
+                         ids=lambda v: config_id(v) if isinstance(v, GemmConfig) else str(v))
+def test_int_weights_are_read_in_whole_tiles(precision, group_size, config, device):
+    """Tiles of 16 rows and up (tensor cores) for every format; int8 and int4 tiles 64 x 64."""
+    w, _ = weights(32, 128, precision, torch.float32, device, seed=0, group_size=group_size)
     x, out = torch.zeros(4, 128, device=device), torch.zeros(4, 32, device=device)
-    with pytest.raises(ValueError, match="int4 weights are read a tile of 64 x 64 at a time"):
+    with pytest.raises(ValueError, match="block_m 16 or more; int8 and int4 weights are read a tile of 64 x 64"):
         gemm(x, w, out, config)
 
 
-def test_int4_tiles_need_the_weights_in_features(device):
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_int_tiles_need_the_weights_in_features(precision, device):
     """The tiles hold K rounded up to 64: the true K comes from the module, and must fit the tiles."""
-    w, _ = weights(32, 100, "int4", torch.float32, device, seed=0)
-    with pytest.raises(ValueError, match="hold K rounded up to 64: give in_features"):
-        Weights.of(w.tensor[0], w.scale[0], "int4")
+    w, _ = weights(32, 100, precision, torch.float32, device, seed=0)
+    with pytest.raises(ValueError, match=f"{precision} tiles .* hold K rounded up to 64: give in_features"):
+        Weights.of(w.tensor[0], w.scale[0], precision)
     with pytest.raises(ValueError, match=r"hold K rounded up to 64: give in_features \(got 200\)"):
-        Weights.of(w.tensor[0], w.scale[0], "int4", 200)
-    assert Weights.of(w.tensor[0], w.scale[0], "int4", 100).k == 100
+        Weights.of(w.tensor[0], w.scale[0], precision, 200)
+    assert Weights.of(w.tensor[0], w.scale[0], precision, 100).k == 100
 
 
 def test_more_blocks_than_a_grid_takes_are_refused(device):
@@ -143,7 +127,7 @@ def test_gated_partial_sums_take_both_halves_columns(device):
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="the GPU's tile shapes: Hopper's wgmma at 64 columns and up")
-@pytest.mark.parametrize("precision, dequant", [(None, 0), ("int8", 0), ("int4", 1), ("int4", 3)])
+@pytest.mark.parametrize("precision, dequant", [(None, 0), ("int8", 1), ("int8", 3), ("int4", 1), ("int4", 3)])
 @pytest.mark.parametrize("config", [GemmConfig(32, 128, 64, 1, 4, 3), GemmConfig(32, 128, 64, 1, 8, 3),
                                     GemmConfig(128, 128, 64, 1, 8, 3), GemmConfig(128, 256, 64, 1, 8, 3),
                                     GemmConfig(64, 256, 64, 2, 8, 4)],
@@ -158,60 +142,38 @@ def test_wide_tiles_match_the_float_product(precision, dequant, config, device):
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="inline PTX runs on a CUDA GPU only")
-@pytest.mark.parametrize("config", [GemmConfig(16, 64, 64, 1, 4, 3, dequant=3),
-                                    GemmConfig(64, 64, 64, 2, 4, 3, dequant=3)], ids=["bm16", "bm64-split2"])
-def test_packed_int4_conversion_matches_the_float_product(config, device):
-    """DEQ 3: eight nibbles a register by inline PTX (bfloat16 activations)."""
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+@pytest.mark.parametrize("config", [GemmConfig(16, 64, 64, 1, 4, 3, dequant=3), GemmConfig(16, 128, 64, 4, 4, 4, dequant=3),
+                                    GemmConfig(64, 64, 64, 2, 4, 3, dequant=3)], ids=["bm16", "bm16-split4", "bm64-split2"])
+def test_packed_int_conversion_matches_the_float_product(precision, config, device):
+    """DEQ 3: a word's values a few instructions by inline PTX (bfloat16 activations): eight nibbles
+    (NIBBLES_TO_BF16), four bytes (BYTES_TO_BF16), every value of both at the extremes."""
     n, k, m = 80, 208, 37
-    w, ref_w = weights(n, k, "int4", torch.bfloat16, device, seed=7)
+    w, ref_w = weights(n, k, precision, torch.bfloat16, device, seed=7)
     assert product_error(m, w, ref_w, config, torch.bfloat16, device) <= BOUND[torch.bfloat16]
+    low, high = (-8, 7) if precision == "int4" else (-128, 127)
+    q = torch.arange(low, high + 1, dtype=torch.int8).repeat(64 * 64 // (high - low + 1)).view(64, 64)
+    scale = torch.ones(64, dtype=torch.bfloat16)
+    q_ckpt = pack_int4(q.T.contiguous()) if precision == "int4" else q.T.contiguous()
+    every = Weights.of(engine_weight(q_ckpt, precision).to(device), scale.to(device), precision, 64)
+    assert product_error(16, every, q.float(), config, torch.bfloat16, device) <= BOUND[torch.bfloat16]
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="inline PTX runs on a CUDA GPU only")
-def test_packed_int4_conversion_is_refused_for_tiles_off_16_bytes(device):
-    """NIBBLES_TO_BF16 takes whole 32-bit words, which Triton hands it where the tiles lie on 16 bytes: tiles
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_packed_int_conversion_is_refused_for_tiles_off_16_bytes(precision, device):
+    """The inline PTX takes whole 32-bit words, which Triton hands it where the tiles lie on 16 bytes: tiles
     8 bytes off are refused for DEQ 3 (the default takes DEQ 1 there), and run right with DEQ 1."""
-    w, ref_w = weights(64, 64, "int4", torch.bfloat16, device, seed=2)
+    w, ref_w = weights(64, 64, precision, torch.bfloat16, device, seed=2)
     storage = torch.empty(w.tensor.numel() + 8, dtype=torch.int8, device=device)
     moved = storage[8:].view(w.tensor.shape)
     moved.copy_(w.tensor)
-    off = Weights.of(moved, w.scale, "int4", 64)
+    off = Weights.of(moved, w.scale, precision, 64)
     x = torch.zeros(16, 64, dtype=torch.bfloat16, device=device)
     with pytest.raises(ValueError, match="dequant 3 .* tiles on 16 bytes: use dequant 1"):
         gemm(x, off, torch.empty(16, 64, dtype=torch.bfloat16, device=device), GemmConfig(16, 64, 64, dequant=3))
     assert product_error(16, off, ref_w, GemmConfig(16, 64, 64, dequant=1), torch.bfloat16, device) <= BOUND[
         torch.bfloat16]
-
-
-@pytest.mark.skipif(DEVICE.type != "cuda", reason="inline PTX runs on a CUDA GPU only")
-@pytest.mark.parametrize("n, k, config", [
-    (96, 208, GemmConfig(1, 32, 16, 2, 4, 3, dequant=3)),  # ragged K, split, masked rows
-    (256, 6144, GemmConfig(1, 128, 32, 1, 4, 2, dequant=3)),  # DBRX's K, 192 steps a row
-    (256, 10752, GemmConfig(1, 128, 32, 4, 4, 3, dequant=3))],
-    ids=["ragged", "k6144", "k10752"])
-@pytest.mark.parametrize("outlier", [False, True], ids=["", "outlier"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_one_row_half2_stays_within_float16_rounding(n, k, config, outlier, dtype, device):
-    """gemv_kernel's HALF2 (dequant 3 at block_m 1, int8): two values an instruction in float16x2, against
-    the dequantized product in float32; an activation of 20,000 (its products reach 2,540,000) would
-    overflow float16 sums without the power-of-two scaling of x."""
-    w, ref_w = weights(n, k, "int8", dtype, device, seed=k + n)
-    x = torch.randn(3, k, generator=torch.Generator().manual_seed(1)).to(dtype)
-    if outlier:
-        x[1, k // 3] = 2e4
-    split = config.split_k > 1
-    out = torch.full((config.split_k, 3, n), float("nan"), dtype=torch.float32 if split else dtype, device=device)
-    gemm(x.to(device), w, out if split else out[0], config)
-    got = out.sum(0) if split else out[0]
-    assert relative_error(got.cpu(), x.float() @ ref_w.T) <= HALF2_BOUND
-
-
-@pytest.mark.skipif(DEVICE.type == "cuda", reason="the CPU's interpreter refuses inline PTX")
-def test_half2_is_refused_off_nvidia_gpus(device):
-    w, _ = weights(32, 64, "int8", torch.float32, device, seed=0)
-    x, out = torch.zeros(1, 64, device=device), torch.zeros(1, 32, device=device)
-    with pytest.raises(ValueError, match=r"dequant 3 at block_m 1 \(float16x2 arithmetic, inline PTX\) runs on an"):
-        gemm(x, w, out, GemmConfig(1, 32, 32, dequant=3))
 
 
 @pytest.mark.parametrize("precision, group_size", [("int8", None), ("int4", None), ("int4", 64)])
