@@ -71,9 +71,13 @@ def tile_weight(q: torch.Tensor, bits: int, halves: int = 1) -> torch.Tensor:
     *lead, n, k = padded.shape
     d = len(lead)
     v = padded.reshape(*lead, n // TILE, 4, 2, 8, k // TILE, *COLUMNS[bits])
-    u = v.permute(*range(d), *(d + i for i in ORDER[bits])).to(torch.int16) + OFFSET[bits]
-    byte = u[..., 0] | (u[..., 1] << 4) if bits == 4 else u  # int4: byte 2e + j holds h = 0 low, h = 1 high
-    return byte.to(torch.uint8).view(torch.int8).reshape(*lead, n // TILE, k // TILE, TILE_BYTES[bits])
+    v = v.permute(*range(d), *(d + i for i in ORDER[bits]))
+    if bits == 8:  # value + 128 in a byte: its top bit flipped (no wider copy of an expert's weights)
+        byte = v.contiguous().view(torch.uint8) ^ 0x80
+    else:  # byte 2e + j holds h = 0 low, h = 1 high
+        u = v.to(torch.uint8) + OFFSET[bits]
+        byte = u[..., 0] | (u[..., 1] << 4)
+    return byte.view(torch.int8).reshape(*lead, n // TILE, k // TILE, TILE_BYTES[bits])
 
 
 def tile_values(tiled: torch.Tensor, bits: int, out_features: int, in_features: int, halves: int = 1) -> torch.Tensor:
