@@ -1,8 +1,8 @@
 """The GEMM probes' parts that run without a GPU: their Gluon kernels compiled for Hopper (sm_90) as the
 README's numbers were taken (bench/ws_gemm_probe.py's warp-specialized kernel, bench/wgmma_rate_probe.py's
 loop: layout changes free, no spills, the partitions' register budgets), the read-only walks of
-bench/tile_read_probe.py (Triton's interpreter), bench/gemm_fixed_cost_probe.py's line fit and
-bench/linear_split_probe.py's sum."""
+bench/tile_read_probe.py and the partial sums of bench/persistent_int8_probe.py (Triton's interpreter),
+bench/gemm_fixed_cost_probe.py's line fit and bench/linear_split_probe.py's sum."""
 
 import json
 import os
@@ -131,3 +131,26 @@ def test_the_wgmma_rate_probe_compiles_for_hopper(convert, wgmma, words):
     assert code["spill_instructions"] == 0
     assert code["wgmma"] == wgmma
     assert code["loop_instructions"] > words * 10
+
+
+@pytest.mark.parametrize("gated", [True, False], ids=["gate+up", "down"])
+def test_the_persistent_int8_probe_writes_gemms_partial_sums(gated):
+    """bench/persistent_int8_probe.py's flattened loop over the live items, a few programs walking them,
+    writes the partial sums gemm() writes at the same tiles and split, bit for bit (Triton's interpreter,
+    float32): every item visited once, its K steps in order, its epilogue at its last step."""
+    from dataclasses import replace
+
+    import torch
+    from gemm_tune import meta_weights
+    from persistent_int8_probe import launcher
+
+    from dbrx_serve.services.inference.kernels.tuner import GemmCase, random_weights
+    from dbrx_serve.services.inference.kernels.tuning import MOE_DOWN, MOE_UP
+
+    torch.manual_seed(0)
+    w = random_weights(meta_weights(256, 256, 4, "int8", gated), torch.device("cpu"))
+    case = GemmCase(MOE_UP if gated else MOE_DOWN, replace(w, scale=w.scale.float()), 2, 3)
+    for block_n, splits, programs in [(64, 2, 3), (128, 4, 5), (64, 2, 1)]:
+        want = case.launch(replace(case.default, block_m=16, block_n=block_n, split_k=splits, dequant=1))()
+        got = launcher(case, block_n, splits, programs)()
+        assert torch.equal(got, want), (block_n, splits, programs)
