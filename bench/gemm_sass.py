@@ -38,7 +38,6 @@ INTS = ("M", "N", "K", "num_pairs", "k_per_split", "stride_xm", "stride_xk", "st
 
 def source(fmt: int, gated: bool, dequant: int, block_m: int, block_n: int, block_k: int, group: int) -> ASTSource:
     """gemm_kernel as gemm() launches it."""
-    kernel = gemm_kernel
     signature = {**POINTERS, "w_ptr": "*bf16" if fmt == FLOAT else "*i8", **{name: "i32" for name in INTS}}
     signature["stride_we"] = "i64"
     constants = {"MOE": True, "X_ROW_DIV": 4 if gated else 1, "WEIGHTED": not gated, "GATED": gated,
@@ -48,9 +47,9 @@ def source(fmt: int, gated: bool, dequant: int, block_m: int, block_n: int, bloc
     unit = ("stride_xk", "stride_sn", "stride_on", *weight_unit)
     constants.update({name: 1 for name in unit})  # the runtime specializes arguments equal to 1
     signature.update({name: "constexpr" for name in constants})
-    index = kernel.arg_names.index
+    index = gemm_kernel.arg_names.index
     divisible = [n for n, t in signature.items() if t.startswith("*") or (t in ("i32", "i64") and n not in ("M", "num_pairs"))]
-    return ASTSource(fn=kernel, signature=signature, constexprs={(index(n),): v for n, v in constants.items()},
+    return ASTSource(fn=gemm_kernel, signature=signature, constexprs={(index(n),): v for n, v in constants.items()},
                      attrs={(index(n),): [["tt.divisibility", 16]] for n in divisible})
 
 

@@ -34,6 +34,7 @@ def main() -> None:
         case = GemmCase(*gemm_case_of(shape, args.precision, tokens, device))
         d = case.default
         default_us = round(replay_ms(case.launch(d), 20) * 1e3, 1)
+        case_rows = []
         for block_n, warps, split, stages in itertools.product((64, 128, 256), (4, 8), (d.split_k, 2 * d.split_k),
                                                                (3, 4, 5)):
             config = replace(d, block_n=block_n, num_warps=warps, split_k=split, num_stages=stages)
@@ -41,8 +42,9 @@ def main() -> None:
                 us = round(replay_ms(case.launch(config), 20) * 1e3, 1)
             except Exception as error:  # a configuration that does not fit: say so and go on
                 us = type(error).__name__
-            rows.append({"shape": shape, "tokens": tokens, "default_us": default_us, **config.to_dict(), "us": us})
-        timed = [r for r in rows[-36:] if isinstance(r["us"], float)]
+            case_rows.append({"shape": shape, "tokens": tokens, "default_us": default_us, **config.to_dict(), "us": us})
+        rows += case_rows
+        timed = [r for r in case_rows if isinstance(r["us"], float)]
         print(json.dumps({"shape": shape, "tokens": tokens, "default": d.to_dict(), "default_us": default_us,
                           "best": min(timed, key=lambda r: r["us"])}), file=sys.stderr, flush=True)
     Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}) + "\n")
