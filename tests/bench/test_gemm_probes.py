@@ -2,7 +2,8 @@
 README's numbers were taken (bench/ws_gemm_probe.py's warp-specialized kernel, bench/wgmma_rate_probe.py's
 loop: layout changes free, no spills, the partitions' register budgets), the read-only walks of
 bench/tile_read_probe.py and the partial sums of bench/persistent_int8_probe.py (Triton's interpreter),
-bench/gemm_fixed_cost_probe.py's line fit and bench/linear_split_probe.py's sum."""
+bench/gemm_fixed_cost_probe.py's line fit, bench/linear_split_probe.py's sum and bench/l2_prefetch_probe.py's
+prefetch kernel (compiled for sm_90)."""
 
 import json
 import os
@@ -154,3 +155,20 @@ def test_the_persistent_int8_probe_writes_gemms_partial_sums(gated):
         want = case.launch(replace(case.default, block_m=16, block_n=block_n, split_k=splits, dequant=1))()
         got = launcher(case, block_n, splits, programs)()
         assert torch.equal(got, want), (block_n, splits, programs)
+
+
+def test_the_l2_prefetch_probe_asks_for_every_chunk_of_its_block():
+    """bench/l2_prefetch_probe.py's kernel compiled for sm_90: one predicated bulk L2 prefetch of 2 KB for
+    each chunk of its block (256 chunks over a warp's 32 lanes: 8 a lane), none dropped as dead code."""
+    code = for_hopper("""
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        from l2_prefetch_probe import l2_prefetch_kernel
+        src = ASTSource(fn=l2_prefetch_kernel, signature={"ptr": "*i8", "chunks": "i32", "EIGHTHS": "constexpr",
+                                                          "BLOCK": "constexpr"},
+                        constexprs={(2,): 4, (3,): 256}, attrs={(0,): [["tt.divisibility", 16]]})
+        ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1}).asm["ptx"]
+        result = {"prefetches": ptx.count("@p cp.async.bulk.prefetch.L2.global"), "size": ptx.count("], 2048;")}
+    """)
+    assert code == {"prefetches": 8, "size": 8}
