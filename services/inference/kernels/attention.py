@@ -37,7 +37,7 @@ ONE_HEAD_TOKENS, PREFILL_HEADS = 128, 8
 
 @triton.jit
 def qkv_rope_kernel(parts_ptr, q_ptr, k_cache_ptr, v_cache_ptr, positions_ptr, slots_ptr, inv_freq_ptr,
-                    splits, stride_split, stride_row, stride_q, stride_slot, clip, k_scale, v_scale,
+                    stride_split, stride_row, stride_q, stride_slot, clip, k_scale, v_scale, SPLITS: tl.constexpr,
                     NH: tl.constexpr, NKV: tl.constexpr, HEAD_DIM: tl.constexpr, HEADS: tl.constexpr,
                     CLIP: tl.constexpr, INT8_KV: tl.constexpr, PDL: tl.constexpr):
     """Program (token t, group of HEADS heads; HEADS divides NH): the heads' columns of t's qkv row
@@ -56,7 +56,7 @@ def qkv_rope_kernel(parts_ptr, q_ptr, k_cache_ptr, v_cache_ptr, positions_ptr, s
     DTYPE = q_ptr.dtype.element_ty
     if group < NH // HEADS:
         head = group * HEADS + h
-        q1, q2 = _load_heads(row + head * HEAD_DIM, d, head < NH, splits, stride_split, DTYPE, CLIP, clip)
+        q1, q2 = _load_heads(row + head * HEAD_DIM, d, head < NH, SPLITS, stride_split, DTYPE, CLIP, clip)
         q_out = q_ptr + t * stride_q + head * HEAD_DIM + d
         tl.store(q_out, (q1 * cos - q2 * sin).to(DTYPE))
         tl.store(q_out + HALF, (q2 * cos + q1 * sin).to(DTYPE))
@@ -65,22 +65,23 @@ def qkv_rope_kernel(parts_ptr, q_ptr, k_cache_ptr, v_cache_ptr, positions_ptr, s
         if slot >= 0:
             g = (group - NH // HEADS) * HEADS + h
             ok = g < NKV
-            k1, k2 = _load_heads(row + (NH + g) * HEAD_DIM, d, ok, splits, stride_split, DTYPE, CLIP, clip)
-            v1, v2 = _load_heads(row + (NH + NKV + g) * HEAD_DIM, d, ok, splits, stride_split, DTYPE, CLIP, clip)
+            k1, k2 = _load_heads(row + (NH + g) * HEAD_DIM, d, ok, SPLITS, stride_split, DTYPE, CLIP, clip)
+            v1, v2 = _load_heads(row + (NH + NKV + g) * HEAD_DIM, d, ok, SPLITS, stride_split, DTYPE, CLIP, clip)
             dest = slot * stride_slot + g * HEAD_DIM + d
             _store_kv(k_cache_ptr + dest, k1 * cos - k2 * sin, k2 * cos + k1 * sin, ok, HALF, k_scale, INT8_KV)
             _store_kv(v_cache_ptr + dest, v1, v2, ok, HALF, v_scale, INT8_KV)
 
 
 @triton.jit
-def _load_heads(ptrs, d, mask, splits, stride_split, DTYPE: tl.constexpr, CLIP: tl.constexpr, clip):
+def _load_heads(ptrs, d, mask, SPLITS: tl.constexpr, stride_split, DTYPE: tl.constexpr, CLIP: tl.constexpr,
+                clip):
     """Heads' two halves [HEADS, HEAD_DIM / 2] as float32 (ptrs: each head's first column): the sum of
-    their `splits` parts in order, rounded to DTYPE (what splits.py's sum_splits would have written: the
-    same bits), clipped to [-clip, clip] if CLIP."""
+    their SPLITS parts in order (unrolled: every load asked for first), rounded to DTYPE (what splits.py's
+    sum_splits would have written: the same bits), clipped to [-clip, clip] if CLIP."""
     HALF: tl.constexpr = d.shape[1]
     x1 = tl.zeros((ptrs.shape[0], HALF), dtype=tl.float32)
     x2 = tl.zeros((ptrs.shape[0], HALF), dtype=tl.float32)
-    for s in range(0, splits):
+    for s in tl.static_range(SPLITS):
         x1 += tl.load(ptrs + s * stride_split + d, mask=mask, other=0.0).to(tl.float32)
         x2 += tl.load(ptrs + s * stride_split + HALF + d, mask=mask, other=0.0).to(tl.float32)
     x1, x2 = x1.to(DTYPE).to(tl.float32), x2.to(DTYPE).to(tl.float32)
@@ -242,9 +243,9 @@ class TritonPagedCache:
         q = torch.empty(n, nh, hd, dtype=self.dtype, device=parts.device)
         heads = 1 if n <= ONE_HEAD_TOKENS else math.gcd(nh, PREFILL_HEADS)
         qkv_rope_kernel[(n, nh // heads + triton.cdiv(nkv, heads))](
-            parts, q, k, v, t.positions, t.slots, self.inv_freq, parts.shape[0], parts.stride(0), parts.stride(1),
-            q.stride(0), k.stride(0), self.cfg.clip_qkv or 0.0, k_scale, v_scale, NH=nh, NKV=nkv, HEAD_DIM=hd,
-            HEADS=heads, CLIP=self.cfg.clip_qkv is not None, INT8_KV=self.scales is not None,
+            parts, q, k, v, t.positions, t.slots, self.inv_freq, parts.stride(0), parts.stride(1),
+            q.stride(0), k.stride(0), self.cfg.clip_qkv or 0.0, k_scale, v_scale, SPLITS=parts.shape[0], NH=nh,
+            NKV=nkv, HEAD_DIM=hd, HEADS=heads, CLIP=self.cfg.clip_qkv is not None, INT8_KV=self.scales is not None,
             num_warps=1 if heads == 1 else 4, **pdl(parts))
         out = torch.empty(n, nh * hd, dtype=self.dtype, device=parts.device)
         partial = torch.empty(self.splits, n, nh, hd, dtype=torch.float32, device=parts.device) if self.splits > 1 else out

@@ -18,17 +18,18 @@ BLOCK = 512  # columns a program
 
 
 @triton.jit
-def sum_splits_kernel(parts_ptr, out_ptr, S, N, stride_s, stride_m, stride_out, half,
+def sum_splits_kernel(parts_ptr, out_ptr, N, stride_s, stride_m, stride_out, half, SPLITS: tl.constexpr,
                       ROWS: tl.constexpr, GATED: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    """Output row m, columns of program 1: the sum over S splits and ROWS rows (m * ROWS ...) of parts,
-    in float32; GATED: SwiGLU of the sums of columns c (up) and half + c (gate)."""
+    """Output row m, columns of program 1: the sum over SPLITS splits and ROWS rows (m * ROWS ...) of
+    parts, in float32, in that order; GATED: SwiGLU of the sums of columns c (up) and half + c (gate).
+    Both loops unrolled: every load is asked for before the first add waits on one."""
     wait_for_inputs(PDL)
     m = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < N
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     gate = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(0, S):
+    for s in tl.static_range(SPLITS):
         for r in tl.static_range(ROWS):
             row = parts_ptr + s * stride_s + (m * ROWS + r) * stride_m + cols
             acc += tl.load(row, mask=ok, other=0.0).to(tl.float32)
@@ -48,6 +49,6 @@ def sum_splits(parts: torch.Tensor, dtype: torch.dtype, gated: bool = False, row
     n = width // 2 if gated else width
     out = torch.empty(rows // rows_per_out, n, dtype=dtype, device=parts.device)
     grid = (out.shape[0], triton.cdiv(n, BLOCK))
-    sum_splits_kernel[grid](parts, out, splits, n, parts.stride(0), parts.stride(1), out.stride(0), n,
+    sum_splits_kernel[grid](parts, out, n, parts.stride(0), parts.stride(1), out.stride(0), n, SPLITS=splits,
                             ROWS=rows_per_out, GATED=gated, BLOCK=BLOCK, num_warps=4, **pdl(parts))
     return out
