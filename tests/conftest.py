@@ -1,5 +1,6 @@
 """Fixtures shared by every test: tiny DBRX models made with transformers (the oracle)."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -9,9 +10,25 @@ import torch
 if not torch.cuda.is_available():  # Triton kernels run in Triton's interpreter (set before triton is imported)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from dbrx_serve.shared.logs import ContextIds
 from dbrx_serve.shared.testing import TinySpec, save_tiny_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"  # ../shared beside the repo
+
+
+@pytest.fixture(autouse=True)
+def logging_undone():
+    """Undo what a command run in-process configured (shared/logs.py's `configure`: the root logger's one
+    handler, on the stderr pytest captures for that test, and the levels): left, every later line would be
+    written to a closed stream ("--- Logging error --- ... I/O operation on closed file", a line of grpc's
+    poller thread among them)."""
+    root, package = logging.getLogger(), logging.getLogger("dbrx_serve")
+    levels = root.level, package.level
+    yield
+    for handler in [h for h in root.handlers if any(isinstance(f, ContextIds) for f in h.filters)]:
+        root.removeHandler(handler)
+    root.setLevel(levels[0])
+    package.setLevel(levels[1])
 
 
 @pytest.fixture(scope="session")
