@@ -89,10 +89,10 @@ def persistent_kernel(x_ptr, w_ptr, scale_ptr, out_ptr, sorted_ids_ptr, block_ex
             cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
             out_ptrs = out_ptr + pid_k * stride_os + rows[None, :] * stride_om
             _finish(acc, acc, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, 0, topk_weights_ptr,
-                    out_ptrs, 1, N, True, False, WEIGHTED)
+                    out_ptrs, 1, N, False, False, False)  # bare partial sums, as gemm_kernel's (PARTIAL)
             if GATED:
                 _finish(gate, gate, cols + N, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, 0,
-                        topk_weights_ptr, out_ptrs, 1, 2 * N, True, False, WEIGHTED)
+                        topk_weights_ptr, out_ptrs, 1, 2 * N, False, False, False)
             acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
             gate = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
 

@@ -130,11 +130,12 @@ def _epilogue_inputs(pid_n, pid_m, live, scale_ptr, sorted_ids_ptr, block_expert
 @gluon.jit
 def _finish(acc, gate, cols, rows, mask, s_up, s_gate, weights, out_ptr, pid_k, N, stride_os, stride_om, split,
             GATED: gl.constexpr):
-    """gemm.py's _finish: per-channel scales, SwiGLU or the split's partial sums, router weights; store."""
-    acc *= s_up[:, None] * weights[None, :]
+    """gemm.py's _finish: per-channel scales, SwiGLU, router weights, or the split's bare partial sums; store."""
     out_ptrs = out_ptr + pid_k * stride_os + rows[None, :] * stride_om + cols[:, None]
-    if GATED:
+    if split == 1:
+        acc *= s_up[:, None] * weights[None, :]
         gate *= s_gate[:, None] * weights[None, :]
+    if GATED:
         if split > 1:  # partial sums of up [.., :N] and gate [.., N:]
             gl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
             gl.store(out_ptrs + N, gate.to(out_ptr.dtype.element_ty), mask=mask)

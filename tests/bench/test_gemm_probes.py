@@ -2,8 +2,8 @@
 README's numbers were taken (bench/ws_gemm_probe.py's warp-specialized kernel, bench/wgmma_rate_probe.py's
 loop: layout changes free, no spills, the partitions' register budgets), the read-only walks of
 bench/tile_read_probe.py and the partial sums of bench/persistent_int8_probe.py (Triton's interpreter),
-bench/gemm_fixed_cost_probe.py's line fit, bench/linear_split_probe.py's sum and bench/l2_prefetch_probe.py's
-prefetch kernel (compiled for sm_90)."""
+bench/gemm_fixed_cost_probe.py's line fit, bench/linear_split_probe.py's sum, bench/l2_prefetch_probe.py's
+prefetch kernel (compiled for sm_90) and bench/epilogue_loads_probe.py's copies of gemm.py."""
 
 import json
 import os
@@ -172,3 +172,17 @@ def test_the_l2_prefetch_probe_asks_for_every_chunk_of_its_block():
         result = {"prefetches": ptx.count("@p cp.async.bulk.prefetch.L2.global"), "size": ptx.count("], 2048;")}
     """)
     assert code == {"prefetches": 8, "size": 8}
+
+
+@pytest.mark.parametrize("name", ["epilogue", "prologue", "both"])
+def test_the_epilogue_loads_probe_copies_gemm_with_its_cuts(name, tmp_path):
+    """bench/epilogue_loads_probe.py's copies of services/inference/kernels/gemm.py: every cut found in the
+    kernel as it is now (else the probe stops), made, and the copy imports with a gemm() of its own."""
+    from epilogue_loads_probe import CUTS, copy
+
+    import dbrx_serve.services.inference.kernels.gemm as engine_gemm
+
+    module = copy(str(tmp_path), name)
+    text = (tmp_path / f"gemm_{name}.py").read_text()
+    assert all(new in text for new in CUTS[name].values())
+    assert module.gemm is not engine_gemm.gemm and module.gemm_kernel is not engine_gemm.gemm_kernel

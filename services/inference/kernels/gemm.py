@@ -26,7 +26,10 @@ block b. The grid covers the most blocks any routing can need and blocks past
 sync, CUDA-graph safe). `gated` fuses DBRX's SwiGLU: the weight holds [up; gate]
 along N and the kernel writes up * silu(gate). `split_k` > 1 writes float32
 partial sums [split_k, M, N] that the caller adds up (gated: up's and gate's
-apart, [split_k, M, 2N]: SwiGLU comes after their sum).
+apart, [split_k, M, 2N]: SwiGLU comes after their sum); the experts' are the
+bare sums over each split's K rows, without the per-channel scale and the router
+weight, which their sum applies once (splits.py's sum_splits, given each row's
+expert), so that a program's last step stores without waiting on a load.
 """
 
 from dataclasses import dataclass, replace
@@ -207,13 +210,14 @@ def gemm_kernel(
     stride_se, stride_sg, stride_sn,
     stride_os, stride_om, stride_on,
     gate_offset,
-    MOE: tl.constexpr, X_ROW_DIV: tl.constexpr, WEIGHTED: tl.constexpr, GATED: tl.constexpr,
+    MOE: tl.constexpr, X_ROW_DIV: tl.constexpr, WEIGHTED: tl.constexpr, GATED: tl.constexpr, PARTIAL: tl.constexpr,
     FMT: tl.constexpr, DEQ: tl.constexpr, PRECISION: tl.constexpr, GROUP: tl.constexpr, PTX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """DEQ: how int weights become floats: 0 casts, 1 places bits in a float's mantissa, 3 (bfloat16,
-    NVIDIA) by inline PTX, a word at a time (NIBBLES_TO_BF16, BYTES_TO_BF16). GROUP: the K rows of a
-    group-wise scale (0: per channel). int strides: stride_wn from one tile of 64 rows to the next,
+    NVIDIA) by inline PTX, a word at a time (NIBBLES_TO_BF16, BYTES_TO_BF16). PARTIAL: an expert GEMM's K
+    split: bare partial sums (no per-channel scale, no router weight: their sum applies them). GROUP: the K
+    rows of a group-wise scale (0: per channel). int strides: stride_wn from one tile of 64 rows to the next,
     stride_wk from one tile of 64 K rows to the next (BLOCK_K 64). PTX: on an NVIDIA GPU (inline PTX)."""
     tl.static_assert(DEQ != 3 or (FMT != 0 and x_ptr.dtype.element_ty == tl.bfloat16),
                      "DEQ 3 converts int weights to bfloat16 only")
@@ -271,15 +275,18 @@ def gemm_kernel(
         x_ptrs += BLOCK_K * stride_xk
 
     out_ptrs = out_ptr + pid_k * stride_os + rows[None, :] * stride_om
-    SCALED: tl.constexpr = FMT != 0 and GROUP == 0  # per-channel scales, applied once
-    if GATED and tl.num_programs(2) > 1:  # partial sums of up [.., :N] and gate [.., N:], scaled
+    # per-channel scales, applied once, and router weights; none on an expert GEMM's bare partial sums (PARTIAL,
+    # 40 layers at batch 1: int8 94.2 -> 95.2 tokens/s, int4 145.7 -> 146.6; bench/results/decode_split_scales_ab.json)
+    SCALED: tl.constexpr = FMT != 0 and GROUP == 0 and not PARTIAL
+    WEIGH: tl.constexpr = WEIGHTED and not PARTIAL
+    if GATED and tl.num_programs(2) > 1:  # partial sums of up [.., :N] and gate [.., N:]
         _finish(acc, acc, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, 0, topk_weights_ptr,
-                out_ptrs, stride_on, N, SCALED, False, WEIGHTED)
+                out_ptrs, stride_on, N, SCALED, False, WEIGH)
         _finish(gate, gate, cols + N, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, 0, topk_weights_ptr,
-                out_ptrs, stride_on, 2 * N, SCALED, False, WEIGHTED)
+                out_ptrs, stride_on, 2 * N, SCALED, False, WEIGH)
     else:
         _finish(acc, gate, cols, rows, row_ok, expert, scale_ptr, stride_se, stride_sn, gate_offset,
-                topk_weights_ptr, out_ptrs, stride_on, N, SCALED, GATED, WEIGHTED)
+                topk_weights_ptr, out_ptrs, stride_on, N, SCALED, GATED, WEIGH)
 
 
 @dataclass(frozen=True)
@@ -331,7 +338,8 @@ def precision_of(dtype: torch.dtype) -> str | None:
 
 def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, moe=None,
          x_row_div: int = 1, topk_weights: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
-    """Launch the kernel: x [rows, K] -> out [M, N] (or [split_k, M, N] float32 partials).
+    """Launch the kernel: x [rows, K] -> out [M, N] (or [split_k, M, N] float32 partial sums; the experts'
+    before the scale and the router weight: `split_scale` says which scale their sum applies).
     `moe` = (sorted_ids, block_experts, num_sorted, num_pairs) for the experts."""
     n_out = w.n // 2 if gated else w.n
     columns = out_columns(w, config, gated)
@@ -366,7 +374,8 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
             scale.stride(0) if w.scale is not None else 0, scale.stride(1) if w.group_size else 0,
             scale.stride(-1) if w.scale is not None else 0, out3.stride(0), out3.stride(1), out3.stride(2), gate_offset]
     flags = dict(MOE=moe is not None, X_ROW_DIV=x_row_div, WEIGHTED=topk_weights is not None, GATED=gated,
-                 BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps, **pdl(x))
+                 PARTIAL=moe is not None and config.split_k > 1, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+                 num_warps=config.num_warps, **pdl(x))
     weight_bytes = BITS[w.fmt] / 8 if w.fmt != FLOAT else w.tensor.element_size()  # a value, as loaded
     stage = (config.block_m * x.element_size() + config.block_n * (2 if gated else 1) * weight_bytes) * config.block_k
     stages = max(1, min(config.num_stages, int(SHARED_MEMORY_BYTES // stage)))  # float32 tiles need fewer
@@ -374,6 +383,12 @@ def gemm(x: torch.Tensor, w: Weights, out: torch.Tensor, config: GemmConfig, *, 
                       PRECISION=precision_of(x.dtype), GROUP=w.group_size, PTX=on_nvidia(x), BLOCK_M=config.block_m,
                       **flags, num_stages=stages)
     return out
+
+
+def split_scale(w: Weights, config: GemmConfig) -> torch.Tensor | None:
+    """The per-channel scale [E, N] that the sum of an expert GEMM's K-split partial sums must apply (None:
+    none left, the kernel applied it or the weights have none)."""
+    return w.scale if config.split_k > 1 and w.fmt != FLOAT and not w.group_size else None
 
 
 def out_columns(w: Weights, config: GemmConfig, gated: bool) -> int:

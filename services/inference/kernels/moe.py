@@ -7,7 +7,8 @@
             route and align are one program: route_align_kernel)
     gemm    gate+up for all active experts in one launch, SwiGLU fused (gemm.py)
     gemm    down for all active experts in one launch, times the router weight
-    sum     the K splits and top-k outputs of each token (splits.py; deterministic: no atomics)
+    sum     the K splits and top-k outputs of each token, with the scales and router weights a K
+            split's partial sums still lack (splits.py; deterministic: no atomics)
 
 Every launch has a size fixed by the number of tokens alone, so decode steps
 capture into CUDA graphs. `FusedMoE` takes the model's `MoE` parameters as they
@@ -22,7 +23,7 @@ import triton.language as tl
 from dbrx_serve.shared.model import MoE
 
 from .device import pdl, wait_for_inputs
-from .gemm import GemmConfig, Weights, gemm, moe_config
+from .gemm import GemmConfig, Weights, gemm, moe_config, split_scale
 from .splits import sum_splits
 
 # Decode sizes take the router's logits from our two kernels (in a CUDA graph, under PDL): int4, 40 layers,
@@ -256,12 +257,15 @@ class FusedMoE(MoE):
         weights, ids, sorted_ids, block_experts, num_sorted = route_and_align(
             x, self.router.weight, k, self.norm_p, num_experts, self.expert_offset, up_config.block_m)
         moe = (sorted_ids, block_experts, num_sorted, n * k)
-        act = self.activation(x, fc, up_config, moe)  # [N*K,Il]
+        act = self.activation(x, fc, up_config, moe, ids)  # [N*K,Il]
         y = self.down_buffer(n * k, x, down_config)  # [S,N*K,H]
         gemm(act, proj, y, down_config, moe=moe, topk_weights=weights)
-        return sum_splits(y, x.dtype, rows_per_out=k).view(shape)  # the splits and each token's top-k
+        split = down_config.split_k > 1  # the splits' sums are bare: their scales and router weights here
+        return sum_splits(y, x.dtype, rows_per_out=k, **self.split_factors(proj, down_config, ids),
+                          row_weights=weights.view(-1) if split else None).view(shape)
 
-    def activation(self, x: torch.Tensor, fc: Weights, config: GemmConfig, moe: tuple) -> torch.Tensor:
+    def activation(self, x: torch.Tensor, fc: Weights, config: GemmConfig, moe: tuple, ids: torch.Tensor
+                   ) -> torch.Tensor:
         """SwiGLU of gate+up for every pair: in the GEMM, or after the sum of its K-split partials."""
         num_pairs = moe[3]
         if config.split_k == 1:
@@ -269,7 +273,12 @@ class FusedMoE(MoE):
             return gemm(x, fc, act, config, moe=moe, x_row_div=self.top_k, gated=True)
         parts = torch.empty(config.split_k, num_pairs, 2 * self.ffn_size, dtype=torch.float32, device=x.device)
         gemm(x, fc, parts, config, moe=moe, x_row_div=self.top_k, gated=True)
-        return sum_splits(parts, x.dtype, gated=True)
+        return sum_splits(parts, x.dtype, gated=True, **self.split_factors(fc, config, ids))
+
+    def split_factors(self, w: Weights, config: GemmConfig, ids: torch.Tensor) -> dict:
+        """sum_splits' scale of each pair's expert, where the GEMM's K split left it (gemm.py's split_scale)."""
+        scale = split_scale(w, config)
+        return {} if scale is None else dict(scale=scale, experts=ids.view(-1), expert_offset=self.expert_offset)
 
     def down_buffer(self, num_pairs: int, x: torch.Tensor, config: GemmConfig) -> torch.Tensor:
         """Zeros where pairs may go to another rank's experts (never written here), else uninitialized."""

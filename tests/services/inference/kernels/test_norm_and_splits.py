@@ -104,8 +104,49 @@ def test_sum_splits_matches_the_torch_chain(splits, rows_per_out, gated, dtype, 
     assert relative_error(got.cpu(), want) <= BOUND[dtype]
 
 
+@pytest.mark.parametrize("gated", [False, True], ids=["down", "swiglu"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_sum_splits_scales_each_rows_sum_by_its_experts_scale(gated, dtype, device):
+    """Bare K-split sums (gemm.py leaves the scale and the router weight to their sum): each row's sum
+    times the per-channel scale of its expert (ids less the rank's first expert; a row of another rank's
+    expert counts zero), down's times its router weight, then each token's top-k rows (down) or SwiGLU
+    (gate+up)."""
+    g = torch.Generator().manual_seed(7)
+    splits, tokens, k, width, local, offset = 3, 2, 1 if gated else 4, 2 * 300, 4, 8
+    parts = torch.randn(splits, tokens * k, width, generator=g)
+    scale = torch.rand(local, width, generator=g) + 0.5
+    ids = torch.tensor([3, 8, 11, 9, 10, 8, 12, 11][:tokens * k], dtype=torch.int32)  # 3 and 12: another rank's
+    weights = torch.rand(tokens * k, generator=g)
+    expert = ids.long() - offset
+    mine = (expert >= 0) & (expert < local)
+    rows = parts.sum(0) * torch.where(mine[:, None], scale[expert.clamp(0, local - 1)], 0.0)
+    extra = {} if gated else dict(row_weights=weights.to(device))
+    got = sum_splits(parts.to(device), dtype, gated=gated, rows_per_out=k, scale=scale.to(device),
+                     experts=ids.to(device), expert_offset=offset, **extra)
+    if gated:
+        up, gate = rows.chunk(2, dim=-1)
+        want = up * F.silu(gate)
+    else:
+        want = (rows * weights[:, None]).view(tokens, k, width).sum(1)
+    assert not mine.all() and got.shape == want.shape and got.dtype == dtype
+    assert relative_error(got.cpu(), want) <= BOUND[dtype]
+
+
 def test_sum_splits_refuses_what_it_cannot_sum(device):
     with pytest.raises(ValueError, match="R a multiple of 4"):
         sum_splits(torch.zeros(2, 6, 8, device=device), torch.float32, rows_per_out=4)
     with pytest.raises(ValueError, match="contiguous last dimension"):
         sum_splits(torch.zeros(2, 8, 6, device=device).transpose(1, 2), torch.float32)
+    parts = torch.zeros(2, 4, 8, device=device)
+    experts = torch.zeros(4, dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match=r"scale is the experts' \[E, 8\].* with each of the 4 rows' expert: got "
+                                         r"\(3, 8\) and no experts"):
+        sum_splits(parts, torch.float32, scale=torch.ones(3, 8, device=device))
+    with pytest.raises(ValueError, match=r"got \(6,\) and 4 experts"):
+        sum_splits(parts, torch.float32, scale=torch.ones(6, device=device), experts=experts)
+    with pytest.raises(ValueError, match=r"got \(3, 8\) and 3 experts"):
+        sum_splits(parts, torch.float32, scale=torch.ones(3, 8, device=device), experts=experts[:3])
+    with pytest.raises(ValueError, match=r"not of SwiGLU's halves.*got \(4,\) for gate\+up"):
+        sum_splits(parts, torch.float32, gated=True, row_weights=torch.ones(4, device=device))
+    with pytest.raises(ValueError, match=r"the 4 rows .* by as many contiguous weights: got \(3,\)"):
+        sum_splits(parts, torch.float32, row_weights=torch.ones(3, device=device))
