@@ -37,10 +37,11 @@ INTS = ("M", "N", "K", "num_pairs", "k_per_split", "stride_xm", "stride_xk", "st
 
 
 def source(fmt: int, gated: bool, dequant: int, block_m: int, block_n: int, block_k: int, group: int) -> ASTSource:
-    """gemm_kernel as gemm() launches it."""
+    """gemm_kernel as gemm() launches it (an unsplit launch: the epilogue that scales; the K loop, which this
+    reports, is the same for a K split's bare partial sums)."""
     signature = {**POINTERS, "w_ptr": "*bf16" if fmt == FLOAT else "*i8", **{name: "i32" for name in INTS}}
     signature["stride_we"] = "i64"
-    constants = {"MOE": True, "X_ROW_DIV": 4 if gated else 1, "WEIGHTED": not gated, "GATED": gated,
+    constants = {"MOE": True, "X_ROW_DIV": 4 if gated else 1, "WEIGHTED": not gated, "GATED": gated, "PARTIAL": False,
                  "BLOCK_N": block_n, "BLOCK_K": block_k, "PDL": True, "FMT": fmt, "DEQ": dequant if fmt != FLOAT else 0,
                  "PRECISION": None, "BLOCK_M": block_m, "PTX": True, "GROUP": group}
     weight_unit = ("stride_wk",) if fmt == FLOAT else ()  # int: strides of whole tiles
