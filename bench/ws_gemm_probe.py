@@ -1,12 +1,12 @@
-"""A probe (exploration, kept for its numbers): the experts' int4 GEMM warp-specialized, written in Gluon
-(Triton's lower-level language, in the same Triton), against gemm_kernel (services/inference/kernels/gemm.py)
-on the same inputs.
+"""A probe (exploration, kept for its numbers): the experts' int4 (or int8) GEMM warp-specialized, written in
+Gluon (Triton's lower-level language, in the same Triton), against gemm_kernel
+(services/inference/kernels/gemm.py) on the same inputs.
 
 gemm_kernel's warps both load and convert: each K step they issue the next tiles' copies, wait for this
 tile, convert its nibbles and wait for its wgmma. Here one producer warp streams the weight tiles in by TMA
 (and the step's token rows by cp.async) into a ring of STAGES buffers, and the program's other warps, a
 warpgroup, only convert and multiply, each waiting on an mbarrier for its buffer. Same tiles
-(shared/tiles.py), same conversion (gemm.py's NIBBLES_TO_BF16), same work items as gemm_kernel's
+(shared/tiles.py), same conversion (gemm.py's NIBBLES_TO_BF16; int8: BYTES_TO_BF16), same work items as gemm_kernel's
 grid, same outputs (K-split partial sums as gemm() writes them). A program takes one item (per_sm 0) or
 is persistent (per_sm programs a multiprocessor, each looping over items; the producer runs on into the
 next item while the warpgroup finishes one). VARIANTS: ring depth, register budget (maxnreg for the
@@ -14,6 +14,7 @@ program, worker_regs for the producer warp), programs a multiprocessor.
 
     python bench/ws_gemm_probe.py --sass                 # compile for sm_90 here (no GPU): registers, code
     python bench/ws_gemm_probe.py OUT.json --tokens 1 8 64  # on the GPU: time and error against gemm_kernel
+        [--precision int8]  # int8 tiles (4,096 bytes, converted by BYTES_TO_BF16); int4 by default
         [--no-convert]  # also the conversion left out (wrong values): what a free conversion would buy
         [--block_m8]    # also 8 rows a tile (wgmma 64x8x16) where the default has 16
 
@@ -35,12 +36,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (async_copy, fence_
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from dbrx_serve.services.inference.kernels.device import num_sms
-from dbrx_serve.services.inference.kernels.gemm import NIBBLES_TO_BF16
+from dbrx_serve.services.inference.kernels.gemm import BYTES_TO_BF16, NIBBLES_TO_BF16
 
-BOX = [8, 256]  # a 64 x 64 tile's 2,048 bytes as TMA takes them (at most 256 a dimension)
+# a 64 x 64 tile as TMA takes it (at most 256 bytes a dimension): int4's 2,048 bytes, int8's 4,096
+BOX = {"int4": [8, 256], "int8": [16, 256]}
 # COPY: a word's four registers are the word itself (values wrong): with it the warpgroup does all but the
-# conversion, which bounds what a cheaper conversion could gain (--no-convert)
+# conversion, which bounds what a cheaper conversion could gain (--no-convert); COPY8 the same for int8
 COPY = gl.constexpr("mov.b32 $0, $4; mov.b32 $1, $4; mov.b32 $2, $4; mov.b32 $3, $4;")
+COPY8 = gl.constexpr("mov.b32 $0, $2; mov.b32 $1, $2;")
 
 
 @gluon.jit
@@ -76,6 +79,7 @@ def _producer(w_desc, x_ptr, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, 
         row_ok = rows < num_pairs
         x_rows = x_ptr + (rows // X_ROW_DIV).to(gl.int64)[:, None] * stride_xm
         tile_row = gl.load(block_experts_ptr + pid_m) * tiles_per_expert + pid_n * (BLOCK_N // 64)
+        TILE_ROWS: gl.constexpr = w_desc.block_type.shape[1]  # TMA rows a tile: 8 (int4) or 16 (int8)
         for i in range(steps):
             s = it % STAGES
             mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)
@@ -85,24 +89,32 @@ def _producer(w_desc, x_ptr, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, 
                                                    mask=row_ok[:, None] & ((k + cols) < K)[None, :])
             async_copy.mbarrier_arrive(ready.index(s))
             mbarrier.expect(ready.index(s), nbytes)
-            tma.async_copy_global_to_shared(w_desc, [tile_row, k // 8, 0], ready.index(s), w_bufs.index(2 * s))
+            tma.async_copy_global_to_shared(w_desc, [tile_row, k // 64 * TILE_ROWS, 0], ready.index(s),
+                                            w_bufs.index(2 * s))
             if GATED:
-                tma.async_copy_global_to_shared(w_desc, [tile_row + gate_tiles, k // 8, 0], ready.index(s),
-                                                w_bufs.index(2 * s + 1))
+                tma.async_copy_global_to_shared(w_desc, [tile_row + gate_tiles, k // 64 * TILE_ROWS, 0],
+                                                ready.index(s), w_bufs.index(2 * s + 1))
             it += 1
 
 
 @gluon.jit
-def _tile(buf, A: gl.constexpr, BLOCK_N: gl.constexpr, CONVERT: gl.constexpr):
+def _tile(buf, A: gl.constexpr, BLOCK_N: gl.constexpr, CONVERT: gl.constexpr, INT8: gl.constexpr):
     """A [BLOCK_N, 64] bfloat16 weight tile in wgmma's register layout from its bytes in shared memory: a
-    lane's 16 bytes, converted (gemm.py's _int4_tile)."""
+    lane's 16 bytes, converted (gemm.py's _tile: int4 four rows of 512 bytes a tile, int8 eight)."""
     WORDS: gl.constexpr = gl.BlockedLayout([1, 16], [1, 32], [4, 1], [1, 0])
     flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-    packed = buf._reinterpret(gl.int8, [BLOCK_N // 16, 512], flat).load(WORDS)
-    j0, j1 = gl.inline_asm_elementwise(NIBBLES_TO_BF16 if CONVERT else COPY, "=r,=r,=r,=r,r", [packed],
-                                       dtype=(gl.bfloat16, gl.bfloat16), is_pure=True, pack=4)
-    v = gl.reshape(gl.join(j0, j1), (BLOCK_N // 64, 4, 8, 4, 4, 2, 2, 2))  # tile w g t s h e j
-    v = gl.permute(v, (0, 1, 5, 2, 4, 7, 3, 6))  # rows (tile, w, h, g), columns (s, j, t, e)
+    if INT8:
+        packed = buf._reinterpret(gl.int8, [BLOCK_N // 8, 512], flat).load(WORDS)
+        v = gl.inline_asm_elementwise(BYTES_TO_BF16 if CONVERT else COPY8, "=r,=r,r", [packed], dtype=gl.bfloat16,
+                                      is_pure=True, pack=4)
+        v = gl.reshape(v, (BLOCK_N // 64, 2, 4, 8, 4, 4, 2, 2))  # tile c w g t (s' j) h e
+        v = gl.permute(v, (0, 2, 6, 3, 1, 5, 4, 7))  # rows (tile, w, h, g), columns (c, s' j, t, e)
+    else:
+        packed = buf._reinterpret(gl.int8, [BLOCK_N // 16, 512], flat).load(WORDS)
+        j0, j1 = gl.inline_asm_elementwise(NIBBLES_TO_BF16 if CONVERT else COPY, "=r,=r,=r,=r,r", [packed],
+                                           dtype=(gl.bfloat16, gl.bfloat16), is_pure=True, pack=4)
+        v = gl.reshape(gl.join(j0, j1), (BLOCK_N // 64, 4, 8, 4, 4, 2, 2, 2))  # tile w g t s h e j
+        v = gl.permute(v, (0, 1, 5, 2, 4, 7, 3, 6))  # rows (tile, w, h, g), columns (s, j, t, e)
     return gl.convert_layout(gl.reshape(v, (BLOCK_N, 64)), A, assert_trivial=True)
 
 
@@ -149,7 +161,7 @@ def _finish(acc, gate, cols, rows, mask, s_up, s_gate, weights, out_ptr, pid_k, 
 def _consumer(w_bufs, x_bufs, ready, empty, scale_ptr, out_ptr, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr,
               topk_weights_ptr, N, K, num_pairs, k_per_split, stride_se, stride_os, stride_om, grid_n, grid_m, items,
               WEIGHTED: gl.constexpr, GATED: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-              MMA: gl.constexpr, CONVERT: gl.constexpr):
+              MMA: gl.constexpr, CONVERT: gl.constexpr, INT8: gl.constexpr):
     """The warpgroup: for each K step of each item, wait for the buffer, convert the weights, multiply,
     free the buffer; then the item's epilogue."""
     STAGES: gl.constexpr = x_bufs.shape[0]
@@ -169,10 +181,10 @@ def _consumer(w_bufs, x_bufs, ready, empty, scale_ptr, out_ptr, sorted_ids_ptr, 
             mbarrier.wait(ready.index(s), (it // STAGES) & 1)
             fence_async_shared()  # the rows came by cp.async; wgmma reads them through the async proxy
             x = x_bufs.index(s).permute((1, 0))
-            up = _tile(w_bufs.index(2 * s), A, BLOCK_N, CONVERT)
+            up = _tile(w_bufs.index(2 * s), A, BLOCK_N, CONVERT, INT8)
             acc = warpgroup_mma(up, x, acc, is_async=True)
             if GATED:
-                g = _tile(w_bufs.index(2 * s + 1), A, BLOCK_N, CONVERT)
+                g = _tile(w_bufs.index(2 * s + 1), A, BLOCK_N, CONVERT, INT8)
                 gate = warpgroup_mma(g, x, gate, is_async=True)
                 acc, gate, up, g = warpgroup_mma_wait(0, deps=[acc, gate, up, g])  # up, g: kept until read
             else:
@@ -189,8 +201,9 @@ def ws_gemm_kernel(x_ptr, w_desc, scale_ptr, out_ptr, sorted_ids_ptr, block_expe
                    topk_weights_ptr, N, K, num_pairs, k_per_split, stride_xm, stride_se, stride_os, stride_om,
                    tiles_per_expert, gate_tiles, grid_n, grid_m, items,
                    X_ROW_DIV: gl.constexpr, WEIGHTED: gl.constexpr, GATED: gl.constexpr, BLOCK_M: gl.constexpr,
-                   BLOCK_N: gl.constexpr, STAGES: gl.constexpr, WORKER_REGS: gl.constexpr, CONVERT: gl.constexpr):
-    """gemm_kernel's expert GEMM (MOE, int4 tiles, per-channel scales) over the items of its grid (grid_n x
+                   BLOCK_N: gl.constexpr, STAGES: gl.constexpr, WORKER_REGS: gl.constexpr, CONVERT: gl.constexpr,
+                   INT8: gl.constexpr):
+    """gemm_kernel's expert GEMM (MOE, int4 or INT8 tiles, per-channel scales) over the items of its grid (grid_n x
     grid_m x split), a program taking items pid, pid + programs, ..., in two partitions."""
     gl.static_assert(BLOCK_N % 64 == 0)
     w_bufs = gl.allocate_shared_memory(gl.int8, [2 * STAGES] + w_desc.block_type.shape, w_desc.layout)
@@ -205,7 +218,7 @@ def ws_gemm_kernel(x_ptr, w_desc, scale_ptr, out_ptr, sorted_ids_ptr, block_expe
     gl.warp_specialize([
         (_consumer, (w_bufs, x_bufs, ready, empty, scale_ptr, out_ptr, sorted_ids_ptr, block_experts_ptr,
                      num_sorted_ptr, topk_weights_ptr, N, K, num_pairs, k_per_split, stride_se, stride_os, stride_om,
-                     grid_n, grid_m, items, WEIGHTED, GATED, BLOCK_M, BLOCK_N, MMA, CONVERT)),
+                     grid_n, grid_m, items, WEIGHTED, GATED, BLOCK_M, BLOCK_N, MMA, CONVERT, INT8)),
         (_producer, (w_desc, x_ptr, sorted_ids_ptr, block_experts_ptr, num_sorted_ptr, w_bufs, x_bufs, ready, empty,
                      K, k_per_split, num_pairs, stride_xm, tiles_per_expert, gate_tiles, grid_n, grid_m, items,
                      X_ROW_DIV, GATED, BLOCK_M, BLOCK_N)),
@@ -213,17 +226,18 @@ def ws_gemm_kernel(x_ptr, w_desc, scale_ptr, out_ptr, sorted_ids_ptr, block_expe
 
 
 def weight_descriptor(tiles: torch.Tensor, block_n: int) -> TensorDescriptor:
-    """The int4 tiles [E, N'/64, K'/64, 2048] as TMA reads them: [E * N'/64, K'/64 * 8, 256], a box of
-    block_n / 64 tiles' rows and one K tile."""
-    e, nt, kt, _ = tiles.shape
-    view = tiles.view(e * nt, kt * BOX[0], BOX[1])
+    """The int4 tiles [E, N'/64, K'/64, 2048] (int8: 4096) as TMA reads them: [E * N'/64, K'/64 * 8 (16), 256],
+    a box of block_n / 64 tiles' rows and one K tile."""
+    e, nt, kt, tile_bytes = tiles.shape
+    box = BOX["int8" if tile_bytes == 4096 else "int4"]
+    view = tiles.view(e * nt, kt * box[0], box[1])
     layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8, rank=3)
-    return TensorDescriptor.from_tensor(view, [block_n // 64, *BOX], layout)
+    return TensorDescriptor.from_tensor(view, [block_n // 64, *box], layout)
 
 
 def ws_gemm(x, w, out, config, moe, x_row_div=1, topk_weights=None, gated=False, stages=4, maxnreg=None,
             worker_regs=40, per_sm=0, convert=True):
-    """gemm()'s experts GEMM through ws_gemm_kernel (int4 tiles, per-channel scales; config's block_m,
+    """gemm()'s experts GEMM through ws_gemm_kernel (int4 or int8 tiles, per-channel scales; config's block_m,
     block_n, split_k)."""
     sorted_ids, block_experts, num_sorted, num_pairs = moe
     n_out = w.n // 2 if gated else w.n
@@ -237,24 +251,25 @@ def ws_gemm(x, w, out, config, moe, x_row_div=1, topk_weights=None, gated=False,
         topk_weights if topk_weights is not None else x, n_out, w.k, num_pairs, config.k_per_split(w.k), x.stride(0),
         w.scale.stride(0), out3.stride(0), out3.stride(1), nt, nt // 2 if gated else 0, grid_n, grid_m, items,
         X_ROW_DIV=x_row_div, WEIGHTED=topk_weights is not None, GATED=gated, BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n, STAGES=stages, WORKER_REGS=worker_regs, CONVERT=convert, num_warps=4, maxnreg=maxnreg)
+        BLOCK_N=config.block_n, STAGES=stages, WORKER_REGS=worker_regs, CONVERT=convert,
+        INT8=w.tensor.shape[-1] == 4096, num_warps=4, maxnreg=maxnreg)
     return out
 
 
-def source(gated: bool, block_m: int, block_n: int, stages: int, worker_regs: int = 40):
+def source(gated: bool, block_m: int, block_n: int, stages: int, worker_regs: int = 40, int8: bool = False):
     """ws_gemm_kernel as the runtime specializes it for DBRX's gate+up (gated) or down GEMM, for
     compiling without a GPU (bench/gemm_sass.py's report)."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
-    tiles = torch.zeros(1, 2, 1, 2048, dtype=torch.int8)  # any: only its dtype and the box count
+    tiles = torch.zeros(1, 2, 1, 4096 if int8 else 2048, dtype=torch.int8)  # any: its dtype and box count
     pointers = {"x_ptr": "*bf16", "scale_ptr": "*bf16", "out_ptr": "*fp32" if gated else "*bf16",
                 "sorted_ids_ptr": "*i32", "block_experts_ptr": "*i32", "num_sorted_ptr": "*i32",
                 "topk_weights_ptr": "*fp32"}
     ints = ("N", "K", "num_pairs", "k_per_split", "stride_xm", "stride_se", "stride_os", "stride_om",
             "tiles_per_expert", "gate_tiles", "grid_n", "grid_m", "items")
     constants = {"X_ROW_DIV": 4 if gated else 1, "WEIGHTED": not gated, "GATED": gated, "BLOCK_M": block_m,
-                 "BLOCK_N": block_n, "STAGES": stages, "WORKER_REGS": worker_regs, "CONVERT": True}
+                 "BLOCK_N": block_n, "STAGES": stages, "WORKER_REGS": worker_regs, "CONVERT": True, "INT8": int8}
     signature = {**pointers, "w_desc": mangle_type(weight_descriptor(tiles, block_n)),
                  **{name: "i32" for name in ints}, **{name: "constexpr" for name in constants}}
     signature = {name: signature[name] for name in ws_gemm_kernel.arg_names}
@@ -271,11 +286,13 @@ def sass(args) -> list[dict]:
     from gemm_sass import report
 
     rows = []
+    int8 = args.precision == "int8"
     for gated in (True, False):
+        block_n = 64 if int8 and gated else 128  # the engine's defaults (gemm.py's moe_config)
         for variant in VARIANTS:
-            row = {"gated": gated, "block_m": 16, "block_n": 128, **variant}
+            row = {"precision": args.precision, "gated": gated, "block_m": 16, "block_n": block_n, **variant}
             try:
-                src = source(gated, 16, 128, variant["stages"], variant["worker_regs"])
+                src = source(gated, 16, block_n, variant["stages"], variant["worker_regs"], int8)
                 row.update(report(src, 4, 1, **({"maxnreg": variant["maxnreg"]} if variant["maxnreg"] else {})))
             except Exception as error:
                 row["error"] = str(error)[-2000:]
@@ -306,7 +323,7 @@ def compare(args) -> list[dict]:
     for tokens in args.tokens:
         for name in ("moe_up", "moe_down"):
             torch.manual_seed(0)
-            case = GemmCase(*gemm_case_of(name, "int4", tokens, torch.device("cuda")))
+            case = GemmCase(*gemm_case_of(name, args.precision, tokens, torch.device("cuda")))
             config = case.default
             split = config.split_k > 1
             moe = (*align(case.ids, case.num_experts, 0, config.block_m), case.rows)
@@ -318,7 +335,7 @@ def compare(args) -> list[dict]:
                 return out if split else out[0]
 
             ref, got = output(), output()
-            base = {"shape": name, "tokens": tokens, "config": config.to_dict()}
+            base = {"precision": args.precision, "shape": name, "tokens": tokens, "config": config.to_dict()}
             us = replay_ms(lambda: gemm(case.x, case.w, ref, config, moe=moe, **kwargs)) * 1e3
             rows.append({**base, "kernel": "gemm_kernel", "us": round(us, 1),
                          "gbs": round(case.bytes_read / us / 1e3, 1)})
@@ -354,6 +371,7 @@ def main() -> None:
     parser.add_argument("out", nargs="?")
     parser.add_argument("--sass", action="store_true", help="compile for sm_90 here and report the code")
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--precision", choices=["int4", "int8"], default="int4")
     parser.add_argument("--no-convert", action="store_true",
                         help="also time the best variant with the conversion left out (COPY; its outputs wrong)")
     parser.add_argument("--block_m8", action="store_true", help="also tiles of 8 rows where the default has 16")

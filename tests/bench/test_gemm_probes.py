@@ -38,19 +38,23 @@ def test_the_launch_cost_fit_recovers_a_line():
     assert fit(points) == {"intercept_us": 4.8, "rate_gbs": 3630.0}
 
 
+@pytest.mark.parametrize("precision", ["int4", "int8"])
 @pytest.mark.parametrize("gated", [True, False], ids=["gate+up", "down"])
-def test_the_warp_specialized_probe_compiles_for_hopper_without_spills(gated):
-    """Its best variant (a program's 80 registers, 32 of them the producer warp's): the two partitions
-    (setmaxnreg), wgmma from registers after a layout change the compiler proves free (the kernel asserts
-    it: a change that moved data would not compile), no spills."""
+def test_the_warp_specialized_probe_compiles_for_hopper_without_spills(gated, precision):
+    """Its best variant (a program's 80 registers, 32 of them the producer warp's), at the engine's default
+    tiles (int8 gate+up: 64 columns of each half): the two partitions (setmaxnreg), wgmma from registers
+    after a layout change the compiler proves free (the kernel asserts it: a change that moved data would
+    not compile), no spills."""
     pytest.importorskip("triton.experimental.gluon")
+    int8 = precision == "int8"
+    block_n = 64 if int8 and gated else 128
     code = for_hopper(f"""
         import triton
         from triton.backends.compiler import GPUTarget
         from gemm_sass import report
         from ws_gemm_probe import VARIANTS, source
         variant = VARIANTS[1]
-        src = source({gated}, 16, 128, variant["stages"], variant["worker_regs"])
+        src = source({gated}, 16, {block_n}, variant["stages"], variant["worker_regs"], {int8})
         options = {{"num_warps": 4, "maxnreg": variant["maxnreg"]}}
         result = report(src, num_stages=1, **options)  # the machine code, by the Triton wheel's cuobjdump
         result["ptx"] = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
@@ -58,7 +62,7 @@ def test_the_warp_specialized_probe_compiles_for_hopper_without_spills(gated):
     """)
     variant = code["variant"]
     assert code["spill_instructions"] == 0 and code["registers"] <= variant["maxnreg"]
-    assert code["wgmma"] == (16 if gated else 8)
+    assert code["wgmma"] == (2 if gated else 1) * block_n // 16  # a K step: 4 wgmma (k16) a tile of 64 columns
     assert re.search(rf"setmaxnreg\.inc\.sync\.aligned\.u32\s+{variant['worker_regs']};", code["ptx"])  # the producer's
     assert "cp.async.bulk.tensor.3d" in code["ptx"]  # TMA
 
