@@ -284,7 +284,7 @@ def baselines(args, device, bandwidth: float) -> dict:
             "transformers": transformers_baseline(args.layers, [1, 64], 512, args.steps, device)}
 
 
-def arguments() -> argparse.Namespace:
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--precision", nargs="+", default=["bf16", "int8", "int4"], choices=["bf16", "int8", "int4"])
@@ -314,7 +314,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--world", type=int, default=1, help="ranks: run under `mpirun -n WORLD`")
     parser.add_argument("--layouts", nargs="+", default=None,
                         help="how the ranks share the model: tp2, ep2, pp2, tp2pp2 ... (default: tpWORLD)")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def world_layouts(args) -> list:
@@ -331,8 +331,18 @@ def world_layouts(args) -> list:
     return layouts
 
 
-def main() -> None:
-    args = arguments()  # on every rank: a bad command line ends them all alike
+def decode_rows(out: str, precision: str, batch: list[str], layers: str = "40", *extra: str) -> list[dict]:
+    """This benchmark run in this process, as an A/B probe runs it in turn with other kernels (512 tokens
+    of context, no prefill, the default tiles; its JSON to `out`): each decode run's batch, tokens/s and
+    ms a step."""
+    main(["--layers", layers, "--precision", precision, "--batch", *batch, "--context", "512", "--prefill",
+          "--tune", "off", "--out", out, *extra])
+    rows = list(json.loads(Path(out).read_text())["runs"].values())[0]["decode"]
+    return [{k: r[k] for k in ("batch", "tokens_per_s", "ms_per_step")} for r in rows]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments(argv)  # on every rank: a bad command line ends them all alike
     if launched_by_mpi():  # every rank but 0 follows rank 0's engine commands, as a server's do
         prepare_process()
         if launched_rank() > 0:

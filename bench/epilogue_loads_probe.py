@@ -44,7 +44,8 @@ IMPORTS = {"from .": f"from {PACKAGE}."}
 CUTS = {  # a copy's name -> the engine's text -> the copy's
     "epilogue": {  # no scales, no router weights after the K loop
         "SCALED: tl.constexpr = FMT != 0 and GROUP == 0": "SCALED: tl.constexpr = False",
-        "    if WEIGHTED:\n        acc *= tl.load(topk_weights_ptr": "    if False:\n        acc *= tl.load(topk_weights_ptr"},
+        "    if WEIGHTED:\n        acc *= tl.load(topk_weights_ptr":
+            "    if False:\n        acc *= tl.load(topk_weights_ptr"},
     "prologue": {  # an expert block's expert from its index (one token: the 4 blocks, every block routed)
         "expert = tl.load(block_experts_ptr + pid_m).to(tl.int64)": "expert = (pid_m % 4).to(tl.int64)",
         "if pid_m * BLOCK_M >= tl.load(num_sorted_ptr):": "if False:"},
@@ -104,14 +105,9 @@ def main() -> None:
         for precision in args.precision:
             for i, name in enumerate(list(variants) * 2):
                 use(variants[name])
-                path = os.path.join(directory, f"decode_{precision}_{i}.json")
-                sys.argv = ["decode.py", "--layers", args.layers, "--precision", precision, "--batch", *args.batch,
-                            "--context", "512", "--prefill", "--tune", "off", "--out", path]
-                decode.main()
-                with open(path) as f:
-                    rows = list(json.load(f)["runs"].values())[0]["decode"]
-                result["runs"].append({"precision": precision, "kernel": name, "decode": [
-                    {k: r[k] for k in ("batch", "tokens_per_s", "ms_per_step")} for r in rows]})
+                rows = decode.decode_rows(os.path.join(directory, f"decode_{precision}_{i}.json"), precision,
+                                          args.batch, args.layers)
+                result["runs"].append({"precision": precision, "kernel": name, "decode": rows})
                 print(json.dumps(result["runs"][-1]), flush=True)
         use(variants["engine"])
     with open(os.path.join(args.out_dir, "epilogue_loads_probe.json"), "w") as f:

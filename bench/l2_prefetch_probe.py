@@ -134,14 +134,9 @@ def main() -> None:
     for i, mode in enumerate(args.modes):
         dense, qkv = (None, None) if mode == "off" else (int(e) if e != "-" else None for e in mode.split("/"))
         Side.eighths = {"dense": dense, "qkv": qkv}
-        path = os.path.join(args.out_dir, f"l2_prefetch_{i}.json")
-        sys.argv = ["decode.py", "--layers", args.layers, "--precision", args.precision, "--batch", *args.batch,
-                    "--context", "512", "--prefill", "--tune", "off", "--out", path]
-        decode.main()
-        with open(path) as f:
-            rows = list(json.load(f)["runs"].values())[0]["decode"]
-        result["runs"].append({"precision": args.precision, "mode": mode, "decode": [{k: r[k] for k in ("batch", "tokens_per_s", "ms_per_step")}
-                                                         for r in rows]})
+        rows = decode.decode_rows(os.path.join(args.out_dir, f"l2_prefetch_{i}.json"), args.precision, args.batch,
+                                  args.layers)
+        result["runs"].append({"precision": args.precision, "mode": mode, "decode": rows})
         print(json.dumps(result["runs"][-1]), flush=True)
     with open(os.path.join(args.out_dir, f"l2_prefetch_probe_{args.precision}.json"), "w") as f:
         json.dump(result, f, indent=1)

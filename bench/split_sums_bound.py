@@ -43,14 +43,9 @@ def main() -> None:
     runs = []
     for i, mode in enumerate(["engine", "no_split_sums", "engine", "no_split_sums"]):
         gemm.sum_splits = moe.sum_splits = fake if mode == "no_split_sums" else real
-        path = os.path.join(args.out_dir, f"split_sums_bound_{i}.json")
-        sys.argv = ["decode.py", "--layers", args.layers, "--precision", "int4", "--batch", *args.batch,
-                    "--context", "512", "--prefill", "--tune", "off", "--out", path]
-        decode.main()
-        with open(path) as f:
-            rows = list(json.load(f)["runs"].values())[0]["decode"]
-        runs.append({"mode": mode, "decode": [{k: r[k] for k in ("batch", "tokens_per_s", "ms_per_step")}
-                                               for r in rows]})
+        rows = decode.decode_rows(os.path.join(args.out_dir, f"split_sums_bound_{i}.json"), "int4", args.batch,
+                                  args.layers)
+        runs.append({"mode": mode, "decode": rows})
         print(json.dumps(runs[-1]), flush=True)
     result = {"gpu": torch.cuda.get_device_name(), "runs": runs}
     with open(os.path.join(args.out_dir, "split_sums_bound.json"), "w") as f:

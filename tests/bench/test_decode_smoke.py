@@ -71,3 +71,15 @@ def test_profile_without_a_gpu_is_refused_with_what_to_do():
     out = subprocess.run([sys.executable, str(BENCH), "--smoke", "--profile", "1"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode != 0 and "--profile times CUDA kernels: run it on a GPU" in out.stderr
+
+
+def test_decode_rows_runs_the_benchmark_in_process_and_keeps_each_runs_speed(tmp_path):
+    """bench/decode.py's decode_rows, what the A/B probes (bench/*_probe.py, split_sums_bound.py) call in
+    turn with each kernel: the runs' batch, tokens/s and ms a step, the whole JSON at the path given."""
+    sys.path.insert(0, str(BENCH.parent))
+    from decode import decode_rows
+
+    rows = decode_rows(str(tmp_path / "run.json"), "bf16", ["1"], "2", "--smoke")
+    assert [r["batch"] for r in rows] == [1, 4]  # --smoke's batches
+    assert all(set(r) == {"batch", "tokens_per_s", "ms_per_step"} and r["tokens_per_s"] > 0 for r in rows)
+    assert "bf16-2L" in json.loads((tmp_path / "run.json").read_text())["runs"]
