@@ -32,7 +32,8 @@ bandwidth measured in the same run (bytes read + written). Prints one JSON
 object last; `--plot` draws tokens/s and the fraction of the floor by batch.
 `--tune fast|full` first times the kernels' configurations for the model's
 GEMMs at the --batch sizes and stores the table in the engine directory, as
-`dbrx build` does by default (off here: the default tiles). `--profile B` (GPU)
+`dbrx build` does by default (off here: the default tiles); `--tuning FILE` runs
+with a stored table instead (build_config.kernel_tuning's JSON, docs/trtllm-checkpoint.md). `--profile B` (GPU)
 times every kernel of one step at batch B and groups the eager step's kernels by
 the bytes they must read (`breakdown`: time, bytes and GB/s of our GEMMs, cuBLAS's,
 attention's and the rest; `gemms`: our GEMMs apart, qkv, dense, the experts' gate+up and down),
@@ -237,16 +238,34 @@ def planned_runs(spec: ModelSpec, args) -> list[tuple[int, int]]:
             if spec.precision != "int8" or b * c <= args.int8_max_tokens]
 
 
+def stored_tuning(path: str) -> dict:
+    """--tuning's table, checked as an engine's is when it opens (services/inference/kernels/tuning.py)."""
+    from dbrx_serve.services.inference.kernels.tuning import check_tables, parse_table
+
+    try:
+        tables = json.loads(Path(path).read_text())
+        for name, table in check_tables(tables).items():
+            parse_table(table, f"kernel_tuning[{name!r}]")
+    except (OSError, ValueError, DbrxServeError) as error:
+        refuse(f"--tuning {path}: {error}") if launched_by_mpi() else None  # the other ranks exit too
+        raise SystemExit(f"--tuning {path}: {error}") from None
+    return tables
+
+
 def run_precision(spec: ModelSpec, args, bandwidth: float, device, backend=None, graphs=True) -> dict:
     started = time.perf_counter()
     runs = planned_runs(spec, args)
     longest = max([*args.prefill, sum(SUMMARIZE_SHAPE) if args.summarize else 0])
     limits = bench_limits(runs, args.warmup + args.steps + 16, longest, graphs)
     tuned = args.tune != "off" and device.type == "cuda" and args.world == 1 and (backend or args.backend) != "torch"
-    tuning = tune_kernels(spec, args.tune, sorted(set(args.batch))) if tuned else {}
+    if args.tuning:  # a stored table, as a build wrote it (read and checked by main)
+        tuned, tuning = False, args.tuning_table
+    else:
+        tuning = tune_kernels(spec, args.tune, sorted(set(args.batch))) if tuned else {}
     tuning_seconds = round(time.perf_counter() - started, 1)
     engine = make_engine(spec, device, backend or args.backend, limits, args.workdir, tuning)
-    out = {"build_seconds": round(time.perf_counter() - started, 1), "tune": args.tune if tuned else "off",
+    out = {"build_seconds": round(time.perf_counter() - started, 1),
+           "tune": args.tuning or (args.tune if tuned else "off"),
            "tuning_seconds": tuning_seconds, "kernel_tuning": tuning, "decode": [], "prefill": []}
     for batch, context in runs:
         for ahead in LOOKAHEAD[args.lookahead]:
@@ -298,6 +317,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", default=None, help="engine backend (default: the device's)")
     parser.add_argument("--tune", choices=["off", "fast", "full"], default="off",
                         help="tune the GEMMs at the --batch sizes first, as `dbrx build --tune` does (one GPU)")
+    parser.add_argument("--tuning", default=None, metavar="JSON",
+                        help="run with this kernel_tuning table (build_config.kernel_tuning's form) instead")
     parser.add_argument("--int8_max_tokens", type=int, default=64 * 2048, help="skip int8 runs with more context")
     parser.add_argument("--lookahead", choices=list(LOOKAHEAD), default="on",
                         help="decode steps launched one ahead (one-rank engines; both: off, then on)")
@@ -353,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     if args.profile and device.type != "cuda":
         raise SystemExit("--profile times CUDA kernels: run it on a GPU, without --smoke")
+    args.tuning_table = stored_tuning(args.tuning) if args.tuning else None  # refused before any model is made
     if args.world > 1:
         start(device.type)  # the other ranks meet it now; whatever fails later ends the world at exit
     bandwidth = copy_bandwidth(device)

@@ -18,8 +18,8 @@ program, worker_regs for the producer warp), programs a multiprocessor.
         [--no-convert]  # also the conversion left out (wrong values): what a free conversion would buy
         [--block_m8]    # also 8 rows a tile (wgmma 64x8x16) where the default has 16
 
-Prints one JSON object last. Results: bench/results/gemm_int4_ws_probe*.json (README, "Where a step's
-time goes").
+Prints one JSON object last. Results: bench/results/gemm_int4_ws_probe*.json and gemm_int8_ws_probe.json
+(README, "Measured and not kept").
 """
 import argparse
 import json

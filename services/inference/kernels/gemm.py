@@ -417,14 +417,13 @@ def block_m_for(rows: int) -> int:
     return 16 if rows <= 16 else 32 if rows <= 32 else 64 if rows <= 128 else 128
 
 
-def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, one_row: bool = False) -> GemmConfig:
-    """Split K while the grid has fewer than ~4 programs per multiprocessor (small batches); the experts'
-    int tiles at a pair an expert (`one_row`) ~32, up to 8 splits (int4 at one token: gate+up 162 -> 110 us
+def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, per_sm: int = 4) -> GemmConfig:
+    """Split K, up to 8 ways, while the grid has fewer than ~per_sm programs per multiprocessor (small
+    batches); the experts' int tiles at a pair an expert take ~32 (int4 at one token: gate+up 162 -> 110 us
     at split 4, down 124 -> 63 at 8, bench/results/gemm_int4_tiles_one_token.json; gate+up 86.7 -> 83.6 us
     at 8, bench/results/gemm_split_pdl_probe.json)."""
-    per_sm, most = (32, 8) if one_row else (4, 8)
     split = 1
-    while tiles * split * 2 <= per_sm * sms and k // (split * 2) >= 2 * config.block_k and split < most:
+    while tiles * split * 2 <= per_sm * sms and k // (split * 2) >= 2 * config.block_k and split < 8:
         split *= 2
     return replace(config, split_k=split)
 
@@ -439,6 +438,13 @@ def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, one_row: bool
 # 300 -> 203, against the layout before (bench/results/gemm_int4_tiles_probe.json); block_m 128 takes 8
 # warps (at 4 it spills).
 INT_TILE = dict(block_n=128, block_k=64, num_stages=4)
+# ONE_TOKEN_EXPERTS: int8 at one token (a pair an expert): down in few, long programs (256 columns, 3 stages,
+# ~4 a multiprocessor: split 4), gate+up split in 8 (~64 a multiprocessor), as `--tune full` picked them. In
+# the step, whole model, batch 1: 96.5 -> 97.0 tokens/s with gate+up's, 98.2 with down's, 99.0 with both
+# (bench/results/decode_int8_40L_one_token_ab.json); as the defaults 95.1 -> 97.1 in another call. Not past
+# one token: at 4 tokens down's split came to 1 (programs of 2.75 MB), 165.6 -> 159.7, and 2 tokens gained
+# 0.6% (decode_int8_40L_few_pairs_ab.json). int4's down the same way: 148.7 -> 152.0 at one token
+# (decode_int4_40L_one_token_ab.json), not on yet: no GPU test has run that tile of int4 tiles.
 
 
 def tile_config(rows: int, w: Weights) -> GemmConfig:
@@ -485,8 +491,12 @@ def moe_config(num_tokens: int, top_k: int, w: Weights, gated: bool = False) -> 
     if mean > 1 or w.fmt == FLOAT:  # float tiles: no split
         return config
     columns = w.n // 2 if gated else w.n  # gate+up: a program computes a column of both halves
+    per_sm = 32
+    if num_tokens == 1 and w.fmt == INT8:  # ONE_TOKEN_EXPERTS: gate+up split in 8, down in 4 long programs
+        per_sm = 64 if gated else 4
+        config = config if gated else replace(config, block_n=256, num_stages=3)
     return with_split_k(config, num_pairs * triton.cdiv(columns, config.block_n), w.k, num_sms(w.tensor.device),
-                        one_row=True)
+                        per_sm)
 
 
 class TritonWeightOnlyLinear(WeightOnlyLinear):

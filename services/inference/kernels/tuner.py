@@ -109,12 +109,14 @@ def nearby(case: GemmCase) -> list[GemmConfig]:
 
 
 def wide(case: GemmCase) -> list[GemmConfig]:
-    """Tiles, K splits and the ways to dequantize around the default; int tiles are 64 K rows deep."""
+    """Tiles, K splits (a quarter of the default's to four times it) and stages around the default; int
+    tiles are 64 K rows deep and keep the default's way to dequantize (where DEQ 3 fits, DEQ 1 has not won
+    a shape since DEQ 3 came: bench/notes-gpu.md)."""
     d = case.default
     if case.w.fmt != FLOAT:
-        splits = sorted({max(1, d.split_k // 2), d.split_k, 2 * d.split_k, 4 * d.split_k})
-        return [replace(d, block_n=n, num_stages=stages, split_k=s, dequant=deq)
-                for n in (64, 128, 256) for stages in (3, 4) for s in splits for deq in (1, 3)]
+        splits = sorted({max(1, d.split_k // 4), max(1, d.split_k // 2), d.split_k, 2 * d.split_k, 4 * d.split_k})
+        return [replace(d, block_n=n, num_stages=stages, split_k=s)
+                for n in (64, 128, 256) for stages in (3, 4) for s in splits]
     return [replace(d, block_n=n, block_k=k, num_stages=stages, split_k=s)
             for n, k, stages in [(64, 128, 4), (128, 128, 4), (64, 256, 3), (128, 64, 3), (128, 64, 4), (256, 64, 3)]
             for s in (d.split_k, 2 * d.split_k)]

@@ -7,7 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from dbrx_serve.services.inference.kernels.gemm import GemmConfig, TritonWeightOnlyLinear, Weights, gemm, with_split_k
+from dbrx_serve.services.inference.kernels import gemm as gemm_module
+from dbrx_serve.services.inference.kernels.gemm import (GemmConfig, TritonWeightOnlyLinear, Weights, gemm, moe_config,
+                                                         with_split_k)
+from dbrx_serve.services.inference.kernels.tuning import ACTIVE
 from dbrx_serve.shared.quantization import dequantize_weight, pack_int4, quantize_weight
 from dbrx_serve.shared.weight_only import WeightOnlyLinear, engine_weight
 
@@ -70,14 +73,39 @@ def test_group_wise_int4_matches_the_dequantized_product(group_size, config, dty
 
 def test_k_splits_fill_the_grid_up_to_their_rule():
     """with_split_k on DBRX's one-token GEMMs with 132 multiprocessors: the experts' int tiles at a pair an
-    expert split until ~32 programs a multiprocessor, at most 8 (gate+up: 4 pairs x 84 column tiles; down:
+    expert split until ~32 programs a multiprocessor (per_sm), at most 8 (gate+up: 4 pairs x 84 column tiles; down:
     4 x 48); other tiles ~4 a multiprocessor (qkv: 64 tiles); a split keeps two block_k steps of K at least."""
     tile = GemmConfig(16, 128, 64)
-    assert with_split_k(tile, 4 * 84, 6144, 132, one_row=True).split_k == 8
-    assert with_split_k(tile, 4 * 48, 10752, 132, one_row=True).split_k == 8
+    assert with_split_k(tile, 4 * 84, 6144, 132, per_sm=32).split_k == 8
+    assert with_split_k(tile, 4 * 48, 10752, 132, per_sm=32).split_k == 8
     assert with_split_k(tile, 4 * 84, 6144, 132).split_k == 1  # 672 programs > 4 x 132
     assert with_split_k(tile, 64, 6144, 132).split_k == 8  # 512 <= 528
-    assert with_split_k(tile, 1, 256, 132, one_row=True).split_k == 2  # 128 rows a split, no fewer
+    assert with_split_k(tile, 1, 256, 132, per_sm=32).split_k == 2  # 128 rows a split, no fewer
+
+
+def test_experts_at_one_token_take_their_measured_tiles(monkeypatch):
+    """The defaults at one token (DBRX's experts, 132 multiprocessors, no stored table; gemm.py's
+    ONE_TOKEN_EXPERTS): int8's gate+up split in 8 (~64 programs a multiprocessor), its down few and long (256
+    columns at 3 stages, split in 4); int4, and int8 at two tokens, keep 128 columns."""
+    monkeypatch.setattr(gemm_module, "num_sms", lambda device: 132)
+    monkeypatch.setattr(ACTIVE, "table", {})
+
+    def experts(precision: str, n: int, k: int) -> Weights:
+        tiles = torch.empty(16, n // 64, k // 64, 4096 if precision == "int8" else 2048, dtype=torch.int8,
+                            device="meta")
+        return Weights.of(tiles, torch.empty(16, n, device="meta"), precision, k)
+
+    def picked(tokens: int, precision: str, gated: bool = False) -> tuple[int, int, int]:
+        n, k = (21504, 6144) if gated else (6144, 10752)
+        config = moe_config(tokens, 4, experts(precision, n, k), gated=gated)
+        return config.block_n, config.split_k, config.num_stages
+
+    assert picked(1, "int8", gated=True) == (64, 8, 4)
+    assert picked(1, "int8") == (256, 4, 3)
+    assert picked(1, "int4", gated=True) == (128, 8, 4)
+    assert picked(1, "int4") == (128, 8, 4)
+    assert picked(2, "int8", gated=True) == (64, 2, 4)  # 8 pairs x 168 tiles: ~32 programs a multiprocessor
+    assert picked(2, "int8") == picked(2, "int4") == (128, 8, 4)
 
 
 NOT_TILES = [GemmConfig(1, 64, 64), GemmConfig(8, 64, 64), GemmConfig(16, 64, 32), GemmConfig(16, 32, 64)]
@@ -130,7 +158,7 @@ def test_gated_partial_sums_take_both_halves_columns(device):
 @pytest.mark.parametrize("precision, dequant", [(None, 0), ("int8", 1), ("int8", 3), ("int4", 1), ("int4", 3)])
 @pytest.mark.parametrize("config", [GemmConfig(32, 128, 64, 1, 4, 3), GemmConfig(32, 128, 64, 1, 8, 3),
                                     GemmConfig(128, 128, 64, 1, 8, 3), GemmConfig(128, 256, 64, 1, 8, 3),
-                                    GemmConfig(64, 256, 64, 2, 8, 4)],
+                                    GemmConfig(64, 256, 64, 2, 8, 4), GemmConfig(16, 256, 64, 4, 4, 3)],
                          ids=lambda c: f"bm{c.block_m}bn{c.block_n}w{c.num_warps}s{c.split_k}")
 def test_wide_tiles_match_the_float_product(precision, dequant, config, device):
     """The tiles the GPU defaults and the tuner pick (weights as wgmma's first operand, 4 and 8 warps),
