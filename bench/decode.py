@@ -335,7 +335,10 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--world", type=int, default=1, help="ranks: run under `mpirun -n WORLD`")
     parser.add_argument("--layouts", nargs="+", default=None,
                         help="how the ranks share the model: tp2, ep2, pp2, tp2pp2 ... (default: tpWORLD)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.tuning and args.tune != "off":
+        parser.error("--tuning FILE runs a stored table and --tune makes one: give one of them")
+    return args
 
 
 def world_layouts(args) -> list:

@@ -68,8 +68,9 @@ def test_a_layout_that_does_not_fit_the_world_is_refused_and_every_rank_exits():
 
 
 def test_a_stored_tuning_table_is_run_with_and_a_malformed_one_refused(tmp_path):
-    """--tuning FILE: the engines take that table (as a build stored it) instead of tuning; a table the engine
-    would refuse when it opens is refused first, naming what to fix."""
+    """--tuning FILE: the run hands that table to its engines as a build stores it (the CPU's torch backend then
+    ignores it; the triton backend's install is tests/services/inference/kernels/test_tuning.py's); a table
+    an engine would refuse when it opens is refused first, naming what to fix, and so is --tune beside it."""
     config = {"block_m": 16, "block_n": 64, "block_k": 64, "split_k": 1, "num_warps": 4, "num_stages": 4, "dequant": 1}
     table = {"cpu": {"moe_up:int4:n512:k128:e4": {"1": config}, "moe_down:int4:n128:k256:e4": {"1": config}}}
     (tmp_path / "good.json").write_text(json.dumps(table))
@@ -83,6 +84,9 @@ def test_a_stored_tuning_table_is_run_with_and_a_malformed_one_refused(tmp_path)
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "must be stored at the same batch buckets with the same block_m" in out.stderr
     assert "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, str(BENCH), "--smoke", "--tune", "fast", "--tuning",
+                          str(tmp_path / "good.json")], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "--tuning FILE runs a stored table and --tune makes one" in out.stderr
 
 
 def test_profile_without_a_gpu_is_refused_with_what_to_do():

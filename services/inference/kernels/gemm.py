@@ -439,12 +439,13 @@ def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, per_sm: int =
 # warps (at 4 it spills).
 INT_TILE = dict(block_n=128, block_k=64, num_stages=4)
 # ONE_TOKEN_EXPERTS: int8 at one token (a pair an expert): down in few, long programs (256 columns, 3 stages,
-# ~4 a multiprocessor: split 4), gate+up split in 8 (~64 a multiprocessor), as `--tune full` picked them. In
-# the step, whole model, batch 1: 96.5 -> 97.0 tokens/s with gate+up's, 98.2 with down's, 99.0 with both
-# (bench/results/decode_int8_40L_one_token_ab.json); as the defaults 95.1 -> 97.1 in another call. Not past
-# one token: at 4 tokens down's split came to 1 (programs of 2.75 MB), 165.6 -> 159.7, and 2 tokens gained
-# 0.6% (decode_int8_40L_few_pairs_ab.json). int4's down the same way: 148.7 -> 152.0 at one token
-# (decode_int4_40L_one_token_ab.json), not on yet: no GPU test has run that tile of int4 tiles.
+# K in 4: 384 programs, ~3 a multiprocessor), gate+up K in 8 (with_split_k's rule at 64 a multiprocessor), as
+# `--tune full` picked them. In the step, whole model, batch 1: 96.5 -> 97.0 tokens/s with gate+up's, 98.2 with
+# down's (99.0 with qkv's and dense's picks too; those alone 96.9; bench/results/decode_int8_40L_one_token_ab.json);
+# gate+up's and down's as the defaults, 95.1 -> 97.1 in another call. Not past one token: at 4 tokens down's
+# split came to 1 (programs of 2.75 MB), 165.6 -> 159.7, and 2 tokens gained 0.6%
+# (decode_int8_40L_few_pairs_ab.json). int4's down in 256 columns at 4 stages: 148.7 -> 152.0 at one token
+# (decode_int4_40L_one_token_ab.json), not on yet: test_gemm.py's test of that tile has not run on a GPU.
 
 
 def tile_config(rows: int, w: Weights) -> GemmConfig:
@@ -492,7 +493,7 @@ def moe_config(num_tokens: int, top_k: int, w: Weights, gated: bool = False) -> 
         return config
     columns = w.n // 2 if gated else w.n  # gate+up: a program computes a column of both halves
     per_sm = 32
-    if num_tokens == 1 and w.fmt == INT8:  # ONE_TOKEN_EXPERTS: gate+up split in 8, down in 4 long programs
+    if num_tokens == 1 and w.fmt == INT8:  # ONE_TOKEN_EXPERTS: gate+up K in 8, down in few long programs
         per_sm = 64 if gated else 4
         config = config if gated else replace(config, block_n=256, num_stages=3)
     return with_split_k(config, num_pairs * triton.cdiv(columns, config.block_n), w.k, num_sms(w.tensor.device),

@@ -85,8 +85,8 @@ def test_k_splits_fill_the_grid_up_to_their_rule():
 
 def test_experts_at_one_token_take_their_measured_tiles(monkeypatch):
     """The defaults at one token (DBRX's experts, 132 multiprocessors, no stored table; gemm.py's
-    ONE_TOKEN_EXPERTS): int8's gate+up split in 8 (~64 programs a multiprocessor), its down few and long (256
-    columns at 3 stages, split in 4); int4, and int8 at two tokens, keep 128 columns."""
+    ONE_TOKEN_EXPERTS): int8's gate+up K split in 8 (with_split_k's rule at 64 programs a multiprocessor), its
+    down few and long (256 columns at 3 stages, K in 4); int4's, and int8's at two tokens, as before."""
     monkeypatch.setattr(gemm_module, "num_sms", lambda device: 132)
     monkeypatch.setattr(ACTIVE, "table", {})
 
@@ -104,7 +104,7 @@ def test_experts_at_one_token_take_their_measured_tiles(monkeypatch):
     assert picked(1, "int8") == (256, 4, 3)
     assert picked(1, "int4", gated=True) == (128, 8, 4)
     assert picked(1, "int4") == (128, 8, 4)
-    assert picked(2, "int8", gated=True) == (64, 2, 4)  # 8 pairs x 168 tiles: ~32 programs a multiprocessor
+    assert picked(2, "int8", gated=True) == (64, 2, 4)  # 8 pairs x 168 tiles, the rule at 32 a multiprocessor
     assert picked(2, "int8") == picked(2, "int4") == (128, 8, 4)
 
 
