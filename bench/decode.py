@@ -247,8 +247,9 @@ def stored_tuning(path: str) -> dict:
         for name, table in check_tables(tables).items():
             parse_table(table, f"kernel_tuning[{name!r}]")
     except (OSError, ValueError, DbrxServeError) as error:
-        refuse(f"--tuning {path}: {error}") if launched_by_mpi() else None  # the other ranks exit too
-        raise SystemExit(f"--tuning {path}: {error}") from None
+        message = f"--tuning {path}: {error}"
+        refuse(message) if launched_by_mpi() else None  # the other ranks exit too
+        raise SystemExit(message) from None
     return tables
 
 
@@ -258,8 +259,8 @@ def run_precision(spec: ModelSpec, args, bandwidth: float, device, backend=None,
     longest = max([*args.prefill, sum(SUMMARIZE_SHAPE) if args.summarize else 0])
     limits = bench_limits(runs, args.warmup + args.steps + 16, longest, graphs)
     tuned = args.tune != "off" and device.type == "cuda" and args.world == 1 and (backend or args.backend) != "torch"
-    if args.tuning:  # a stored table, as a build wrote it (read and checked by main)
-        tuned, tuning = False, args.tuning_table
+    if args.tuning:  # a stored table, as a build wrote it (read and checked by main; --tune is off)
+        tuning = args.tuning_table
     else:
         tuning = tune_kernels(spec, args.tune, sorted(set(args.batch))) if tuned else {}
     tuning_seconds = round(time.perf_counter() - started, 1)
