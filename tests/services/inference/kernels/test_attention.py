@@ -42,11 +42,11 @@ def plan_of(step) -> StepPlan:
     return StepPlan.of(chunks, PAGE)
 
 
-@pytest.mark.parametrize("splits", [1, 4], ids=lambda s: f"splits{s}")
 @pytest.mark.parametrize("int8_kv", [False, True], ids=["float-kv", "int8-kv"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_paged_attention_matches_the_plain_path_over_mixed_steps(int8_kv, dtype, splits, device):
-    """`splits`: how many runs a decode step cuts the keys into (flash-decoding)."""
+def test_paged_attention_matches_the_plain_path_over_mixed_steps(int8_kv, dtype, device):
+    """A decode step runs twice, its keys in 1 run and cut into 4 (flash-decoding's splits): the second
+    writes the same cache slots with the same values."""
     shape = LocalShape.of(CFG)
     torch.manual_seed(0)
     plain = Attention(CFG, shape, 0)  # the float32 reference
@@ -62,14 +62,17 @@ def test_paged_attention_matches_the_plain_path_over_mixed_steps(int8_kv, dtype,
         plan = plan_of(step)
         block_q = cache.decode_block_q if plan.is_decode else 4
         plain_cache.prepare(plan)
-        cache.prepare(plan, tensors.load(plan, block_q), block_q, splits if plan.is_decode else 1)
         x = torch.randn(1, plan.num_tokens, CFG.d_model).to(dtype)
         positions = torch.from_numpy(plan.positions).long()[None]
         cos, sin = rotary(positions, CFG.head_dim, CFG.rope_theta, torch.float32)
         with torch.no_grad():
             want = plain(x.float(), cos, sin, positions, plain_cache.attend)
-            got = fused(x.to(device), None, None, positions.to(device), cache.attend)
-        assert relative_error(got.cpu(), want) <= 3 * BOUND[dtype], f"step {step}"  # measured: fp16 2.4e-3
+        for splits in (1, 4) if plan.is_decode else (1,):
+            cache.prepare(plan, tensors.load(plan, block_q), block_q, splits)
+            with torch.no_grad():
+                got = fused(x.to(device), None, None, positions.to(device), cache.attend)
+            error = relative_error(got.cpu(), want)
+            assert error <= 3 * BOUND[dtype], f"step {step}, {splits} split(s)"  # measured: fp16 2.4e-3
 
 
 def test_padded_rows_of_a_graph_batch_write_nothing_and_read_nothing(device):
