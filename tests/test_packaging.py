@@ -1,4 +1,6 @@
-"""Packaging: everything installs under `dbrx_serve`, generated stubs are fresh."""
+"""Packaging: everything installs under `dbrx_serve`, generated stubs are fresh. The module's tests
+stay in one process under pytest-xdist (.ci/run's --dist loadgroup): two pip builds of this tree at
+once share its build/ and egg-info folders and break each other."""
 
 import subprocess
 import sys
@@ -9,14 +11,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.xdist_group("packaging")
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """The project's wheel, built once from this tree."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
-                   check=True, capture_output=True)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout + built.stderr
     return next(out.glob("dbrx_serve-*.whl"))
 
 
