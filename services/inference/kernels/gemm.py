@@ -438,14 +438,14 @@ def with_split_k(config: GemmConfig, tiles: int, k: int, sms: int, per_sm: int =
 # 300 -> 203, against the layout before (bench/results/gemm_int4_tiles_probe.json); block_m 128 takes 8
 # warps (at 4 it spills).
 INT_TILE = dict(block_n=128, block_k=64, num_stages=4)
-# ONE_TOKEN_EXPERTS: int8 at one token (a pair an expert): down in few, long programs (256 columns, 3 stages,
-# K in 4: 384 programs, ~3 a multiprocessor), gate+up K in 8 (with_split_k's rule at 64 a multiprocessor), as
-# `--tune full` picked them. In the step, whole model, batch 1: 96.5 -> 97.0 tokens/s with gate+up's, 98.2 with
-# down's (99.0 with qkv's and dense's picks too; those alone 96.9; bench/results/decode_int8_40L_one_token_ab.json);
-# gate+up's and down's as the defaults, 95.1 -> 97.1 in another call. Not past one token: at 4 tokens down's
-# split came to 1 (programs of 2.75 MB), 165.6 -> 159.7, and 2 tokens gained 0.6%
-# (decode_int8_40L_few_pairs_ab.json). int4's down in 256 columns at 4 stages: 148.7 -> 152.0 at one token
-# (decode_int4_40L_one_token_ab.json), not on yet: test_gemm.py's test of that tile has not run on a GPU.
+# ONE_TOKEN_EXPERTS: at one token (a pair an expert) down runs in few, long programs (256 columns, K in 4: 384
+# programs, ~3 a multiprocessor; 3 stages for int8, 4 for int4), and int8's gate+up splits K in 8 (with_split_k's
+# rule at 64 a multiprocessor), as `--tune full` picked them. In the step, whole model, batch 1, int8: 96.5 ->
+# 97.0 tokens/s with gate+up's, 98.2 with down's (99.0 with qkv's and dense's picks too; those alone 96.9;
+# bench/results/decode_int8_40L_one_token_ab.json); gate+up's and down's as the defaults, 95.1 -> 97.1 in another
+# call. int4's down: 148.7 -> 152.0 (decode_int4_40L_one_token_ab.json). Not past one token: at 4 tokens int8's
+# down split came to 1 (programs of 2.75 MB), 165.6 -> 159.7, and 2 tokens gained 0.6%
+# (decode_int8_40L_few_pairs_ab.json). Group-wise int4 keeps the default tiles (not measured this way).
 
 
 def tile_config(rows: int, w: Weights) -> GemmConfig:
@@ -493,9 +493,11 @@ def moe_config(num_tokens: int, top_k: int, w: Weights, gated: bool = False) -> 
         return config
     columns = w.n // 2 if gated else w.n  # gate+up: a program computes a column of both halves
     per_sm = 32
-    if num_tokens == 1 and w.fmt == INT8:  # ONE_TOKEN_EXPERTS: gate+up K in 8, down in few long programs
-        per_sm = 64 if gated else 4
-        config = config if gated else replace(config, block_n=256, num_stages=3)
+    if num_tokens == 1 and gated and w.fmt == INT8:  # ONE_TOKEN_EXPERTS: int8's gate+up K in 8
+        per_sm = 64
+    if num_tokens == 1 and not gated and not w.group_size:  # ONE_TOKEN_EXPERTS: down in few long programs
+        per_sm = 4
+        config = replace(config, block_n=256, num_stages=3 if w.fmt == INT8 else 4)
     return with_split_k(config, num_pairs * triton.cdiv(columns, config.block_n), w.k, num_sms(w.tensor.device),
                         per_sm)
 

@@ -85,25 +85,28 @@ def test_k_splits_fill_the_grid_up_to_their_rule():
 
 def test_experts_at_one_token_take_their_measured_tiles(monkeypatch):
     """The defaults at one token (DBRX's experts, 132 multiprocessors, no stored table; gemm.py's
-    ONE_TOKEN_EXPERTS): int8's gate+up K split in 8 (with_split_k's rule at 64 programs a multiprocessor), its
-    down few and long (256 columns at 3 stages, K in 4); int4's, and int8's at two tokens, as before."""
+    ONE_TOKEN_EXPERTS): int8's gate+up K split in 8 (with_split_k's rule at 64 programs a multiprocessor), down
+    few and long (256 columns, K in 4; 3 stages for int8, 4 for int4); int4's gate+up, group-wise int4 and
+    two tokens as the rule has them."""
     monkeypatch.setattr(gemm_module, "num_sms", lambda device: 132)
     monkeypatch.setattr(ACTIVE, "table", {})
 
-    def experts(precision: str, n: int, k: int) -> Weights:
+    def experts(precision: str, n: int, k: int, group_size: int) -> Weights:
         tiles = torch.empty(16, n // 64, k // 64, 4096 if precision == "int8" else 2048, dtype=torch.int8,
                             device="meta")
-        return Weights.of(tiles, torch.empty(16, n, device="meta"), precision, k)
+        scale = torch.empty(16, k // group_size, n, device="meta") if group_size else torch.empty(16, n, device="meta")
+        return Weights.of(tiles, scale, precision, k)
 
-    def picked(tokens: int, precision: str, gated: bool = False) -> tuple[int, int, int]:
+    def picked(tokens: int, precision: str, gated: bool = False, group_size: int = 0) -> tuple[int, int, int]:
         n, k = (21504, 6144) if gated else (6144, 10752)
-        config = moe_config(tokens, 4, experts(precision, n, k), gated=gated)
+        config = moe_config(tokens, 4, experts(precision, n, k, group_size), gated=gated)
         return config.block_n, config.split_k, config.num_stages
 
     assert picked(1, "int8", gated=True) == (64, 8, 4)
     assert picked(1, "int8") == (256, 4, 3)
     assert picked(1, "int4", gated=True) == (128, 8, 4)
-    assert picked(1, "int4") == (128, 8, 4)
+    assert picked(1, "int4") == (256, 4, 4)
+    assert picked(1, "int4", group_size=128) == (128, 8, 4)
     assert picked(2, "int8", gated=True) == (64, 2, 4)  # 8 pairs x 168 tiles, the rule at 32 a multiprocessor
     assert picked(2, "int8") == picked(2, "int4") == (128, 8, 4)
 
