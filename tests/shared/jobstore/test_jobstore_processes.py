@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from dbrx_serve.shared.jobstore import JobState, JobStore, StoreConfig, Worker
+from dbrx_serve.shared.jobstore import JobState, Worker
 from tests.shared.jobstore.jobstore_procs import KIND, drain, hang_in_a_job
 
 SPAWN = multiprocessing.get_context("spawn")

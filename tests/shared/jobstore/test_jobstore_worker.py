@@ -5,7 +5,6 @@ import sqlite3
 import threading
 import time
 
-import pytest
 from sqlalchemy import update
 
 from dbrx_serve.shared.artifacts import artifact_dir
@@ -185,7 +184,7 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(store):
 def test_a_worker_that_lost_its_lease_does_not_publish_its_output(store, tmp_path):
     """The lease is taken over after the handler's last checkpoint: the synchronous
     report before the rename notices, and the output directory never appears."""
-    job = store.submit(KIND, {})
+    store.submit(KIND, {})
     out = tmp_path / "artifacts" / "out"
 
     def handle(job, ctx):
