@@ -443,9 +443,10 @@ INT_TILE = dict(block_n=128, block_k=64, num_stages=4)
 # rule at 64 a multiprocessor), as `--tune full` picked them. In the step, whole model, batch 1, int8: 96.5 ->
 # 97.0 tokens/s with gate+up's, 98.2 with down's (99.0 with qkv's and dense's picks too; those alone 96.9;
 # bench/results/decode_int8_40L_one_token_ab.json); gate+up's and down's as the defaults, 95.1 -> 97.1 in another
-# call. int4's down: 148.7 -> 152.0 (decode_int4_40L_one_token_ab.json). Not past one token: at 4 tokens int8's
-# down split came to 1 (programs of 2.75 MB), 165.6 -> 159.7, and 2 tokens gained 0.6%
-# (decode_int8_40L_few_pairs_ab.json). Group-wise int4 keeps the default tiles (not measured this way).
+# call. int4's down: 147.0 -> 150.5-151.6 (decode_int4_40L_one_token_default_ab.json). Not past one token: at 4
+# tokens int8's down split came to 1 (programs of 2.75 MB), 165.6 -> 159.7, and 2 tokens gained 0.6%
+# (decode_int8_40L_few_pairs_ab.json), int4's nothing. Longer or shorter gate+up programs, and other qkv/dense
+# tiles, were slower or the same (decode_40L_one_token_tiles_ab.json). Group-wise int4 keeps the default tiles.
 
 
 def tile_config(rows: int, w: Weights) -> GemmConfig:

@@ -94,7 +94,7 @@ def test_experts_at_one_token_take_their_measured_tiles(monkeypatch):
     def experts(precision: str, n: int, k: int, group_size: int) -> Weights:
         tiles = torch.empty(16, n // 64, k // 64, 4096 if precision == "int8" else 2048, dtype=torch.int8,
                             device="meta")
-        scale = torch.empty(16, k // group_size, n, device="meta") if group_size else torch.empty(16, n, device="meta")
+        scale = torch.empty(16, *([k // group_size] if group_size else []), n, device="meta")
         return Weights.of(tiles, scale, precision, k)
 
     def picked(tokens: int, precision: str, gated: bool = False, group_size: int = 0) -> tuple[int, int, int]:
