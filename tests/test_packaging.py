@@ -1,5 +1,5 @@
 """Packaging: everything installs under `dbrx_serve`, generated stubs are fresh. The module's tests
-stay in one process under pytest-xdist (.ci/run's --dist loadgroup): two pip builds of this tree at
+stay in one process under pytest-xdist (.ci/run's --dist loadfile): two pip builds of this tree at
 once share its build/ and egg-info folders and break each other."""
 
 import subprocess
@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.xdist_group("packaging")
 
 
 @pytest.fixture(scope="module")

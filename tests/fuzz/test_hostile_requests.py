@@ -10,8 +10,7 @@ same every run (hypothesis derandomized) unless DBRX_FUZZ_RANDOM=1, for searchin
 Hypothesis making the requests costs more than the servers answering them, so the RPCs are fuzzed
 WORKERS at a time, each in a worker process (CI has two cores), against the servers this process
 runs (tests/fuzz/conftest.py); each test waits for its RPC's outcome. Under pytest-xdist the module's
-tests stay in one process (xdist_group, with .ci/run's --dist loadgroup): the fixture starts every
-one of them."""
+tests stay in one process (.ci/run's --dist loadfile): the fixture starts every one of them."""
 
 import multiprocessing
 import os
@@ -114,7 +113,6 @@ def fuzzing(request, targets):
                for params in selected}
 
 
-@pytest.mark.xdist_group("fuzz")
 @pytest.mark.parametrize("server,method", RPCS, ids=[f"{s}-{m.name}" for s, m in RPCS])
 def test_every_rpc_answers_hostile_requests_without_crash_or_hang(server, method, fuzzing):
     outcomes, health = fuzzing[method.full_name].get(timeout=RUN_SECONDS)
