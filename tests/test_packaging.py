@@ -1,9 +1,9 @@
-"""Packaging: everything installs under `dbrx_serve`, generated stubs are fresh. The module's tests
-stay in one process under pytest-xdist (.ci/run's --dist loadfile): two pip builds of this tree at
-once share its build/ and egg-info folders and break each other."""
+"""Packaging: everything installs under `dbrx_serve`, generated stubs are fresh."""
 
+import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 import zipfile
 from pathlib import Path
@@ -15,9 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """The project's wheel, built once from this tree."""
-    out = tmp_path_factory.mktemp("wheel")
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+    """The project's wheel, built once from a copy of what the build reads (pyproject.toml, README.md and
+    the folders of pyproject's package-dir): pip builds in the source folder (build/, the egg-info), so
+    two builds of the tree itself at once, in two test processes, break each other."""
+    out, source = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for folder in set(package_dirs.values()):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
                            capture_output=True, text=True)
     assert built.returncode == 0, built.stdout + built.stderr
     return next(out.glob("dbrx_serve-*.whl"))
@@ -35,7 +42,6 @@ def test_wheel_holds_only_dbrx_serve(wheel):
 
 def test_every_package_folder_is_listed_in_pyproject():
     """A sub-package missing from pyproject's explicit list would be left out of the wheel."""
-    import tomllib
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     roots = {"dbrx_serve": ROOT / "dbrx_serve", "dbrx_serve.shared": ROOT / "shared",
              "dbrx_serve.services": ROOT / "services"}
