@@ -46,13 +46,12 @@ def ended(store, job_id: str):
     return job if job.state.is_terminal else None
 
 
-def start_worker_process(stage: str, database_url: str, lease_seconds: float, prefix: list[str] = (),
-                         preexec_fn=None) -> subprocess.Popen:
-    """`dbrx worker STAGE`, run under `prefix` (a command that execs the rest) and `preexec_fn`."""
+def start_worker_process(stage: str, database_url: str, lease_seconds: float,
+                         prefix: list[str] = ()) -> subprocess.Popen:
+    """`dbrx worker STAGE`, run under `prefix` (a command that execs the rest)."""
     return subprocess.Popen([*prefix, sys.executable, "-m", "dbrx_serve.cli.main", "worker", stage,
                              "--database_url", database_url, "--lease_seconds", str(lease_seconds),
-                             "--poll_seconds", "0.05"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=preexec_fn)
+                             "--poll_seconds", "0.05"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def write_huge_model(directory: Path) -> Path:
@@ -77,10 +76,13 @@ def limit_address_space(headroom: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (kib * 1024 + headroom, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
-def file_size_limit(nbytes: int):
-    """A `preexec_fn`: the process may write no file past `nbytes` (RLIMIT_FSIZE). Python ignores
-    SIGXFSZ, so a write past it fails with EFBIG, as a full disk fails one with ENOSPC."""
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+def file_size_limit(nbytes: int) -> list[str]:
+    """A command prefix under which the process may write no file past `nbytes` (RLIMIT_FSIZE).
+    Python ignores SIGXFSZ, so a write past it fails with EFBIG, as a full disk fails one with ENOSPC.
+    (Not a preexec_fn: Python in a forked child can abort beside gRPC threads, shared/parent_death.py.)"""
+    script = "import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2); " \
+             "os.execvp(sys.argv[2], sys.argv[2:])"
+    return [sys.executable, "-c", script, str(nbytes)]
 
 
 def read_only_prefix(directory: Path) -> list[str]:
@@ -162,19 +164,18 @@ class PostgresCluster:
 
     def remove(self) -> None:
         subprocess.run([self.pg_ctl, "-D", self.data, "-m", "immediate", "stop"], capture_output=True,
-                       preexec_fn=self._as_user, cwd=self.root)
+                       cwd=self.root, **self._as_user())
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _run(self, *command: str) -> None:
-        done = subprocess.run(command, capture_output=True, text=True, preexec_fn=self._as_user, cwd=self.root,
-                              timeout=WAIT)
+        done = subprocess.run(command, capture_output=True, text=True, cwd=self.root, timeout=WAIT,
+                              **self._as_user())
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr or done.stdout}")
 
-    def _as_user(self) -> None:
-        if self.user is not None:
-            os.setgid(self.user.pw_gid)
-            os.setuid(self.user.pw_uid)
+    def _as_user(self) -> dict[str, int]:
+        """subprocess's arguments that run a command as the unprivileged user, if there is one."""
+        return {} if self.user is None else {"user": self.user.pw_uid, "group": self.user.pw_gid}
 
 
 def _postgres_binary(name: str) -> str:

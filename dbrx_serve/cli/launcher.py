@@ -5,7 +5,6 @@ together with SIGTERM (SIGKILL for one still alive after the grace period). Chil
 their own process group, so a terminal's Ctrl-C reaches only the launcher, which stops them in
 order; on Linux each also gets SIGTERM if the launcher dies without stopping them (no orphans)."""
 
-import ctypes
 import re
 import signal
 import subprocess
@@ -15,20 +14,12 @@ import time
 from dataclasses import dataclass, field
 
 from dbrx_serve.shared.errors import BadState
+from dbrx_serve.shared.parent_death import dying_with_parent
 
 LISTENING = re.compile(r"listening on (\S+)")
 METRICS = re.compile(r"metrics on (\S+)")
 WORKER_READY = re.compile(r"worker \S+ on \S+")
 STOP_SECONDS = 30.0  # a child's grace after SIGTERM (the servers drain for 10 s) before SIGKILL
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies (Linux's prctl; elsewhere nothing)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 @dataclass
@@ -60,9 +51,9 @@ class Launcher:
     def spawn(self, name: str, *argv: object) -> Child:
         """Start `dbrx ARGV` (not waiting for it)."""
         command = [sys.executable, "-m", "dbrx_serve", *self.dbrx_flags, *map(str, argv)]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if self.quiet else None,
-                                   stdin=subprocess.DEVNULL, text=True, start_new_session=True,
-                                   preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        process = subprocess.Popen(dying_with_parent(command), stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL if self.quiet else None,
+                                   stdin=subprocess.DEVNULL, text=True, start_new_session=True)
         child = Child(name, process)
         self.children.append(child)
         return child

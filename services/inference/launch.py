@@ -24,8 +24,8 @@ from functools import cache
 
 from dbrx_serve.shared.errors import DbrxServeError, InvalidInput
 from dbrx_serve.shared.logs import redacted
+from dbrx_serve.shared.parent_death import dying_with_parent
 
-from .supervisor import die_with_parent
 from .world import NVLINK_MULTICAST_OFF, launched_by_mpi, launched_rank, prepare_process
 
 log = logging.getLogger("dbrx_serve.inference")
@@ -95,8 +95,7 @@ def run_world(argv: list[str], world_size: int, hostfile: str | None = None,
     """`dbrx ARGV` (`python PROGRAM ARGV`) as an MPI world of `world_size` ranks; its exit status."""
     command = world_command(argv, world_size, hostfile, program)
     log.info("starting an MPI world of %d ranks: %s", world_size, " ".join(redacted(command)))
-    process = subprocess.Popen(command, env=world_environment(),
-                               preexec_fn=lambda: die_with_parent(signal.SIGTERM))  # no world outlives us
+    process = subprocess.Popen(dying_with_parent(command), env=world_environment())  # no world outlives us
     with forwarded_signals(process):
         return process.wait()
 

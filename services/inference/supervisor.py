@@ -12,16 +12,15 @@ SIGINT and SIGTERM on to the child, and the child gets SIGKILL if the supervisor
 (PR_SET_PDEATHSIG): no rank outlives its supervisor.
 """
 
-import contextlib
-import ctypes
 import os
 import signal
 import subprocess
 import sys
 
+from dbrx_serve.shared.parent_death import dying_with_parent
+
 SUPERVISED = "DBRX_RANK_SUPERVISED"  # set in the child: it is the rank itself
 LAUNCHER_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK")  # world.RANK_VARIABLES (not imported: torch)
-PR_SET_PDEATHSIG = 1
 
 
 def supervise() -> int | None:
@@ -32,15 +31,10 @@ def supervise() -> int | None:
         return None
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     pmi_fds = tuple(int(os.environ[name]) for name in ("PMI_FD",) if os.environ.get(name, "").isdigit())
-    child = subprocess.Popen([sys.executable, *sys.orig_argv[1:]], env={**os.environ, SUPERVISED: "1"},
-                             pass_fds=pmi_fds, preexec_fn=lambda: die_with_parent(signal.SIGKILL))
+    child = subprocess.Popen(dying_with_parent([sys.executable, *sys.orig_argv[1:]], signal.SIGKILL),
+                             env={**os.environ, SUPERVISED: "1"}, pass_fds=pmi_fds)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda number, frame: child.send_signal(number))
     status = child.wait()
     return status if status >= 0 else 128 - status
 
-
-def die_with_parent(sig: int) -> None:
-    """In a child, before exec: `sig` when its parent dies (Linux; elsewhere nothing)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)

@@ -70,7 +70,7 @@ def test_a_full_disk_fails_the_job_naming_the_file_and_leaves_nothing(shard_mode
     out = tmp_path / "out" / "ckpt"
     options = ConvertOptions(str(shard_model[0]), str(out), dtype="float32")
     failed = run_to_the_end(f"sqlite:///{tmp_path / 'jobs.db'}", options, max_attempts=2,
-                            preexec_fn=file_size_limit(FILE_SIZE_LIMIT))
+                            prefix=file_size_limit(FILE_SIZE_LIMIT))
     assert (failed.state, failed.attempts) == (JobState.FAILED, 2)
     written = re.escape(str(out.parent)) + "/" + TEMP + r"/rank0\.safetensors\.scratch"
     assert re.fullmatch(rf"failed after 2 attempts; last error: OSError: \[Errno 27\] File too large: '{written}'",
