@@ -3,6 +3,7 @@ process Popen started (pid and exit status), and is started without Python in a 
 that busy gRPC threads in the parent cannot make it abort (launch.run_world failed that way in CI:
 `dbrx serve inference`'s world exited with -6)."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def test_the_command_runs_in_the_started_process_and_its_exit_status_comes_back(
 
 def test_a_parent_dead_before_the_signal_was_set_ends_the_child_and_a_missing_command_says_so():
     command = dying_with_parent([sys.executable, "-c", "print('ran')"])
-    command[3] = "1"  # as if the parent had died and init had taken the child over
+    command[3] = str(os.getpid() + 1)  # not its parent (this process): as if the parent had died already
     orphan = subprocess.run(command, capture_output=True, text=True, timeout=WAIT)
     assert orphan.returncode == -signal.SIGTERM and "ran" not in orphan.stdout
     missing = subprocess.run(dying_with_parent(["/no/such/program"]), capture_output=True, text=True, timeout=WAIT)
