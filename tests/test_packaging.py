@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +22,7 @@ def wheel(tmp_path_factory) -> Path:
     out, source = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("source")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-    for folder in set(package_dirs.values()):
+    for folder in set(SETUPTOOLS["package-dir"].values()):
         shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
                            capture_output=True, text=True)
@@ -42,7 +42,7 @@ def test_wheel_holds_only_dbrx_serve(wheel):
 
 def test_every_package_folder_is_listed_in_pyproject():
     """A sub-package missing from pyproject's explicit list would be left out of the wheel."""
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    listed = set(SETUPTOOLS["packages"])
     roots = {"dbrx_serve": ROOT / "dbrx_serve", "dbrx_serve.shared": ROOT / "shared",
              "dbrx_serve.services": ROOT / "services"}
     found = set()
